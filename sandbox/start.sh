@@ -1,0 +1,79 @@
+#!/bin/sh
+# Start a sandbox desktop: Xvnc (VNC password required) + an Xfce session.
+# Runs the same way natively (local mode, CI) and as the container's entrypoint.
+#
+#   VNC_PASSWORD   required; the script refuses to start without it
+#   DISPLAY_NUM    X display number                  (default 1)
+#   VNC_PORT       VNC port                          (default 5900 + DISPLAY_NUM)
+#   VNC_LISTEN     address the VNC server binds      (default 127.0.0.1)
+#   SCREEN_WIDTH / SCREEN_HEIGHT                     (default 1280 x 720)
+#   SANDBOX_HOME   home of the desktop session       (default $HOME)
+set -eu
+
+if [ -z "${VNC_PASSWORD:-}" ]; then
+    echo "sandbox: VNC_PASSWORD is not set; refusing to start an open VNC server" >&2
+    exit 2
+fi
+
+DISPLAY_NUM="${DISPLAY_NUM:-1}"
+VNC_PORT="${VNC_PORT:-$((5900 + DISPLAY_NUM))}"
+VNC_LISTEN="${VNC_LISTEN:-127.0.0.1}"
+SCREEN_WIDTH="${SCREEN_WIDTH:-1280}"
+SCREEN_HEIGHT="${SCREEN_HEIGHT:-720}"
+SANDBOX_HOME="${SANDBOX_HOME:-$HOME}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+
+export HOME="$SANDBOX_HOME"
+export DISPLAY=":$DISPLAY_NUM"
+export XDG_CONFIG_HOME="$HOME/.config"
+export XDG_CACHE_HOME="$HOME/.cache"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$HOME/.run}"
+mkdir -p "$HOME/Desktop" "$XDG_CONFIG_HOME" "$XDG_CACHE_HOME" "$XDG_RUNTIME_DIR"
+chmod 700 "$XDG_RUNTIME_DIR"
+
+# Preseed Xfce so the first start shows a ready desktop instead of the
+# panel-layout question, with compositing off (it only adds frame latency).
+"$HERE/xfce-defaults.sh" "$XDG_CONFIG_HOME"
+
+PASSWD_FILE="$XDG_RUNTIME_DIR/vncpasswd"
+printf '%s\n' "$VNC_PASSWORD" | vncpasswd -f > "$PASSWD_FILE"
+chmod 600 "$PASSWD_FILE"
+
+children=""
+cleanup() {
+    trap - INT TERM EXIT
+    # shellcheck disable=SC2086
+    [ -n "$children" ] && kill $children 2>/dev/null || true
+    pkill -TERM -s 0 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+Xvnc "$DISPLAY" \
+    -geometry "${SCREEN_WIDTH}x${SCREEN_HEIGHT}" -depth 24 \
+    -rfbport "$VNC_PORT" -interface "$VNC_LISTEN" \
+    -rfbauth "$PASSWD_FILE" -SecurityTypes VncAuth \
+    -AlwaysShared -AcceptSetDesktopSize=0 \
+    -nolisten tcp -desktop selfagent &
+children="$children $!"
+
+i=0
+until xdpyinfo -display "$DISPLAY" >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ "$i" -gt 100 ]; then
+        echo "sandbox: X server did not come up" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+dbus-launch --exit-with-session startxfce4 >"$XDG_CACHE_HOME/xfce.log" 2>&1 &
+children="$children $!"
+
+if [ -n "${SANDBOX_EXEC_TOKEN:-}" ] && [ -f "$HERE/exec_server.py" ]; then
+    python3 "$HERE/exec_server.py" &
+    children="$children $!"
+fi
+
+echo "sandbox: desktop $DISPLAY ${SCREEN_WIDTH}x${SCREEN_HEIGHT}, VNC on $VNC_LISTEN:$VNC_PORT"
+wait

@@ -1,0 +1,250 @@
+"""Messages exchanged on the bus. Subjects are in :mod:`selfagent.schemas.subjects`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .actions import Action
+from .subjects import check_token
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Message(BaseModel):
+    # Unknown fields are an error, so a typo in an automation client is caught
+    # at the bus edge instead of being silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorCode(StrEnum):
+    INVALID_MESSAGE = "invalid_message"
+    INVALID_ACTION = "invalid_action"
+    OFF_SCREEN = "off_screen"
+    UNKNOWN_KEY = "unknown_key"
+    NOT_FOUND = "not_found"
+    VNC_UNAVAILABLE = "vnc_unavailable"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
+    TIMEOUT = "timeout"
+    LLM_ERROR = "llm_error"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    STOPPED = "stopped"
+    INTERNAL = "internal"
+
+
+class ErrorInfo(Message):
+    code: ErrorCode
+    message: str
+
+
+class Reply(Message):
+    """Base of every request/reply answer: ``ok`` false carries an ``error``."""
+
+    ok: bool = True
+    error: ErrorInfo | None = None
+
+
+class ErrorReply(Reply):
+    """What a service answers to a request it cannot even parse."""
+
+    ok: bool = False
+
+
+# --- tasks and control ------------------------------------------------------
+
+
+class TaskSubmitted(Message):
+    task_id: str = Field(default_factory=new_id)
+    session_id: str = Field(default_factory=new_id)
+    prompt: str = Field(min_length=1, max_length=20_000)
+    sandbox_id: str = "default"
+    max_steps: int | None = Field(default=None, ge=1, le=500)
+    submitted_at: datetime = Field(default_factory=_now)
+
+    @field_validator("task_id", "session_id", "sandbox_id")
+    @classmethod
+    def _subject_safe(cls, value: str) -> str:
+        return check_token(value)
+
+
+ControlVerb = Literal["pause", "resume", "stop", "takeover", "release"]
+
+
+class ControlCommand(Message):
+    session_id: str
+    command: ControlVerb
+    sent_at: datetime = Field(default_factory=_now)
+
+
+# --- session events ---------------------------------------------------------
+
+
+class _Event(Message):
+    session_id: str
+    task_id: str
+    at: datetime = Field(default_factory=_now)
+
+
+class TaskStarted(_Event):
+    kind: Literal["task.started"] = "task.started"
+    prompt: str
+
+
+class StepPlanned(_Event):
+    kind: Literal["step.planned"] = "step.planned"
+    step: int
+    action: Action
+    thought: str = ""
+
+
+class StepGrounded(_Event):
+    kind: Literal["step.grounded"] = "step.grounded"
+    step: int
+    target: str
+    x: int
+    y: int
+    method: str
+
+
+class StepExecuted(_Event):
+    kind: Literal["step.executed"] = "step.executed"
+    step: int
+    action: Action
+    ok: bool
+    error: ErrorInfo | None = None
+    output: str | None = None
+    settle_ms: float = 0.0
+    duration_ms: float = 0.0
+
+
+class AgentMessage(_Event):
+    kind: Literal["message"] = "message"
+    role: Literal["agent", "system"] = "agent"
+    text: str
+
+
+class TaskStateChanged(_Event):
+    kind: Literal["task.state"] = "task.state"
+    state: Literal["running", "paused", "takeover"]
+
+
+TaskStatus = Literal["succeeded", "failed", "stopped"]
+
+
+class TaskFinished(_Event):
+    kind: Literal["task.finished"] = "task.finished"
+    status: TaskStatus
+    reply: str
+    steps: int
+    error: ErrorInfo | None = None
+
+
+SessionEvent = Annotated[
+    TaskStarted
+    | StepPlanned
+    | StepGrounded
+    | StepExecuted
+    | AgentMessage
+    | TaskStateChanged
+    | TaskFinished,
+    Field(discriminator="kind"),
+]
+
+
+# --- screenshots, observation and actions -----------------------------------
+
+ImageFormat = Literal["jpeg", "png"]
+
+
+class Screenshot(Message):
+    """An encoded image, inline as base64 (a 720p JPEG is ~100-200 KB)."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    data_b64: str
+
+    @property
+    def mime(self) -> str:
+        return f"image/{self.format}"
+
+    def data_uri(self) -> str:
+        return f"data:{self.mime};base64,{self.data_b64}"
+
+
+class ObserveRequest(Message):
+    format: ImageFormat = "jpeg"
+    quality: int = Field(default=85, ge=1, le=100)
+    max_width: int | None = Field(default=None, ge=16)
+    max_height: int | None = Field(default=None, ge=16)
+
+
+class Observation(Reply):
+    screen_width: int = 0
+    screen_height: int = 0
+    cursor: tuple[int, int] | None = None
+    screenshot: Screenshot | None = None
+
+
+class ActRequest(Message):
+    action: Action
+    # A screenshot after the action saves the planner a second round trip.
+    observe: ObserveRequest | None = Field(default_factory=ObserveRequest)
+    settle: bool = True
+
+
+class ActionResult(Reply):
+    action_id: str = ""
+    output: str | None = None
+    exit_code: int | None = None
+    data: dict[str, Any] | None = None
+    settle_ms: float = 0.0
+    duration_ms: float = 0.0
+    replayed: bool = Field(
+        default=False, description="True when answered from an earlier run of the same id"
+    )
+    observation: Observation | None = None
+
+
+# --- grounding --------------------------------------------------------------
+
+
+class GroundRequest(Message):
+    request_id: str = Field(default_factory=new_id)
+    description: str = Field(min_length=1, max_length=2_000)
+    screenshot: Screenshot
+    # The real screen the screenshot was taken of; results are in its pixels.
+    screen_width: int = Field(gt=0)
+    screen_height: int = Field(gt=0)
+
+
+class GroundResult(Reply):
+    request_id: str = ""
+    found: bool = False
+    x: int | None = None
+    y: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    confidence: float | None = None
+    method: str = ""
+    raw: str | None = Field(default=None, description="The model's raw answer, for debugging")
+
+
+# --- dead letters -----------------------------------------------------------
+
+
+class DeadLetter(Message):
+    service: str
+    subject: str
+    error: str
+    payload: str = Field(description="The rejected body, decoded as UTF-8 with replacement")
+    at: datetime = Field(default_factory=_now)

@@ -1,0 +1,68 @@
+"""NATS subject names: the only place they are spelled out.
+
+Subject map (``<sid>`` is a session id, ``<box>`` a sandbox id; both are
+restricted to ``[A-Za-z0-9_-]`` so they never contain NATS wildcards or dots):
+
+=================================  ==================  =====================================
+subject                            pattern             payload
+=================================  ==================  =====================================
+``agent.task.submit``              publish, queue      TaskSubmitted -> planner
+``agent.session.<sid>.control``    publish             ControlCommand -> planner
+``agent.session.<sid>.event.<k>``  publish (stream)    SessionEvent, ``<k>`` = event kind
+``agent.ground``                   request, queue      GroundRequest -> GroundResult
+``agent.sandbox.<box>.act``        request             ActRequest -> ActionResult
+``agent.sandbox.<box>.observe``    request             ObserveRequest -> Observation
+``agent.deadletter.<service>``     publish (stream)    DeadLetter
+=================================  ==================  =====================================
+"""
+
+from __future__ import annotations
+
+import re
+
+TASK_SUBMIT = "agent.task.submit"
+GROUND = "agent.ground"
+
+PLANNER_QUEUE = "planner"
+GROUNDER_QUEUE = "grounder"
+
+SESSION_EVENTS_ALL = "agent.session.*.event.>"
+SESSION_CONTROL_ALL = "agent.session.*.control"
+DEAD_LETTER_ALL = "agent.deadletter.>"
+
+# JetStream streams that keep history for replay and automation clients.
+EVENTS_STREAM = "AGENT_EVENTS"
+DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(value: str) -> str:
+    """Reject ids that would change the shape of a subject."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"id {value!r} must match [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def session_control(session_id: str) -> str:
+    return f"agent.session.{check_token(session_id)}.control"
+
+
+def session_event(session_id: str, kind: str) -> str:
+    return f"agent.session.{check_token(session_id)}.event.{kind}"
+
+
+def session_events(session_id: str) -> str:
+    return f"agent.session.{check_token(session_id)}.event.>"
+
+
+def sandbox_act(sandbox_id: str) -> str:
+    return f"agent.sandbox.{check_token(sandbox_id)}.act"
+
+
+def sandbox_observe(sandbox_id: str) -> str:
+    return f"agent.sandbox.{check_token(sandbox_id)}.observe"
+
+
+def dead_letter(service: str) -> str:
+    return f"agent.deadletter.{check_token(service)}"

@@ -1,0 +1,1 @@
+"""selfagent services: planner, grounder, actuator, gateway, and the shared bus helpers."""

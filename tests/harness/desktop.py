@@ -1,0 +1,112 @@
+"""Start a real sandbox desktop (sandbox/start.sh: Xvnc + Xfce) for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+START_SCRIPT = ROOT / "sandbox" / "start.sh"
+
+
+def _free_display() -> int:
+    for num in range(20, 99):
+        if not Path(f"/tmp/.X11-unix/X{num}").exists() and not Path(f"/tmp/.X{num}-lock").exists():
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", 5900 + num)) != 0:
+                    return num
+    raise RuntimeError("no free X display")
+
+
+@dataclass
+class Desktop:
+    display_num: int
+    vnc_port: int
+    password: str
+    home: Path
+    width: int = 1280
+    height: int = 720
+    exec_port: int | None = None
+    exec_token: str | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        return f":{self.display_num}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DISPLAY": self.display, "HOME": str(self.home)}
+
+    def xdotool(self, *args: str) -> str:
+        return subprocess.run(
+            ["xdotool", *args], env=self.env(), capture_output=True, text=True, timeout=20
+        ).stdout
+
+    def wait_for_window(self, name: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.xdotool("search", "--onlyvisible", "--name", name).split()
+            if out:
+                return out[0]
+            time.sleep(0.2)
+        raise TimeoutError(f"no window named {name!r} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def start_desktop(
+    width: int = 1280, height: int = 720, exec_port: int | None = None, exec_token: str | None = None
+) -> Desktop:
+    num = _free_display()
+    home = Path(tempfile.mkdtemp(prefix="selfagent-home-"))
+    desktop = Desktop(
+        display_num=num,
+        vnc_port=5900 + num,
+        password="pw-" + os.urandom(4).hex(),
+        home=home,
+        width=width,
+        height=height,
+        exec_port=exec_port,
+        exec_token=exec_token,
+    )
+    env = {
+        **os.environ,
+        "VNC_PASSWORD": desktop.password,
+        "DISPLAY_NUM": str(num),
+        "SCREEN_WIDTH": str(width),
+        "SCREEN_HEIGHT": str(height),
+        "SANDBOX_HOME": str(home),
+    }
+    if exec_port and exec_token:
+        env.update(SANDBOX_EXEC_PORT=str(exec_port), SANDBOX_EXEC_TOKEN=exec_token)
+    log = open(home.parent / f"selfagent-desktop-{num}.log", "wb")  # noqa: SIM115
+    desktop.process = subprocess.Popen(
+        [str(START_SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if desktop.process.poll() is not None:
+            raise RuntimeError(f"sandbox exited: {(home.parent / log.name).read_text()[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", desktop.vnc_port)) == 0:
+                break
+        time.sleep(0.1)
+    # The panel is the last part of Xfce to appear; tests want a full desktop.
+    desktop.wait_for_window("xfce4-panel", timeout=30)
+    time.sleep(1.0)
+    return desktop

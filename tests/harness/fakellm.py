@@ -1,0 +1,146 @@
+"""A scripted OpenAI-compatible chat-completions server: the only fake in the tests.
+
+The real ``openai`` client talks to it over HTTP. Each POST to
+``/v1/chat/completions`` consumes the next scripted reply. A reply is a dict:
+
+    {"content": "..."}                          plain assistant text
+    {"tool": "computer", "arguments": {...}}    a native tool call
+    {"status": 429, "headers": {...}, "body": {...}}   an HTTP error
+    {"delay": 5.0, ...}                         sleep first (timeouts)
+    {"raw": b"..."}                             raw response bytes (truncated JSON)
+
+or a callable taking the request JSON and returning such a dict. When the
+script runs out, ``default`` is used (if set) or the server answers 500.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = dict[str, Any]
+ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
+
+
+def tool_call(name: str, arguments: dict[str, Any]) -> Reply:
+    return {"tool": name, "arguments": arguments}
+
+
+class FakeLLM:
+    def __init__(self, default: ScriptItem | None = None) -> None:
+        self.script: list[ScriptItem] = []
+        self.default = default
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def start(self) -> FakeLLM:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def push(self, *items: ScriptItem) -> None:
+        with self._lock:
+            self.script.extend(items)
+
+    def reset(self, default: ScriptItem | None = None) -> None:
+        with self._lock:
+            self.script.clear()
+            self.requests.clear()
+            self.default = default
+
+    def _next(self, request: dict[str, Any]) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            item = self.script.pop(0) if self.script else self.default
+        if item is None:
+            return {"status": 500, "body": {"error": {"message": "script exhausted"}}}
+        return item(request) if callable(item) else item
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                request = json.loads(self.rfile.read(length) or b"{}")
+                reply = fake._next(request)
+                if reply.get("delay"):
+                    time.sleep(float(reply["delay"]))
+                if "raw" in reply:
+                    body = reply["raw"]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if "status" in reply:
+                    self._send(int(reply["status"]), reply.get("body", {}), reply.get("headers"))
+                    return
+                self._send(200, completion(request, reply))
+
+            def _send(
+                self, status: int, body: Any, headers: dict[str, str] | None = None
+            ) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except BrokenPipeError:
+                    pass
+
+        return Handler
+
+
+def completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+    finish = "stop"
+    if "tool" in reply:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:12]}",
+                "type": "function",
+                "function": {
+                    "name": reply["tool"],
+                    "arguments": json.dumps(reply["arguments"]),
+                },
+            }
+        ]
+        finish = "tool_calls"
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "fake"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
