@@ -24,6 +24,7 @@ SANDBOX_HOME="${SANDBOX_HOME:-$HOME}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
 export HOME="$SANDBOX_HOME"
+cd "$HOME"
 export DISPLAY=":$DISPLAY_NUM"
 export XDG_CONFIG_HOME="$HOME/.config"
 export XDG_CACHE_HOME="$HOME/.cache"

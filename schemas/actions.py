@@ -141,6 +141,17 @@ class LaunchAppAction(_Action):
     app: str = Field(min_length=1, max_length=200, description="e.g. 'terminal', 'firefox'")
 
 
+class UploadFileAction(_Action):
+    action: Literal["upload_file"] = "upload_file"
+    path: str = Field(min_length=1, max_length=4_096, description="Destination in the sandbox")
+    data_b64: str = Field(max_length=7_000_000, description="File content, base64 (<= 5 MiB)")
+
+
+class DownloadFileAction(_Action):
+    action: Literal["download_file"] = "download_file"
+    path: str = Field(min_length=1, max_length=4_096)
+
+
 class DoneAction(_Action):
     action: Literal["done"] = "done"
     message: str = Field(default="", max_length=20_000, description="The final answer")
@@ -165,6 +176,8 @@ Action = Annotated[
     | ShellAction
     | OpenUrlAction
     | LaunchAppAction
+    | UploadFileAction
+    | DownloadFileAction
     | DoneAction
     | FailAction,
     Field(discriminator="action"),
@@ -187,6 +200,8 @@ ACTION_NAMES: tuple[str, ...] = (
     "shell",
     "open_url",
     "launch_app",
+    "upload_file",
+    "download_file",
     "done",
     "fail",
 )
