@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from selfagent.actuator.config import Settings
+from selfagent.actuator.service import build
+from selfagent.bus import make_broker
+from selfagent.bus.natsd import EmbeddedNats, free_port
+from tests.harness.desktop import Desktop, start_desktop
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def desktop() -> Iterator[Desktop]:
+    d = start_desktop(exec_port=free_port(), exec_token=secrets.token_hex(16))
+    yield d
+    d.stop()
+
+
+@dataclass
+class Running:
+    settings: Settings
+    broker: object
+    client: object
+
+
+@pytest.fixture(scope="session")
+async def actuator(nats_server: EmbeddedNats, desktop: Desktop) -> AsyncIterator[Running]:
+    settings = Settings(
+        nats_url=nats_server.url,
+        sandbox_id="test",
+        vnc_port=desktop.vnc_port,
+        vnc_password=desktop.password,
+        exec_url=f"http://127.0.0.1:{desktop.exec_port}",
+        exec_token=desktop.exec_token,
+    )
+    broker, vnc, _executor, sandbox = build(settings)
+    await vnc.start()
+    await vnc.wait_ready(15)
+    await broker.start()
+    client = make_broker(nats_server.url, "actuator-test-client")
+    await client.start()
+    yield Running(settings, broker, client)
+    await client.stop()
+    await broker.stop()
+    await vnc.stop()
+    await sandbox.close()
+    await asyncio.sleep(0)

@@ -1,0 +1,80 @@
+"""The ``selfagent`` command.
+
+    selfagent up        run everything locally (no Docker) and print the URL
+    selfagent schemas   rewrite schemas/json from the pydantic models
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+
+def _up(args: argparse.Namespace) -> int:
+    from selfagent.local import LocalModeError, LocalStack
+
+    load_dotenv(Path.cwd() / ".env")
+    if not os.environ.get("LLM_API_BASE_URL"):
+        print("note: LLM_API_BASE_URL is not set; copy .env.example to .env and fill it in",
+              file=sys.stderr)
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    stack = LocalStack(run_dir=data_dir, gateway_port=args.port)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except LocalModeError as exc:
+        print(f"selfagent: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n  selfagent is running: {stack.gateway_url}/?token={stack.token}\n"
+          f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n", flush=True)
+    try:
+        while not stopping.wait(1.0):
+            for name, process in list(stack.processes.items()):
+                if process.poll() is not None:
+                    print(f"selfagent: {name} exited with {process.returncode}; "
+                          f"restarting (see its log)", file=sys.stderr)
+                    if name == "sandbox":
+                        stopping.set()
+                        break
+                    stack.start_service(name)
+    finally:
+        print("selfagent: stopping...", flush=True)
+        stack.stop(remove=data_dir is None)
+    return 0
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from selfagent.schemas.export import main as export
+
+    return export()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="selfagent", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run NATS, the sandbox desktop and all services locally")
+    up.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
+    up.add_argument("--data-dir", help="keep NATS data and the sandbox home here")
+    up.set_defaults(run=_up)
+    schemas = commands.add_parser("schemas", help="export JSON Schema files")
+    schemas.set_defaults(run=_schemas)
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

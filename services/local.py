@@ -1,0 +1,221 @@
+"""Local mode: the whole product as processes on this machine, no containers.
+
+An embedded nats-server, the native sandbox desktop (sandbox/start.sh), and
+the four services, each its own process as in production. Used by
+``selfagent up`` and by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfagent.bus.natsd import EmbeddedNats, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("actuator", "grounder", "planner", "gateway")
+
+
+class LocalModeError(RuntimeError):
+    pass
+
+
+def _sandbox_script() -> Path:
+    configured = os.environ.get("SELFAGENT_SANDBOX_DIR")
+    script = Path(configured or REPO_ROOT / "sandbox") / "start.sh"
+    if not script.exists():
+        raise LocalModeError(
+            f"sandbox start script not found at {script}; run from a source checkout "
+            "or set SELFAGENT_SANDBOX_DIR"
+        )
+    return script
+
+
+def _free_display() -> int:
+    for num in range(10, 99):
+        if Path(f"/tmp/.X11-unix/X{num}").exists() or Path(f"/tmp/.X{num}-lock").exists():
+            continue
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", 5900 + num)) != 0:
+                return num
+    raise LocalModeError("no free X display number")
+
+
+def _wait_port(port: int, timeout: float, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LocalModeError(f"{what} exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise LocalModeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+@dataclass
+class LocalStack:
+    """Everything `selfagent up` runs. ``extra_env`` reaches every service."""
+
+    run_dir: Path | None = None
+    gateway_port: int | None = None
+    token: str | None = None
+    screen: tuple[int, int] = (1280, 720)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nats: EmbeddedNats | None = None
+    display_num: int = 0
+    vnc_port: int = 0
+    exec_port: int = 0
+    vnc_password: str = ""
+    exec_token: str = ""
+    sandbox_home: Path | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def nats_url(self) -> str:
+        assert self.nats is not None
+        return self.nats.url
+
+    def start(self) -> LocalStack:
+        self.run_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="selfagent-run-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.token = self.token or os.environ.get("SELFAGENT_TOKEN") or secrets.token_urlsafe(24)
+        self.gateway_port = self.gateway_port or int(os.environ.get("GATEWAY_PORT", "0")) or 8080
+        try:
+            (self.run_dir / "nats").mkdir(exist_ok=True)
+            self.nats = EmbeddedNats(store_dir=self.run_dir / "nats").start()
+            self._start_sandbox()
+            for name in SERVICES:
+                self.start_service(name)
+            gateway = self.processes["gateway"]
+            _wait_port(self.gateway_port, 30, gateway, "gateway")
+            self._wait_healthy(30)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_sandbox(self) -> None:
+        assert self.run_dir is not None
+        self.display_num = _free_display()
+        self.vnc_port = 5900 + self.display_num
+        self.exec_port = free_port()
+        self.vnc_password = secrets.token_urlsafe(6)[:8]
+        self.exec_token = secrets.token_urlsafe(24)
+        self.sandbox_home = self.run_dir / "home"
+        self.sandbox_home.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "VNC_PASSWORD": self.vnc_password,
+            "DISPLAY_NUM": str(self.display_num),
+            "SCREEN_WIDTH": str(self.screen[0]),
+            "SCREEN_HEIGHT": str(self.screen[1]),
+            "SANDBOX_HOME": str(self.sandbox_home),
+            "SANDBOX_EXEC_PORT": str(self.exec_port),
+            "SANDBOX_EXEC_TOKEN": self.exec_token,
+        }
+        process = self._spawn("sandbox", [str(_sandbox_script())], env)
+        _wait_port(self.vnc_port, 30, process, "sandbox VNC server")
+        self._wait_for_panel(30)
+
+    def _wait_for_panel(self, timeout: float) -> None:
+        """Xfce's panel is the last part of the desktop to appear."""
+        env = {**os.environ, "DISPLAY": f":{self.display_num}"}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = subprocess.run(
+                ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"],
+                env=env, capture_output=True, timeout=10,
+            )
+            if found.stdout.strip():
+                time.sleep(1.0)
+                return
+            time.sleep(0.2)
+
+    def service_env(self, name: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "NATS_URL": self.nats_url,
+            "ACTUATOR_VNC_HOST": "127.0.0.1",
+            "ACTUATOR_VNC_PORT": str(self.vnc_port),
+            "ACTUATOR_VNC_PASSWORD": self.vnc_password,
+            "ACTUATOR_EXEC_URL": f"http://127.0.0.1:{self.exec_port}",
+            "ACTUATOR_EXEC_TOKEN": self.exec_token,
+            "GATEWAY_VNC_HOST": "127.0.0.1",
+            "GATEWAY_VNC_PORT": str(self.vnc_port),
+            "GATEWAY_VNC_PASSWORD": self.vnc_password,
+            "GATEWAY_PORT": str(self.gateway_port),
+            "SELFAGENT_TOKEN": self.token or "",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start_service(self, name: str) -> subprocess.Popen[bytes]:
+        return self._spawn(name, [sys.executable, "-m", f"selfagent.{name}"],
+                           self.service_env(name))
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        assert self.run_dir is not None
+        log = open(self.run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+        # Own process group each, so stopping also reaches their children
+        # (the sandbox's X server and desktop session).
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise LocalModeError(f"gateway not healthy within {timeout:.0f}s: {last}")
+
+    def log(self, name: str) -> str:
+        assert self.run_dir is not None
+        path = self.run_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_service(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self, remove: bool = False) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop_service(name)
+        if self.nats is not None:
+            self.nats.stop()
+        if remove and self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

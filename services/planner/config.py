@@ -1,0 +1,74 @@
+"""Planner settings (env prefix ``PLANNER_``).
+
+The LLM endpoint keeps the names of the original design: ``LLM_API_BASE_URL``,
+``LLM_MODEL``, ``LLM_API_KEY``. ``GROUNDER_MODEL`` being set switches the
+default mode to grounded.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PLANNER_", env_file=".env", extra="ignore")
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("PLANNER_NATS_URL", "NATS_URL"),
+    )
+
+    llm_api_base_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        validation_alias=AliasChoices("LLM_API_BASE_URL", "PLANNER_LLM_API_BASE_URL"),
+    )
+    llm_model: str = Field(
+        default="gpt-4o", validation_alias=AliasChoices("LLM_MODEL", "PLANNER_LLM_MODEL")
+    )
+    llm_api_key: SecretStr = Field(
+        default=SecretStr("none"),
+        validation_alias=AliasChoices("LLM_API_KEY", "PLANNER_LLM_API_KEY"),
+    )
+    grounder_model: str | None = Field(
+        default=None, validation_alias=AliasChoices("GROUNDER_MODEL", "PLANNER_GROUNDER_MODEL")
+    )
+
+    # grounded: the model names targets in words and the grounder finds them;
+    # direct: the model gives pixel coordinates itself. auto = grounded when a
+    # grounding model is configured.
+    mode: Literal["auto", "grounded", "direct"] = "auto"
+    native_tools: bool = True
+
+    llm_timeout: float = Field(default=120.0, gt=0, description="Per LLM call, seconds")
+    llm_max_attempts: int = Field(default=4, ge=1)
+    llm_temperature: float = 0.0
+    llm_max_tokens: int = 1024
+
+    max_steps: int = Field(default=30, ge=1)
+    max_wall_seconds: float = Field(default=1800.0, gt=0)
+    max_tokens_per_task: int = Field(default=500_000, ge=1000)
+    # Consecutive replies that yield no valid action before the task fails.
+    max_invalid_replies: int = Field(default=3, ge=1)
+    # Consecutive actions that fail to execute before the task fails.
+    max_failed_actions: int = Field(default=5, ge=1)
+
+    # Context: the last N screenshots go to the model as images, older steps as text.
+    keep_screenshots: int = Field(default=3, ge=1)
+    # Screenshots are pre-resized to fit this box before they reach the model;
+    # coordinates are scaled back in exactly one place (coords.py).
+    model_image_max_width: int = 1280
+    model_image_max_height: int = 800
+    image_quality: int = Field(default=80, ge=1, le=100)
+
+    act_timeout: float = 120.0
+    observe_timeout: float = 15.0
+    ground_timeout: float = 90.0
+
+    @property
+    def resolved_mode(self) -> Literal["grounded", "direct"]:
+        if self.mode == "auto":
+            return "grounded" if self.grounder_model else "direct"
+        return self.mode

@@ -1,0 +1,491 @@
+"""One task, start to finish: observe -> ask the model -> (ground) -> act -> repeat.
+
+The loop ends when the model says done or fail, or a budget runs out (steps,
+wall time, tokens), or too many replies in a row are unusable, or a person
+stops it. Every ending publishes exactly one ``task.finished`` event with its
+reason; nothing here raises out of :meth:`TaskRunner.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from faststream.nats import NatsBroker
+from pydantic import BaseModel
+
+from selfagent.bus import BusError, RemoteError, RequestTimeout, request
+from selfagent.schemas import (
+    ActionResult,
+    ActRequest,
+    AgentMessage,
+    ClickAction,
+    ControlVerb,
+    DoneAction,
+    DragAction,
+    ErrorCode,
+    ErrorInfo,
+    FailAction,
+    GroundRequest,
+    GroundResult,
+    MoveAction,
+    Observation,
+    ObserveRequest,
+    ScrollAction,
+    StepExecuted,
+    StepGrounded,
+    StepPlanned,
+    TaskFinished,
+    TaskStarted,
+    TaskStateChanged,
+    TaskSubmitted,
+    subjects,
+)
+from selfagent.schemas.actions import Action
+from selfagent.schemas.messages import TaskStatus
+
+from .config import Settings
+from .coords import CoordinateMap, fit_within, off_screen_problem
+from .llm import LLMClient, LLMError
+from .parsing import ActionParseError, parse_reply
+from .tools import computer_tool, system_prompt
+
+log = logging.getLogger(__name__)
+
+
+class Control:
+    """Pause/stop/takeover flags for one running task, set from the control subject."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.paused = False
+        self.takeover = False
+        self.changed = asyncio.Event()
+
+    def apply(self, verb: ControlVerb) -> None:
+        if verb == "stop":
+            self.stopped = True
+        elif verb == "pause":
+            self.paused = True
+        elif verb == "resume":
+            self.paused = False
+        elif verb == "takeover":
+            self.takeover = True
+        elif verb == "release":
+            self.takeover = False
+        self.changed.set()
+
+    @property
+    def holding(self) -> bool:
+        return self.paused or self.takeover
+
+
+@dataclass
+class _Step:
+    number: int
+    action_json: str
+    outcome: str
+    screenshot_uri: str | None = None
+
+
+@dataclass
+class _Finish(Exception):
+    status: TaskStatus
+    reply: str
+    error: ErrorInfo | None = None
+
+
+@dataclass
+class TaskRunner:
+    broker: NatsBroker
+    llm: LLMClient
+    settings: Settings
+    task: TaskSubmitted
+    control: Control = field(default_factory=Control)
+    steps_taken: int = 0
+    tokens_used: int = 0
+    _history: list[_Step] = field(default_factory=list)
+    _feedback: str | None = None
+
+    # --- bus helpers -----------------------------------------------------------
+
+    async def _emit(self, event: BaseModel) -> None:
+        kind: str = getattr(event, "kind")  # noqa: B009
+        try:
+            await self.broker.publish(event, subjects.session_event(self.task.session_id, kind))
+        except Exception:  # noqa: BLE001
+            # The broker buffers while reconnecting; a failure here must not
+            # end the task, but it must be visible.
+            log.exception("could not publish %s event", kind)
+
+    def _ids(self) -> dict[str, str]:
+        return {"session_id": self.task.session_id, "task_id": self.task.task_id}
+
+    async def _observe(self) -> Observation:
+        return await request(
+            self.broker,
+            subjects.sandbox_observe(self.task.sandbox_id),
+            self._observe_request(),
+            Observation,
+            timeout=self.settings.observe_timeout,
+        )
+
+    def _observe_request(self) -> ObserveRequest:
+        return ObserveRequest(
+            format="jpeg",
+            quality=self.settings.image_quality,
+            max_width=self.settings.model_image_max_width,
+            max_height=self.settings.model_image_max_height,
+        )
+
+    # --- the loop --------------------------------------------------------------
+
+    async def run(self) -> TaskFinished:
+        started = time.monotonic()
+        await self._emit(TaskStarted(prompt=self.task.prompt, **self._ids()))
+        try:
+            await self._loop(started)
+            raise _Finish("failed", "The task ended without an answer.")
+        except _Finish as finish:
+            return await self._finish(finish)
+        except asyncio.CancelledError:
+            await self._finish(
+                _Finish(
+                    "stopped",
+                    "The planner shut down during the task.",
+                    ErrorInfo(code=ErrorCode.STOPPED, message="shutdown"),
+                )
+            )
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("task %s crashed", self.task.task_id)
+            return await self._finish(
+                _Finish(
+                    "failed",
+                    f"Internal error: {type(exc).__name__}: {exc}",
+                    ErrorInfo(code=ErrorCode.INTERNAL, message=str(exc)),
+                )
+            )
+
+    async def _finish(self, finish: _Finish) -> TaskFinished:
+        event = TaskFinished(
+            status=finish.status,
+            reply=finish.reply,
+            steps=self.steps_taken,
+            error=finish.error,
+            **self._ids(),
+        )
+        await self._emit(event)
+        return event
+
+    async def _loop(self, started: float) -> None:
+        settings = self.settings
+        max_steps = self.task.max_steps or settings.max_steps
+        mode = settings.resolved_mode
+        try:
+            observation = await self._observe()
+        except BusError as exc:
+            raise _Finish(
+                "failed",
+                f"The desktop is not reachable: {exc}",
+                ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message=str(exc)),
+            ) from exc
+        invalid_replies = 0
+        failed_actions = 0
+
+        while True:
+            await self._checkpoint(started)
+            if self.steps_taken >= max_steps:
+                raise _Finish(
+                    "failed",
+                    f"Stopped after the step budget of {max_steps} steps.",
+                    ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="steps"),
+                )
+            assert observation.screenshot is not None
+            shot = observation.screenshot
+            screen = (observation.screen_width, observation.screen_height)
+            coords = CoordinateMap((shot.width, shot.height), screen)
+
+            messages = self._messages(mode, shot.width, shot.height, shot.data_uri())
+            try:
+                reply = await self.llm.complete(
+                    messages, tools=[computer_tool(mode)] if settings.native_tools else None
+                )
+            except LLMError as exc:
+                raise _Finish(
+                    "failed",
+                    f"The language model failed: {exc}",
+                    ErrorInfo(code=ErrorCode.LLM_ERROR, message=str(exc)),
+                ) from exc
+            self.tokens_used += reply.total_tokens
+            if self.tokens_used > settings.max_tokens_per_task:
+                raise _Finish(
+                    "failed",
+                    f"Stopped after the token budget ({self.tokens_used} > "
+                    f"{settings.max_tokens_per_task} tokens).",
+                    ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="tokens"),
+                )
+            await self._checkpoint(started)
+
+            try:
+                parsed = parse_reply(reply.content, reply.tool_calls)
+                action = parsed.action
+                problem = off_screen_problem(action, shot.width, shot.height)
+                if problem:
+                    raise ActionParseError(problem)
+            except ActionParseError as exc:
+                invalid_replies += 1
+                self._feedback = f"Your last reply was not a valid action: {exc}"
+                await self._emit(AgentMessage(role="system", text=self._feedback, **self._ids()))
+                if invalid_replies >= settings.max_invalid_replies:
+                    raise _Finish(
+                        "failed",
+                        f"The model gave no valid action {invalid_replies} times in a row. "
+                        f"Last problem: {exc}",
+                        ErrorInfo(code=ErrorCode.INVALID_ACTION, message=str(exc)),
+                    ) from exc
+                continue
+            invalid_replies = 0
+
+            self.steps_taken += 1
+            step = self.steps_taken
+            await self._emit(
+                StepPlanned(step=step, action=action, thought=parsed.thought, **self._ids())
+            )
+            if parsed.thought:
+                await self._emit(AgentMessage(text=parsed.thought, **self._ids()))
+            if isinstance(action, DoneAction):
+                raise _Finish("succeeded", action.message or "Done.")
+            if isinstance(action, FailAction):
+                raise _Finish(
+                    "failed",
+                    action.reason,
+                    ErrorInfo(code=ErrorCode.INVALID_ACTION, message=action.reason),
+                )
+
+            action_json = action.model_dump_json(exclude={"id"}, exclude_none=True)
+            try:
+                screen_action = await self._ground(step, coords.to_screen(action), shot, screen)
+                result = await self._act(screen_action)
+            except _StepFailed as failure:
+                failed_actions += 1
+                await self._emit(
+                    StepExecuted(
+                        step=step, action=action, ok=False, error=failure.error, **self._ids()
+                    )
+                )
+                self._record(step, action_json, f"FAILED: {failure.error.message}", shot.data_uri())
+                if failed_actions >= settings.max_failed_actions:
+                    raise _Finish(
+                        "failed",
+                        f"{failed_actions} actions in a row failed. Last: {failure.error.message}",
+                        failure.error,
+                    ) from failure
+                try:
+                    observation = await self._observe()
+                except BusError as exc:
+                    raise _Finish(
+                        "failed",
+                        f"The desktop is not reachable: {exc}",
+                        ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message=str(exc)),
+                    ) from exc
+                continue
+            failed_actions = 0
+            await self._emit(
+                StepExecuted(
+                    step=step,
+                    action=screen_action,
+                    ok=True,
+                    output=result.output,
+                    settle_ms=result.settle_ms,
+                    duration_ms=result.duration_ms,
+                    **self._ids(),
+                )
+            )
+            outcome = "ok"
+            if result.output:
+                outcome += f"; output:\n{result.output[:4000]}"
+            if result.exit_code is not None:
+                outcome += f"\nexit code {result.exit_code}"
+            if result.data and "data_b64" not in result.data:
+                outcome += f"; {json.dumps(result.data)}"
+            assert result.observation is not None
+            observation = result.observation
+            self._record(step, action_json, outcome, shot.data_uri())
+
+    async def _checkpoint(self, started: float) -> None:
+        """Where pause, stop and the wall-time budget take effect: between steps."""
+        control = self.control
+        if control.stopped:
+            raise _Finish(
+                "stopped",
+                "Stopped by the user.",
+                ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
+            )
+        if control.holding:
+            state: Literal["paused", "takeover"] = "takeover" if control.takeover else "paused"
+            await self._emit(TaskStateChanged(state=state, **self._ids()))
+            while control.holding and not control.stopped:
+                control.changed.clear()
+                await control.changed.wait()
+            if control.stopped:
+                raise _Finish(
+                    "stopped",
+                    "Stopped by the user.",
+                    ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
+                )
+            await self._emit(TaskStateChanged(state="running", **self._ids()))
+            # After a takeover the screen is not what the model last saw.
+            self._feedback = "The user paused or took over the desktop; look at the new screenshot."
+        if time.monotonic() - started > self.settings.max_wall_seconds:
+            raise _Finish(
+                "failed",
+                f"Stopped after the time budget of {self.settings.max_wall_seconds:g} s.",
+                ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="wall time"),
+            )
+
+    async def _ground(
+        self, step: int, action: Action, shot: Any, screen: tuple[int, int]
+    ) -> Action:
+        target = getattr(action, "target", None)
+        needs = isinstance(action, ClickAction | MoveAction | ScrollAction) and (
+            getattr(action, "x", None) is None and target
+        )
+        if not needs:
+            return action
+        assert target is not None
+        try:
+            # The grounder gets the freshest full-size view: small UI text
+            # is easier to find at full resolution.
+            observation = await request(
+                self.broker,
+                subjects.sandbox_observe(self.task.sandbox_id),
+                ObserveRequest(format="png"),
+                Observation,
+                timeout=self.settings.observe_timeout,
+            )
+            assert observation.screenshot is not None
+            result = await request(
+                self.broker,
+                subjects.GROUND,
+                GroundRequest(
+                    description=target,
+                    screenshot=observation.screenshot,
+                    screen_width=screen[0],
+                    screen_height=screen[1],
+                ),
+                GroundResult,
+                timeout=self.settings.ground_timeout,
+            )
+        except (RemoteError, RequestTimeout) as exc:
+            code = exc.code if isinstance(exc, RemoteError) else ErrorCode.TIMEOUT
+            raise _StepFailed(ErrorInfo(code=code, message=f"grounding failed: {exc}")) from exc
+        if not result.found or result.x is None or result.y is None:
+            raise _StepFailed(
+                ErrorInfo(
+                    code=ErrorCode.NOT_FOUND,
+                    message=f"could not find {target!r} on the screen; describe it differently "
+                    "or give coordinates",
+                )
+            )
+        await self._emit(
+            StepGrounded(
+                step=step,
+                target=target,
+                x=result.x,
+                y=result.y,
+                method=result.method,
+                **self._ids(),
+            )
+        )
+        return action.model_copy(update={"x": result.x, "y": result.y})
+
+    async def _act(self, action: Action) -> ActionResult:
+        try:
+            return await request(
+                self.broker,
+                subjects.sandbox_act(self.task.sandbox_id),
+                ActRequest(action=action, observe=self._observe_request()),
+                ActionResult,
+                timeout=self.settings.act_timeout + _action_time(action),
+            )
+        except RemoteError as exc:
+            raise _StepFailed(exc.error) from exc
+        except RequestTimeout as exc:
+            raise _StepFailed(ErrorInfo(code=ErrorCode.TIMEOUT, message=str(exc))) from exc
+
+    # --- context -------------------------------------------------------------
+
+    def _messages(
+        self, mode: Literal["grounded", "direct"], width: int, height: int, screenshot_uri: str
+    ) -> list[dict[str, Any]]:
+        """Instruction, past steps (recent ones with the screenshot they were
+        chosen on, older ones as text only), then the current screenshot.
+
+        History is plain text rather than replayed tool-call structures: that
+        works on every OpenAI-compatible server, with or without tool support.
+        """
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system_prompt(mode, width, height)},
+            {"role": "user", "content": f"Task: {self.task.prompt}"},
+        ]
+        for past in self._history:
+            if past.screenshot_uri:
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": f"Screenshot before step {past.number}:"},
+                            {"type": "image_url", "image_url": {"url": past.screenshot_uri}},
+                        ],
+                    }
+                )
+            messages.append({"role": "assistant", "content": past.action_json})
+            messages.append(
+                {"role": "user", "content": f"Step {past.number} result: {past.outcome}"}
+            )
+        current = "Current screenshot. Reply with exactly one action."
+        if self._feedback:
+            current = f"{self._feedback}\n{current}"
+            self._feedback = None
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": current},
+                    {"type": "image_url", "image_url": {"url": screenshot_uri}},
+                ],
+            }
+        )
+        return messages
+
+    def _record(self, step: int, action_json: str, outcome: str, uri: str | None) -> None:
+        self._history.append(_Step(step, action_json, outcome, uri))
+        # Only the newest screenshots stay as images (the current one counts
+        # as one); older steps keep their text, which bounds the context.
+        images_kept = self.settings.keep_screenshots - 1
+        with_image = [s for s in self._history if s.screenshot_uri]
+        for old in with_image[: max(len(with_image) - images_kept, 0)]:
+            old.screenshot_uri = None
+
+
+class _StepFailed(Exception):
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _action_time(action: Action) -> float:
+    seconds = (
+        getattr(action, "timeout", None)
+        or getattr(action, "seconds", None)
+        or getattr(action, "duration", None)
+        or 0.0
+    )
+    if isinstance(action, DragAction):
+        seconds += 0.01 * len(action.path) * 20
+    return float(seconds)

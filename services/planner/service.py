@@ -1,0 +1,83 @@
+"""NATS wiring for the planner: take tasks from the queue group, follow controls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream.nats import NatsBroker
+
+from selfagent.bus import make_broker, typed_handler
+from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
+
+from .config import Settings
+from .llm import LLMClient
+from .runner import Control, TaskRunner
+
+log = logging.getLogger(__name__)
+SERVICE = "planner"
+
+
+class Planner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE)
+        self.llm = LLMClient(
+            base_url=settings.llm_api_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value(),
+            timeout=settings.llm_timeout,
+            max_attempts=settings.llm_max_attempts,
+            temperature=settings.llm_temperature,
+            max_tokens=settings.llm_max_tokens,
+        )
+        # Controls for the tasks running in this replica, by session.
+        self.controls: dict[str, Control] = {}
+        self.running: set[asyncio.Task[object]] = set()
+        self._wire()
+
+    def _wire(self) -> None:
+        broker = self.broker
+
+        @broker.subscriber(subjects.TASK_SUBMIT, queue=subjects.PLANNER_QUEUE, title="task.submit")
+        @typed_handler(broker, SERVICE, TaskSubmitted, subjects.TASK_SUBMIT)
+        async def on_task(task: TaskSubmitted) -> None:
+            # Run the task in the background: a task takes minutes and the
+            # subscriber must keep taking tasks and controls meanwhile.
+            self.start_task(task)
+
+        @broker.subscriber(subjects.SESSION_CONTROL_ALL, title="session.control")
+        @typed_handler(broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)
+        async def on_control(command: ControlCommand) -> None:
+            control = self.controls.get(command.session_id)
+            if control is not None:
+                log.info("session %s: %s", command.session_id, command.command)
+                control.apply(command.command)
+
+    def start_task(self, task: TaskSubmitted) -> asyncio.Task[object]:
+        if task.session_id in self.controls:
+            log.warning("session %s already has a running task; stopping it first", task.session_id)
+            self.controls[task.session_id].apply("stop")
+        control = Control()
+        self.controls[task.session_id] = control
+        runner = TaskRunner(self.broker, self.llm, self.settings, task, control)
+
+        async def run() -> object:
+            try:
+                return await runner.run()
+            finally:
+                if self.controls.get(task.session_id) is control:
+                    del self.controls[task.session_id]
+
+        handle: asyncio.Task[object] = asyncio.create_task(run(), name=f"task-{task.task_id}")
+        self.running.add(handle)
+        handle.add_done_callback(self.running.discard)
+        return handle
+
+    async def stop(self) -> None:
+        for handle in list(self.running):
+            handle.cancel()
+        if self.running:
+            await asyncio.wait(self.running, timeout=5)
+        await self.broker.stop()
+        await self.llm.close()

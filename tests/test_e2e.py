@@ -1,0 +1,162 @@
+"""One instruction end to end through the real stack, and bad input on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from selfagent.local import LocalStack
+from tests.harness.fakellm import FakeLLM, tool_call
+
+pytestmark = pytest.mark.desktop
+
+
+def computer(**arguments: Any) -> dict[str, Any]:
+    return tool_call("computer", arguments)
+
+
+def chat(stack: LocalStack, prompt: str, timeout: float = 120) -> dict[str, Any]:
+    response = httpx.post(
+        f"{stack.gateway_url}/api/chat",
+        json={"prompt": prompt},
+        headers={"Authorization": f"Bearer {stack.token}"},
+        timeout=timeout,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def session_events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
+    # History comes from the JetStream stream; give the last publish a moment.
+    deadline = time.monotonic() + 10
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        response = httpx.get(
+            f"{stack.gateway_url}/api/sessions/{session_id}/events",
+            headers={"Authorization": f"Bearer {stack.token}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        events = response.json()["events"] if isinstance(response.json(), dict) else response.json()
+        if any(e["kind"] == "task.finished" for e in events):
+            break
+        time.sleep(0.3)
+    return events
+
+
+def test_instruction_creates_file_on_real_desktop(stack: LocalStack, llm: FakeLLM) -> None:
+    llm.push(
+        computer(action="key", keys="ctrl+alt+t"),
+        computer(action="type", text="echo hello > ~/Desktop/hello.txt"),
+        computer(action="key", keys="Return"),
+        computer(action="done", message="I created hello.txt on the desktop."),
+    )
+    reply = chat(stack, "open a terminal and create a file on the desktop")
+
+    assert reply["status"] == "succeeded", reply
+    assert reply["reply"] == "I created hello.txt on the desktop."
+    assert stack.sandbox_home is not None
+    created = stack.sandbox_home / "Desktop" / "hello.txt"
+    deadline = time.monotonic() + 5
+    while not created.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert created.read_text() == "hello\n"
+
+    events = session_events(stack, reply["session_id"])
+    executed = [e for e in events if e["kind"] == "step.executed"]
+    assert [e["action"]["action"] for e in executed] == ["key", "type", "key"]
+    assert all(e["ok"] for e in executed)
+    finished = [e for e in events if e["kind"] == "task.finished"]
+    assert len(finished) == 1 and finished[0]["reply"] == reply["reply"]
+
+    # The model saw real screenshots: every call carried an image data URI.
+    for request in llm.requests:
+        last = request["messages"][-1]["content"]
+        images = [part for part in last if part.get("type") == "image_url"]
+        assert images and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+def test_bad_model_output_fails_clearly_and_services_survive(
+    stack: LocalStack, llm: FakeLLM
+) -> None:
+    llm.push(
+        {"content": "I think I should maybe click somewhere? Not sure."},
+        computer(action="teleport", x=10, y=10),
+        computer(action="click", x=5000, y=10),
+    )
+    reply = chat(stack, "do something impossible")
+    assert reply["status"] == "failed"
+    assert "outside" in reply["reply"] and "5000" in reply["reply"], reply["reply"]
+
+    events = session_events(stack, reply["session_id"])
+    feedback = [e["text"] for e in events if e["kind"] == "message" and e["role"] == "system"]
+    assert any("teleport" in text for text in feedback), feedback
+    assert not [e for e in events if e["kind"] == "step.executed"], "nothing may run"
+
+    # The model was told exactly what was wrong before each retry.
+    retry_prompt = json.dumps(llm.requests[1]["messages"][-1])
+    assert "not a valid action" in retry_prompt
+
+    for name, process in stack.processes.items():
+        assert process.poll() is None, f"{name} died:\n{stack.log(name)[-3000:]}"
+
+    llm.push(
+        computer(action="move", x=640, y=360),
+        computer(action="done", message="Moved the pointer."),
+    )
+    again = chat(stack, "move the mouse to the middle")
+    assert again["status"] == "succeeded" and again["reply"] == "Moved the pointer."
+
+
+def test_unauthenticated_requests_are_refused(stack: LocalStack) -> None:
+    base = stack.gateway_url
+    assert httpx.get(f"{base}/").status_code == 401
+    assert httpx.post(f"{base}/api/chat", json={"prompt": "x"}).status_code == 401
+    assert httpx.get(f"{base}/api/sessions/abc/events").status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert httpx.post(f"{base}/api/chat", json={"prompt": "x"}, headers=wrong).status_code == 401
+
+    import websockets
+
+    async def refused(path: str) -> bool:
+        url = base.replace("http", "ws") + path
+        try:
+            async with websockets.connect(url) as ws:
+                await asyncio.wait_for(ws.recv(), 5)
+        except websockets.exceptions.InvalidStatus:
+            return True
+        except websockets.exceptions.ConnectionClosed as closed:
+            return closed.rcvd is not None and closed.rcvd.code == 1008
+        return False
+
+    assert asyncio.run(refused("/ws/events"))
+    assert asyncio.run(refused("/ws/vnc"))
+
+
+def test_bus_survives_invalid_messages(stack: LocalStack, llm: FakeLLM) -> None:
+    """Garbage published on the task and act subjects: dead-lettered or answered, no crash."""
+    import nats
+
+    async def poke() -> dict[str, Any]:
+        client = await nats.connect(stack.nats_url)
+        letters = await client.subscribe("agent.deadletter.>")
+        await client.publish("agent.task.submit", b"{not json")
+        reply = await client.request("agent.sandbox.default.act", b'{"action": {"action": "fly"}}',
+                                     timeout=5)
+        letter = await letters.next_msg(timeout=5)
+        await client.close()
+        return {"reply": json.loads(reply.data), "letter": json.loads(letter.data)}
+
+    got = asyncio.run(poke())
+    assert got["reply"]["ok"] is False and got["reply"]["error"]["code"] == "invalid_message"
+    assert got["letter"]["service"] == "planner" and got["letter"]["payload"] == "{not json"
+    for name, process in stack.processes.items():
+        assert process.poll() is None, f"{name} died"
+    _ = Path
