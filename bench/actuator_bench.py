@@ -103,40 +103,55 @@ async def over_bus(nats: EmbeddedNats, desktop: Desktop, runs: int) -> None:
     round_trips = []
     for i in range(runs):
         started = time.perf_counter()
-        await request(broker, act,
-                      ActRequest(action=MoveAction(x=100 + i % 50, y=100), settle=False,
-                                 observe=None),
-                      ActionResult, timeout=10)
+        await request(
+            broker,
+            act,
+            ActRequest(action=MoveAction(x=100 + i % 50, y=100), settle=False, observe=None),
+            ActionResult,
+            timeout=10,
+        )
         round_trips.append((time.perf_counter() - started) * 1000)
     p50, _ = line("action round trip over NATS (no settle)", round_trips)
     print(f"    target <= 5 ms: {'met' if p50 <= 5 else 'NOT met'}")
 
     steps, settles = [], []
-    await request(broker, act, ActRequest(action=MoveAction(x=700, y=500)), ActionResult,
-                  timeout=10)
+    await request(
+        broker, act, ActRequest(action=MoveAction(x=700, y=500)), ActionResult, timeout=10
+    )
     for _ in range(runs):
         started = time.perf_counter()
-        result = await request(broker, act, ActRequest(action=MoveAction(x=700, y=500)),
-                               ActionResult, timeout=10)
+        result = await request(
+            broker, act, ActRequest(action=MoveAction(x=700, y=500)), ActionResult, timeout=10
+        )
         steps.append((time.perf_counter() - started) * 1000)
         settles.append(result.settle_ms)
     p50, _ = line("whole no-op step (action + settle + JPEG)", steps)
     line("  of which settling", settles)
     print(f"    target <= 150 ms: {'met' if p50 <= 150 else 'NOT met'}")
-    for name, delay in (("Anthropic demo 2.0 s", ANTHROPIC_DEMO_DELAY),
-                        ("Bytebot 0.75 s", BYTEBOT_DELAY), ("Cua 0.5 s", CUA_DELAY)):
+    for name, delay in (
+        ("Anthropic demo 2.0 s", ANTHROPIC_DEMO_DELAY),
+        ("Bytebot 0.75 s", BYTEBOT_DELAY),
+        ("Cua 0.5 s", CUA_DELAY),
+    ):
         print(f"    vs {name:<22} {delay * 1000 / p50:5.1f}x faster")
 
     env = {**os.environ, "DISPLAY": desktop.display}
     started = time.perf_counter()
-    result = await request(broker, act, ActRequest(action=KeyAction(keys="ctrl+alt+t")),
-                           ActionResult, timeout=20)
+    result = await request(
+        broker, act, ActRequest(action=KeyAction(keys="ctrl+alt+t")), ActionResult, timeout=20
+    )
     total = (time.perf_counter() - started) * 1000
-    windows = subprocess.run(["xdotool", "search", "--onlyvisible", "--class", "xfce4-terminal"],
-                             env=env, capture_output=True, text=True).stdout.split()
-    print(f"  step that opens a terminal: {total:.0f} ms, of which settling "
-          f"{result.settle_ms:.0f} ms; terminal mapped when the screenshot was taken: "
-          f"{'yes' if windows else 'no'}")
+    windows = subprocess.run(
+        ["xdotool", "search", "--onlyvisible", "--class", "xfce4-terminal"],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    print(
+        f"  step that opens a terminal: {total:.0f} ms, of which settling "
+        f"{result.settle_ms:.0f} ms; terminal mapped when the screenshot was taken: "
+        f"{'yes' if windows else 'no'}"
+    )
     if result.observation and result.observation.screenshot:
         import base64
 
@@ -159,8 +174,12 @@ async def main(runs: int) -> None:
         "ACTUATOR_EXEC_URL": f"http://127.0.0.1:{desktop.exec_port}",
         "ACTUATOR_EXEC_TOKEN": token,
     }
-    actuator = subprocess.Popen([sys.executable, "-m", "selfagent.actuator"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    actuator = subprocess.Popen(
+        [sys.executable, "-m", "selfagent.actuator"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         print(f"desktop {desktop.width}x{desktop.height}, {runs} runs per figure\n")
         print("screenshot ready for the model:")
@@ -169,9 +188,11 @@ async def main(runs: int) -> None:
         jpeg, png = await local_capture(desktop, runs)
         ours_p50, _ = line("selfagent live framebuffer -> JPEG q85", jpeg)
         png_p50, _ = line("selfagent live framebuffer -> PNG", png)
-        print(f"    JPEG {base_p50 / ours_p50:.1f}x faster than the baseline, "
-              f"PNG {base_p50 / png_p50:.1f}x; target p50 <= 10 ms: "
-              f"{'met' if ours_p50 <= 10 else 'NOT met'}\n")
+        print(
+            f"    JPEG {base_p50 / ours_p50:.1f}x faster than the baseline, "
+            f"PNG {base_p50 / png_p50:.1f}x; target p50 <= 10 ms: "
+            f"{'met' if ours_p50 <= 10 else 'NOT met'}\n"
+        )
         await asyncio.sleep(1.0)
         print("over the bus (planner side -> actuator process -> VNC -> reply):")
         await over_bus(nats, desktop, runs)

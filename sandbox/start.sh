@@ -8,6 +8,8 @@
 #   VNC_LISTEN     address the VNC server binds      (default 127.0.0.1)
 #   SCREEN_WIDTH / SCREEN_HEIGHT                     (default 1280 x 720)
 #   SANDBOX_HOME   home of the desktop session       (default $HOME)
+#   SANDBOX_EXEC_TOKEN  when set, also start exec_server.py (shell + files);
+#                  SANDBOX_EXEC_HOST / SANDBOX_EXEC_PORT as described there
 set -eu
 
 if [ -z "${VNC_PASSWORD:-}" ]; then
@@ -39,6 +41,10 @@ chmod 700 "$XDG_RUNTIME_DIR"
 PASSWD_FILE="$XDG_RUNTIME_DIR/vncpasswd"
 printf '%s\n' "$VNC_PASSWORD" | vncpasswd -f > "$PASSWD_FILE"
 chmod 600 "$PASSWD_FILE"
+# Programs on the desktop (and so the agent's shell) must not see the secrets.
+unset VNC_PASSWORD
+EXEC_TOKEN="${SANDBOX_EXEC_TOKEN:-}"
+unset SANDBOX_EXEC_TOKEN
 
 children=""
 cleanup() {
@@ -71,8 +77,8 @@ done
 dbus-launch --exit-with-session startxfce4 >"$XDG_CACHE_HOME/xfce.log" 2>&1 &
 children="$children $!"
 
-if [ -n "${SANDBOX_EXEC_TOKEN:-}" ] && [ -f "$HERE/exec_server.py" ]; then
-    python3 "$HERE/exec_server.py" &
+if [ -n "$EXEC_TOKEN" ] && [ -f "$HERE/exec_server.py" ]; then
+    SANDBOX_EXEC_TOKEN="$EXEC_TOKEN" python3 "$HERE/exec_server.py" &
     children="$children $!"
 fi
 

@@ -6,7 +6,7 @@ restricted to ``[A-Za-z0-9_-]`` so they never contain NATS wildcards or dots):
 =================================  ==================  =====================================
 subject                            pattern             payload
 =================================  ==================  =====================================
-``agent.task.submit``              publish, queue      TaskSubmitted -> planner
+``agent.task.submit``              publish (stream)    TaskSubmitted -> planner (work queue)
 ``agent.session.<sid>.control``    publish             ControlCommand -> planner
 ``agent.session.<sid>.event.<k>``  publish (stream)    SessionEvent, ``<k>`` = event kind
 ``agent.ground``                   request, queue      GroundRequest -> GroundResult
@@ -30,7 +30,11 @@ SESSION_EVENTS_ALL = "agent.session.*.event.>"
 SESSION_CONTROL_ALL = "agent.session.*.control"
 DEAD_LETTER_ALL = "agent.deadletter.>"
 
-# JetStream streams that keep history for replay and automation clients.
+# JetStream streams. Tasks wait in a work queue until a planner takes them
+# (nothing is lost while no planner runs); events and dead letters keep
+# history for replay and automation clients.
+TASKS_STREAM = "AGENT_TASKS"
+PLANNER_DURABLE = "planner"
 EVENTS_STREAM = "AGENT_EVENTS"
 DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
 

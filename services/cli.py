@@ -1,7 +1,7 @@
 """The ``selfagent`` command.
 
-    selfagent up        run everything locally (no Docker) and print the URL
-    selfagent schemas   rewrite schemas/json from the pydantic models
+selfagent up        run everything locally (no Docker) and print the URL
+selfagent schemas   rewrite schemas/json from the pydantic models
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ def _up(args: argparse.Namespace) -> int:
 
     load_dotenv(Path.cwd() / ".env")
     if not os.environ.get("LLM_API_BASE_URL"):
-        print("note: LLM_API_BASE_URL is not set; copy .env.example to .env and fill it in",
-              file=sys.stderr)
+        print(
+            "note: LLM_API_BASE_URL is not set; copy .env.example to .env and fill it in",
+            file=sys.stderr,
+        )
     data_dir = Path(args.data_dir).resolve() if args.data_dir else None
     stack = LocalStack(run_dir=data_dir, gateway_port=args.port)
     stopping = threading.Event()
@@ -37,14 +39,20 @@ def _up(args: argparse.Namespace) -> int:
     except LocalModeError as exc:
         print(f"selfagent: {exc}", file=sys.stderr)
         return 1
-    print(f"\n  selfagent is running: {stack.gateway_url}/?token={stack.token}\n"
-          f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n", flush=True)
+    print(
+        f"\n  selfagent is running: {stack.gateway_url}/?token={stack.token}\n"
+        f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n",
+        flush=True,
+    )
     try:
         while not stopping.wait(1.0):
             for name, process in list(stack.processes.items()):
                 if process.poll() is not None:
-                    print(f"selfagent: {name} exited with {process.returncode}; "
-                          f"restarting (see its log)", file=sys.stderr)
+                    print(
+                        f"selfagent: {name} exited with {process.returncode}; "
+                        f"restarting (see its log)",
+                        file=sys.stderr,
+                    )
                     if name == "sandbox":
                         stopping.set()
                         break
@@ -62,8 +70,9 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="selfagent", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="selfagent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run NATS, the sandbox desktop and all services locally")
     up.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))

@@ -140,7 +140,9 @@ class LocalStack:
         while time.monotonic() < deadline:
             found = subprocess.run(
                 ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"],
-                env=env, capture_output=True, timeout=10,
+                env=env,
+                capture_output=True,
+                timeout=10,
             )
             if found.stdout.strip():
                 time.sleep(1.0)
@@ -167,16 +169,18 @@ class LocalStack:
         return env
 
     def start_service(self, name: str) -> subprocess.Popen[bytes]:
-        return self._spawn(name, [sys.executable, "-m", f"selfagent.{name}"],
-                           self.service_env(name))
+        return self._spawn(
+            name, [sys.executable, "-m", f"selfagent.{name}"], self.service_env(name)
+        )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         assert self.run_dir is not None
         log = open(self.run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
         # Own process group each, so stopping also reaches their children
         # (the sandbox's X server and desktop session).
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes[name] = process
         return process
 

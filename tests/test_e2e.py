@@ -148,8 +148,9 @@ def test_bus_survives_invalid_messages(stack: LocalStack, llm: FakeLLM) -> None:
         client = await nats.connect(stack.nats_url)
         letters = await client.subscribe("agent.deadletter.>")
         await client.publish("agent.task.submit", b"{not json")
-        reply = await client.request("agent.sandbox.default.act", b'{"action": {"action": "fly"}}',
-                                     timeout=5)
+        reply = await client.request(
+            "agent.sandbox.default.act", b'{"action": {"action": "fly"}}', timeout=5
+        )
         letter = await letters.next_msg(timeout=5)
         await client.close()
         return {"reply": json.loads(reply.data), "letter": json.loads(letter.data)}

@@ -8,6 +8,7 @@ the same methods, and the executor would not change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -90,10 +91,8 @@ class VncDesktop(Desktop):
     async def stop(self) -> None:
         if self._supervisor:
             self._supervisor.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-            except asyncio.CancelledError:
-                pass
         if self._client:
             await self._client.close()
 
@@ -111,8 +110,9 @@ class VncDesktop(Desktop):
                 self.last_error = str(exc)
                 await asyncio.sleep(self.retry_interval)
                 continue
-            log.info("VNC connected to %s:%d (%dx%d)", self.host, self.port,
-                     client.width, client.height)
+            log.info(
+                "VNC connected to %s:%d (%dx%d)", self.host, self.port, client.width, client.height
+            )
             self.last_error = None
             self._client = client
             self._ready.set()
@@ -255,10 +255,8 @@ class VncDesktop(Desktop):
             if now >= quiet_until or now >= deadline:
                 break
             client.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(client.changed.wait(), min(quiet_until, deadline) - now)
-            except TimeoutError:
-                pass
             if client.closed.is_set():
                 raise DesktopUnavailable("VNC connection lost while settling")
         return time.monotonic() - start

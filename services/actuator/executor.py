@@ -113,8 +113,9 @@ class Executor:
             async with self._lock:
                 result = await self._act(request)
         except BaseException as exc:
-            result = _fail(action_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}",
-                           time.perf_counter())
+            result = _fail(
+                action_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", time.perf_counter()
+            )
             future.set_result(result)
             raise
         future.set_result(result)
@@ -157,8 +158,9 @@ class Executor:
         except ActionRejected as exc:
             return _fail(action.id, exc.code, str(exc), started)
         except DesktopUnavailable as exc:
-            return _fail(action.id, ErrorCode.VNC_UNAVAILABLE,
-                         f"{exc}; the action was not executed", started)
+            return _fail(
+                action.id, ErrorCode.VNC_UNAVAILABLE, f"{exc}; the action was not executed", started
+            )
 
         since = time.monotonic()
         result = ActionResult(action_id=action.id)
@@ -175,9 +177,13 @@ class Executor:
             return _fail(action.id, exc.code, str(exc), started)
         except DesktopUnavailable as exc:
             # Input may have been partly delivered; say so and never replay it.
-            return _fail(action.id, ErrorCode.VNC_UNAVAILABLE,
-                         f"VNC link failed during the action (it may have partly run; "
-                         f"it will not be retried): {exc}", started)
+            return _fail(
+                action.id,
+                ErrorCode.VNC_UNAVAILABLE,
+                f"VNC link failed during the action (it may have partly run; "
+                f"it will not be retried): {exc}",
+                started,
+            )
         except SandboxExecError as exc:
             return _fail(action.id, ErrorCode.SANDBOX_UNAVAILABLE, str(exc), started)
         result.duration_ms = (time.perf_counter() - started) * 1000

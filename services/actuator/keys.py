@@ -141,8 +141,19 @@ for _alias, _target in _ALIASES.items():
     _BY_LOWER.setdefault(_alias, _NAMED[_target])
 
 MODIFIER_KEYSYMS = frozenset(
-    _NAMED[n] for n in ("Shift_L", "Shift_R", "Control_L", "Control_R", "Alt_L", "Alt_R",
-                        "Super_L", "Super_R", "Meta_L", "Meta_R")
+    _NAMED[n]
+    for n in (
+        "Shift_L",
+        "Shift_R",
+        "Control_L",
+        "Control_R",
+        "Alt_L",
+        "Alt_R",
+        "Super_L",
+        "Super_R",
+        "Meta_L",
+        "Meta_R",
+    )
 )
 
 

@@ -15,6 +15,7 @@ compressed encodings would cost more CPU than they save on a local link.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -258,16 +259,12 @@ class RFBClient:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
             self._task = None
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(OSError, ConnectionError):
                 await self._writer.wait_closed()
-            except (OSError, ConnectionError):
-                pass
             self._writer = None
         self.closed.set()

@@ -41,17 +41,26 @@ def make_broker(url: str, name: str) -> NatsBroker:
     )
 
 
-async def start_with_retry(broker: NatsBroker, *, attempt_every: float = 1.0) -> None:
+async def start_with_retry(
+    broker: NatsBroker,
+    *,
+    attempt_every: float = 1.0,
+    before_start: Callable[[NatsBroker], Awaitable[None]] | None = None,
+) -> None:
     """Start the broker, waiting for the server if it is not up yet.
 
     nats-py retries forever only once a first connection has succeeded; a
-    service started before its broker would otherwise exit.
+    service started before its broker would otherwise exit. ``before_start``
+    runs once connected, before subscribers start (e.g. declaring streams).
     """
     while True:
         try:
+            if before_start is not None:
+                await broker.connect()
+                await before_start(broker)
             await broker.start()
             return
-        except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
+        except (TimeoutError, OSError, Exception) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.warning("NATS not reachable (%s); retrying in %.1fs", exc, attempt_every)
@@ -94,7 +103,7 @@ async def reject(
     )
     try:
         await broker.publish(letter, subjects.dead_letter(service))
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("could not publish dead letter")
     return None
 
@@ -110,7 +119,7 @@ async def request(
     """Typed request/reply: returns the reply model or raises a :class:`BusError`."""
     try:
         response = await broker.request(message, subject, timeout=timeout)
-    except (TimeoutError, asyncio.TimeoutError, NatsTimeoutError) as exc:
+    except (TimeoutError, NatsTimeoutError) as exc:
         raise RequestTimeout(subject, timeout) from exc
     except NoRespondersError as exc:
         raise RemoteError(
@@ -150,7 +159,7 @@ def typed_handler(
                 return await reject(broker, service, msg, exc)
             try:
                 return await fn(parsed)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("%s: handler for %s failed", service, subject)
                 if msg.reply_to:
                     return error_reply(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")

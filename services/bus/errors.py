@@ -1,10 +1,10 @@
 """The one exception hierarchy that selfagent's Python API raises.
 
-    SelfagentError
-    ├── BusError
-    │   ├── RequestTimeout      no reply within the deadline
-    │   └── RemoteError         the other side answered ``ok: false``
-    └── InvalidMessage          a payload failed schema validation
+SelfagentError
+├── BusError
+│   ├── RequestTimeout      no reply within the deadline
+│   └── RemoteError         the other side answered ``ok: false``
+└── InvalidMessage          a payload failed schema validation
 """
 
 from __future__ import annotations

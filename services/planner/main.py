@@ -7,6 +7,7 @@ import logging
 import signal
 
 from selfagent.bus import start_with_retry
+from selfagent.bus.streams import ensure_streams
 
 from .config import Settings
 from .service import Planner
@@ -17,7 +18,7 @@ log = logging.getLogger("selfagent.planner")
 async def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     planner = Planner(settings)
-    await start_with_retry(planner.broker)
+    await start_with_retry(planner.broker, before_start=ensure_streams)
     log.info(
         "planner ready: model %s at %s, %s mode",
         settings.llm_model,

@@ -24,7 +24,6 @@ from selfagent.schemas import (
     ActRequest,
     AgentMessage,
     ClickAction,
-    ControlVerb,
     DoneAction,
     DragAction,
     ErrorCode,
@@ -46,10 +45,10 @@ from selfagent.schemas import (
     subjects,
 )
 from selfagent.schemas.actions import Action
-from selfagent.schemas.messages import TaskStatus
+from selfagent.schemas.messages import ControlVerb, TaskStatus
 
 from .config import Settings
-from .coords import CoordinateMap, fit_within, off_screen_problem
+from .coords import CoordinateMap, off_screen_problem
 from .llm import LLMClient, LLMError
 from .parsing import ActionParseError, parse_reply
 from .tools import computer_tool, system_prompt
@@ -117,7 +116,7 @@ class TaskRunner:
         kind: str = getattr(event, "kind")  # noqa: B009
         try:
             await self.broker.publish(event, subjects.session_event(self.task.session_id, kind))
-        except Exception:  # noqa: BLE001
+        except Exception:
             # The broker buffers while reconnecting; a failure here must not
             # end the task, but it must be visible.
             log.exception("could not publish %s event", kind)
@@ -161,7 +160,7 @@ class TaskRunner:
                 )
             )
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("task %s crashed", self.task.task_id)
             return await self._finish(
                 _Finish(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, PullSub
 
 from selfagent.bus import make_broker, typed_handler
+from selfagent.bus.streams import TASKS
 from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
 
 from .config import Settings
@@ -39,7 +40,16 @@ class Planner:
     def _wire(self) -> None:
         broker = self.broker
 
-        @broker.subscriber(subjects.TASK_SUBMIT, queue=subjects.PLANNER_QUEUE, title="task.submit")
+        # A pull consumer on the tasks work queue: replicas share one durable,
+        # so each task goes to exactly one planner, and tasks submitted while
+        # no planner runs wait in the stream instead of being dropped.
+        @broker.subscriber(
+            subjects.TASK_SUBMIT,
+            stream=TASKS,
+            durable=subjects.PLANNER_DURABLE,
+            pull_sub=PullSub(batch_size=1, timeout=5.0),
+            title="task.submit",
+        )
         @typed_handler(broker, SERVICE, TaskSubmitted, subjects.TASK_SUBMIT)
         async def on_task(task: TaskSubmitted) -> None:
             # Run the task in the background: a task takes minutes and the

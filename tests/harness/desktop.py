@@ -70,7 +70,10 @@ class Desktop:
 
 
 def start_desktop(
-    width: int = 1280, height: int = 720, exec_port: int | None = None, exec_token: str | None = None
+    width: int = 1280,
+    height: int = 720,
+    exec_port: int | None = None,
+    exec_token: str | None = None,
 ) -> Desktop:
     num = _free_display()
     home = Path(tempfile.mkdtemp(prefix="selfagent-home-"))

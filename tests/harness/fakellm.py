@@ -15,6 +15,7 @@ script runs out, ``default`` is used (if set) or the server answers 500.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -103,9 +104,7 @@ class FakeLLM:
                     return
                 self._send(200, completion(request, reply))
 
-            def _send(
-                self, status: int, body: Any, headers: dict[str, str] | None = None
-            ) -> None:
+            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -113,10 +112,8 @@ class FakeLLM:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     self.wfile.write(data)
-                except BrokenPipeError:
-                    pass
 
         return Handler
 

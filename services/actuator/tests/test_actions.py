@@ -40,8 +40,9 @@ ACT = subjects.sandbox_act("test")
 
 async def act(running: Any, action: Action, timeout: float = 30, **kw: Any) -> ActionResult:
     client: NatsBroker = running.client
-    return await request(client, ACT, ActRequest(action=action, **kw), ActionResult,
-                         timeout=timeout)
+    return await request(
+        client, ACT, ActRequest(action=action, **kw), ActionResult, timeout=timeout
+    )
 
 
 def pointer(desktop: Desktop) -> tuple[int, int]:
@@ -53,8 +54,9 @@ def pointer(desktop: Desktop) -> tuple[int, int]:
 def window_origin(desktop: Desktop, wid: str) -> tuple[int, int]:
     # xwininfo's absolute origin; xdotool's getwindowgeometry double-counts
     # the frame offset under xfwm4.
-    info = subprocess.run(["xwininfo", "-id", wid], env=desktop.env(), capture_output=True,
-                          text=True, timeout=10).stdout
+    info = subprocess.run(
+        ["xwininfo", "-id", wid], env=desktop.env(), capture_output=True, text=True, timeout=10
+    ).stdout
     values = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in info.splitlines())}
     return int(values["Absolute upper-left X"]), int(values["Absolute upper-left Y"])
 
@@ -90,8 +92,12 @@ async def test_key_combo_opens_terminal(actuator: Any, desktop: Desktop) -> None
 async def test_unicode_text_lands_in_a_real_editor(actuator: Any, desktop: Desktop) -> None:
     path = desktop.home / "unicode.txt"
     path.write_text("")
-    subprocess.Popen(["mousepad", str(path)], env=desktop.env(),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(
+        ["mousepad", str(path)],
+        env=desktop.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wid = desktop.wait_for_window("unicode.txt", timeout=20)
     desktop.xdotool("windowactivate", "--sync", wid)
     time.sleep(0.5)
@@ -109,8 +115,12 @@ async def test_unicode_text_lands_in_a_real_editor(actuator: Any, desktop: Deskt
 async def test_scroll_moves_a_long_document(actuator: Any, desktop: Desktop) -> None:
     path = desktop.home / "long.txt"
     path.write_text("".join(f"line {n:04d}\n" for n in range(1, 2001)))
-    subprocess.Popen(["mousepad", str(path)], env=desktop.env(),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(
+        ["mousepad", str(path)],
+        env=desktop.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wid = desktop.wait_for_window("long.txt", timeout=20)
     desktop.xdotool("windowactivate", "--sync", wid)
     desktop.xdotool("windowmove", wid, "100", "80")
@@ -118,8 +128,9 @@ async def test_scroll_moves_a_long_document(actuator: Any, desktop: Desktop) -> 
     time.sleep(0.8)
     observe = ObserveRequest(format="png")
     before = await act(actuator, MoveAction(x=400, y=300), observe=observe)
-    scrolled = await act(actuator, ScrollAction(x=400, y=300, direction="down", amount=15),
-                         observe=observe)
+    scrolled = await act(
+        actuator, ScrollAction(x=400, y=300, direction="down", amount=15), observe=observe
+    )
     assert before.observation and scrolled.observation
     assert before.observation.screenshot and scrolled.observation.screenshot
     assert before.observation.screenshot.data_b64 != scrolled.observation.screenshot.data_b64
@@ -143,8 +154,10 @@ async def test_scroll_moves_a_long_document(actuator: Any, desktop: Desktop) -> 
 
 
 async def test_drag_moves_a_window(actuator: Any, desktop: Desktop) -> None:
-    proc = subprocess.Popen(["xmessage", "-title", "dragme", "-geometry", "+300+300",
-                             "drag me around"], env=desktop.env())
+    proc = subprocess.Popen(
+        ["xmessage", "-title", "dragme", "-geometry", "+300+300", "drag me around"],
+        env=desktop.env(),
+    )
     try:
         wid = desktop.wait_for_window("dragme", timeout=10)
         time.sleep(0.5)
@@ -183,8 +196,9 @@ async def test_shell_timeout_kills_the_process(actuator: Any, desktop: Desktop) 
 
 
 async def test_huge_output_is_truncated_not_fatal(actuator: Any) -> None:
-    result = await act(actuator, ShellAction(command="head -c 10000000 /dev/zero | tr '\\0' a"),
-                       observe=None)
+    result = await act(
+        actuator, ShellAction(command="head -c 10000000 /dev/zero | tr '\\0' a"), observe=None
+    )
     assert result.ok and result.output is not None
     assert len(result.output) < 2_000_000
     assert "truncated" in result.output
@@ -239,9 +253,13 @@ async def test_wait_and_observe(actuator: Any) -> None:
     result = await act(actuator, WaitAction(seconds=0.5))
     assert time.monotonic() - started >= 0.5 and result.ok
     client: NatsBroker = actuator.client
-    observation = await request(client, subjects.sandbox_observe("test"),
-                                ObserveRequest(format="png", max_width=640), Observation,
-                                timeout=10)
+    observation = await request(
+        client,
+        subjects.sandbox_observe("test"),
+        ObserveRequest(format="png", max_width=640),
+        Observation,
+        timeout=10,
+    )
     assert observation.screenshot is not None
     assert (observation.screenshot.width, observation.screenshot.height) == (640, 360)
     assert base64.b64decode(observation.screenshot.data_b64)[:8] == b"\x89PNG\r\n\x1a\n"

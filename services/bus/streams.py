@@ -1,0 +1,66 @@
+"""The JetStream streams, declared identically by whichever service starts first."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.nats import JStream, NatsBroker
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from selfagent.schemas import subjects
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600
+
+TASKS = JStream(
+    subjects.TASKS_STREAM,
+    subjects=[subjects.TASK_SUBMIT],
+    retention=RetentionPolicy.WORK_QUEUE,
+    storage=StorageType.FILE,
+    max_age=7 * DAY,
+    declare=False,
+)
+
+STREAM_CONFIGS: tuple[StreamConfig, ...] = (
+    StreamConfig(
+        name=subjects.TASKS_STREAM,
+        subjects=[subjects.TASK_SUBMIT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=7 * DAY,
+    ),
+    StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.SESSION_EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * DAY,
+    ),
+    StreamConfig(
+        name=subjects.DEAD_LETTER_STREAM,
+        subjects=[subjects.DEAD_LETTER_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * DAY,
+    ),
+)
+
+
+async def ensure_streams(broker: NatsBroker) -> None:
+    """Create the streams if missing; an existing stream is left as it is."""
+    js = broker.config.connection_state.stream
+    for config in STREAM_CONFIGS:
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+            continue
+        except Exception:
+            pass
+        try:
+            await js.add_stream(config)
+            log.info("created JetStream stream %s", config.name)
+        except BadRequestError as exc:
+            # Another service created it between our check and our add.
+            log.debug("stream %s: %s", config.name, exc)

@@ -1,0 +1,250 @@
+"""REST and WebSocket routes. Authentication happens before any of these run (see auth.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.websockets import WebSocketDisconnect
+
+from selfagent.schemas import ControlCommand, TaskFinished, TaskSubmitted
+from selfagent.schemas.messages import ControlVerb, TaskStatus
+
+from .deps import GatewayDep
+from .hub import Listener
+from .vnc_bridge import bridge
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SessionId = Annotated[
+    str, Path(pattern=ID_PATTERN, description="Session id: 1-64 of [A-Za-z0-9_-]")
+]
+WS_BAD_REQUEST = 4400
+WS_TRY_AGAIN_LATER = 1013
+
+router = APIRouter()
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskRequest(_Body):
+    prompt: str = Field(min_length=1, max_length=20_000, description="The instruction")
+    session_id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="Continue this session; a new one is started when omitted",
+    )
+    max_steps: int | None = Field(default=None, ge=1, le=500)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is blank")
+        return value
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    session_id: str
+
+
+class ChatReply(BaseModel):
+    reply: str
+    status: TaskStatus
+    task_id: str
+    session_id: str
+    steps: int
+    error: str | None = None
+
+
+class ControlRequest(_Body):
+    command: ControlVerb
+
+
+class ControlAccepted(BaseModel):
+    session_id: str
+    command: ControlVerb
+    takeover: bool
+
+
+class SessionHistory(BaseModel):
+    session_id: str
+    events: list[dict[str, Any]]
+    truncated: bool
+
+
+class TakeoverInfo(BaseModel):
+    takeover: bool
+    session_id: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    nats: Literal["connected", "disconnected"]
+    vnc_bridges: int
+
+
+def _task(body: TaskRequest, sandbox_id: str) -> TaskSubmitted:
+    fields: dict[str, Any] = {"prompt": body.prompt, "sandbox_id": sandbox_id}
+    if body.session_id:
+        fields["session_id"] = body.session_id
+    if body.max_steps is not None:
+        fields["max_steps"] = body.max_steps
+    try:
+        return TaskSubmitted(**fields)
+    except ValidationError as exc:
+        raise HTTPException(
+            422, detail=exc.errors(include_url=False, include_context=False)
+        ) from exc
+
+
+@router.get("/healthz", response_model=Health, tags=["ops"])
+async def healthz(gateway: GatewayDep) -> JSONResponse:
+    connected = gateway.bus.connected
+    health = Health(
+        status="ok" if connected else "degraded",
+        nats="connected" if connected else "disconnected",
+        vnc_bridges=gateway.vnc.active,
+    )
+    return JSONResponse(health.model_dump(), status_code=200 if connected else 503)
+
+
+@router.post("/api/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"])
+async def submit_task(body: TaskRequest, gateway: GatewayDep) -> TaskAccepted:
+    task = _task(body, gateway.settings.sandbox_id)
+    await gateway.bus.submit(task)
+    return TaskAccepted(task_id=task.task_id, session_id=task.session_id)
+
+
+@router.post("/api/chat", response_model=ChatReply, tags=["tasks"])
+async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
+    """Run one instruction and answer with the agent's final reply."""
+    task = _task(body, gateway.settings.sandbox_id)
+    timeout = gateway.settings.chat_timeout
+    # Listen before publishing: a fast planner could otherwise finish unseen.
+    with gateway.hub.listen(task_id=task.task_id, kinds=frozenset({"task.finished"})) as listener:
+        await gateway.bus.submit(task)
+        try:
+            async with asyncio.timeout(timeout):
+                frame = await listener.queue.get()
+        except TimeoutError:
+            raise HTTPException(
+                504,
+                detail=(
+                    f"task {task.task_id} did not finish within {timeout:g}s; it may still be "
+                    f"running: see /api/sessions/{task.session_id}/events"
+                ),
+            ) from None
+    finished = frame.event
+    assert isinstance(finished, TaskFinished)
+    return ChatReply(
+        reply=finished.reply,
+        status=finished.status,
+        task_id=finished.task_id,
+        session_id=finished.session_id,
+        steps=finished.steps,
+        error=finished.error.message if finished.error else None,
+    )
+
+
+@router.post(
+    "/api/sessions/{session_id}/control",
+    status_code=202,
+    response_model=ControlAccepted,
+    tags=["sessions"],
+)
+async def control(
+    session_id: SessionId, body: ControlRequest, gateway: GatewayDep
+) -> ControlAccepted:
+    command = ControlCommand(session_id=session_id, command=body.command)
+    await gateway.bus.control(command)
+    # Applied here too, so the person who clicked "Take over" gets control
+    # without waiting for the command's round trip through NATS.
+    gateway.takeover.apply(command)
+    return ControlAccepted(
+        session_id=session_id, command=body.command, takeover=gateway.takeover.active
+    )
+
+
+@router.get("/api/sessions/{session_id}/events", response_model=SessionHistory, tags=["sessions"])
+async def session_events(
+    session_id: SessionId,
+    gateway: GatewayDep,
+    limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+) -> SessionHistory:
+    history = await gateway.bus.history(session_id, limit or gateway.settings.history_limit)
+    return SessionHistory(session_id=session_id, events=history.events, truncated=history.truncated)
+
+
+@router.get("/api/takeover", response_model=TakeoverInfo, tags=["sessions"])
+async def takeover_state(gateway: GatewayDep) -> TakeoverInfo:
+    return TakeoverInfo(takeover=gateway.takeover.active, session_id=gateway.takeover.session_id)
+
+
+@router.get("/", include_in_schema=False)
+async def index(gateway: GatewayDep) -> FileResponse:
+    page = gateway.settings.ui_dir / "index.html"
+    if not page.is_file():
+        raise HTTPException(
+            503, detail=f"the web UI is not installed (no {page.name} in GATEWAY_UI_DIR)"
+        )
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def _wait_disconnect(ws: WebSocket) -> None:
+    with contextlib.suppress(WebSocketDisconnect):
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def _next_frame(ws: WebSocket, listener: Listener, closed: asyncio.Task[None]) -> str | None:
+    getter = asyncio.ensure_future(listener.queue.get())
+    done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+    if getter not in done:
+        getter.cancel()
+        return None
+    return getter.result().text
+
+
+@router.websocket("/ws/events")
+async def ws_events(ws: WebSocket, gateway: GatewayDep) -> None:
+    """Session events as JSON text frames; ``?session_id=`` narrows to one session.
+
+    The first frame (and any later change) is a ``gateway.takeover`` notice
+    telling whether a person currently controls the desktop.
+    """
+    await ws.accept()
+    session_id = ws.query_params.get("session_id")
+    if session_id is not None and not re.fullmatch(ID_PATTERN, session_id):
+        await ws.close(WS_BAD_REQUEST, "invalid session_id: use 1-64 of [A-Za-z0-9_-]")
+        return
+    with gateway.hub.listen(session_id=session_id) as listener:
+        closed = asyncio.create_task(_wait_disconnect(ws))
+        try:
+            await ws.send_text(json.dumps(gateway.takeover.snapshot()))
+            while True:
+                text = await _next_frame(ws, listener, closed)
+                if text is None:
+                    return
+                if listener.overflowed:
+                    await ws.close(WS_TRY_AGAIN_LATER, "too slow to keep up with events; reconnect")
+                    return
+                await ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        finally:
+            closed.cancel()
+
+
+@router.websocket("/ws/vnc")
+async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
+    """RFB over WebSocket for noVNC; the gateway logs in to the VNC server itself."""
+    await bridge(ws, gateway.settings, gateway.takeover, gateway.vnc)

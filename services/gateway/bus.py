@@ -1,0 +1,155 @@
+"""The gateway's side of NATS: publishing tasks and commands, following events, history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.nats import NatsBroker
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from selfagent.bus import make_broker, start_with_retry, typed_handler
+from selfagent.bus.streams import ensure_streams
+from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
+
+from .config import Settings
+from .hub import SESSION_EVENT, EventHub, TakeoverState
+
+log = logging.getLogger(__name__)
+
+SERVICE = "gateway"
+
+
+class BusUnavailable(Exception):
+    """NATS is not connected (yet); the request can be retried."""
+
+
+@dataclass
+class History:
+    events: list[dict[str, Any]]
+    truncated: bool
+
+
+class GatewayBus:
+    def __init__(self, settings: Settings, hub: EventHub, takeover: TakeoverState) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.takeover = takeover
+        self.broker: NatsBroker = make_broker(settings.nats_url, name=SERVICE)
+        self._ready = asyncio.Event()
+        self._starter: asyncio.Task[None] | None = None
+
+        @self.broker.subscriber(subjects.SESSION_EVENTS_ALL)
+        @typed_handler(self.broker, SERVICE, SESSION_EVENT, subjects.SESSION_EVENTS_ALL)
+        async def on_event(event: Any) -> None:
+            self.hub.dispatch(event)
+
+        @self.broker.subscriber(subjects.SESSION_CONTROL_ALL)
+        @typed_handler(self.broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)
+        async def on_control(command: ControlCommand) -> None:
+            self.takeover.apply(command)
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect in the background: the page and /healthz work while NATS is still down."""
+        self._starter = asyncio.create_task(self._connect(), name="gateway-nats-connect")
+
+    async def _connect(self) -> None:
+        await start_with_retry(self.broker)
+        while True:
+            try:
+                await self.ensure_stream()
+                break
+            except Exception as exc:
+                log.warning(
+                    "could not create the %s stream (%s); retrying", subjects.EVENTS_STREAM, exc
+                )
+                await asyncio.sleep(1.0)
+        self._ready.set()
+        log.info("connected to NATS at %s", self.settings.nats_url)
+
+    async def stop(self) -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starter
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    @property
+    def connected(self) -> bool:
+        if not self._ready.is_set():
+            return False
+        try:
+            return bool(self.broker.connection.is_connected)
+        except Exception:
+            return False
+
+    def _require(self) -> None:
+        if not self.connected:
+            raise BusUnavailable("the gateway is not connected to NATS; try again shortly")
+
+    async def ensure_stream(self) -> None:
+        """Create the JetStream streams if no other service has yet (idempotent)."""
+        await ensure_streams(self.broker)
+
+    # --- publishing --------------------------------------------------------
+
+    async def submit(self, task: TaskSubmitted) -> None:
+        self._require()
+        # Through the tasks stream: the PubAck means the task is stored and
+        # will reach a planner even if none is running right now.
+        await self.broker.publish(task, subjects.TASK_SUBMIT, stream=subjects.TASKS_STREAM)
+
+    async def control(self, command: ControlCommand) -> None:
+        self._require()
+        await self.broker.publish(command, subjects.session_control(command.session_id))
+
+    # --- history -----------------------------------------------------------
+
+    async def history(self, session_id: str, limit: int) -> History:
+        """A session's events in order, read from the JetStream stream."""
+        self._require()
+        js = self.broker.connection.jetstream()
+        psub = await js.pull_subscribe(
+            subjects.session_events(session_id),
+            stream=subjects.EVENTS_STREAM,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=30.0,
+            ),
+        )
+        events: list[dict[str, Any]] = []
+        consumer: str | None = None
+        pending = 0
+        try:
+            info = await psub.consumer_info()
+            consumer = info.name
+            pending = int(info.num_pending or 0)
+            wanted = min(pending, limit)
+            while len(events) < wanted:
+                try:
+                    batch = await psub.fetch(min(256, wanted - len(events)), timeout=2.0)
+                except (NatsTimeoutError, TimeoutError):
+                    break
+                for msg in batch:
+                    try:
+                        events.append(SESSION_EVENT.validate_json(msg.data).model_dump(mode="json"))
+                    except ValueError:
+                        log.warning("skipping an invalid event in the stream on %s", msg.subject)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+            if consumer:
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(subjects.EVENTS_STREAM, consumer)
+        return History(events=events, truncated=pending > limit)

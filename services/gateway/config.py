@@ -1,0 +1,51 @@
+"""Gateway settings, read from the environment (prefix ``GATEWAY_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# In a source checkout the page lives at the repository's top level; an
+# installed gateway points GATEWAY_UI_DIR at wherever the image copied it.
+_DEFAULT_UI_DIR = Path(__file__).resolve().parents[2] / "ui"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    token: SecretStr = Field(
+        default=SecretStr(""),
+        validate_default=True,
+        validation_alias=AliasChoices("SELFAGENT_TOKEN", "GATEWAY_TOKEN"),
+        description="Shared secret every request except /healthz must present.",
+    )
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("NATS_URL", "GATEWAY_NATS_URL"),
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    vnc_host: str = "127.0.0.1"
+    vnc_port: int = Field(default=5901, ge=1, le=65535)
+    vnc_password: SecretStr = SecretStr("")
+    vnc_connect_timeout: float = Field(default=5.0, gt=0)
+
+    novnc_dir: Path = Path("/usr/share/novnc")
+    ui_dir: Path = _DEFAULT_UI_DIR
+
+    sandbox_id: str = "default"
+    chat_timeout: float = Field(default=600.0, gt=0, description="Seconds /api/chat waits")
+    history_limit: int = Field(default=5000, ge=1, description="Events /events returns at most")
+    events_max_age_days: float = Field(default=7.0, gt=0)
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError(
+                "SELFAGENT_TOKEN is empty: the gateway refuses to serve the desktop without one"
+            )
+        return value

@@ -1,0 +1,221 @@
+"""``/ws/vnc``: the browser's noVNC on one side, the sandbox's VNC server on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .config import Settings
+from .hub import TakeoverState
+from .rfb import PROTOCOL_38, SEC_NONE, ClientMessageFilter, RFBError, client_handshake, refusal
+
+log = logging.getLogger(__name__)
+
+WS_NORMAL = 1000
+WS_UNSUPPORTED_DATA = 1003
+WS_PROTOCOL_ERROR = 1002
+WS_UPSTREAM_ERROR = 1011
+READ_CHUNK = 1 << 20
+STREAM_LIMIT = 1 << 21
+BROWSER_HANDSHAKE_TIMEOUT = 10.0
+
+
+class BrowserGone(Exception):
+    pass
+
+
+@dataclass
+class BridgeStats:
+    """Counters of live bridges, for /healthz and for tests."""
+
+    active: int = 0
+    total: int = 0
+    dropped_input: int = 0
+    last_error: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class _BrowserReader:
+    """Reads exact byte counts from WebSocket messages, which noVNC may split or merge."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.buf = bytearray()
+
+    async def message(self) -> bytes:
+        msg = await self.ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            raise BrowserGone
+        data: bytes | None = msg.get("bytes")
+        if data is None:
+            raise RFBError("the VNC WebSocket carries binary frames only")
+        return data
+
+    async def readexactly(self, size: int) -> bytes:
+        while len(self.buf) < size:
+            self.buf += await self.message()
+        out = bytes(self.buf[:size])
+        del self.buf[:size]
+        return out
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    # A close reason may hold at most 123 bytes.
+    with contextlib.suppress(Exception):
+        await ws.close(code, reason.encode()[:120].decode(errors="ignore"))
+
+
+async def _refuse(ws: WebSocket, reader: _BrowserReader, reason: str) -> None:
+    """Tell noVNC why in its own protocol (it shows the reason), then close."""
+    log.warning("VNC bridge refused: %s", reason)
+    with contextlib.suppress(Exception):
+        await ws.send_bytes(PROTOCOL_38)
+        await asyncio.wait_for(reader.readexactly(12), 3.0)
+        await ws.send_bytes(refusal(reason))
+    await _close(ws, WS_UPSTREAM_ERROR, reason)
+
+
+async def bridge(
+    ws: WebSocket, settings: Settings, takeover: TakeoverState, stats: BridgeStats
+) -> None:
+    await ws.accept()
+    browser = _BrowserReader(ws)
+    target = f"{settings.vnc_host}:{settings.vnc_port}"
+    try:
+        tcp_reader, tcp_writer = await asyncio.wait_for(
+            # A large stream limit lets one read take a whole burst of
+            # framebuffer data, so it crosses the WebSocket in few messages.
+            asyncio.open_connection(settings.vnc_host, settings.vnc_port, limit=STREAM_LIMIT),
+            settings.vnc_connect_timeout,
+        )
+    except (OSError, TimeoutError) as exc:
+        stats.last_error = f"cannot reach the sandbox VNC server at {target}: {exc or 'timeout'}"
+        await _refuse(ws, browser, stats.last_error)
+        return
+
+    stats.active += 1
+    stats.total += 1
+    try:
+        sock = tcp_writer.get_extra_info("socket")
+        if sock is not None:
+            # Pointer and key messages are tiny; Nagle would hold them back.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            server_init = await asyncio.wait_for(
+                client_handshake(tcp_reader, tcp_writer, settings.vnc_password.get_secret_value()),
+                settings.vnc_connect_timeout,
+            )
+        except (RFBError, asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
+            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, asyncio.IncompleteReadError):
+                detail = "the VNC server closed the connection during the handshake"
+            elif isinstance(exc, TimeoutError):
+                detail = "the VNC server did not complete the handshake in time"
+            stats.last_error = f"VNC server {target}: {detail}"
+            await _refuse(ws, browser, stats.last_error)
+            return
+
+        try:
+            await asyncio.wait_for(
+                _serve_browser(ws, browser, server_init.encode()), BROWSER_HANDSHAKE_TIMEOUT
+            )
+        except (RFBError, TimeoutError) as exc:
+            await _close(ws, WS_PROTOCOL_ERROR, f"RFB handshake with the browser failed: {exc}")
+            return
+        except BrowserGone:
+            return
+
+        await _relay(ws, browser, tcp_reader, tcp_writer, takeover, stats)
+    finally:
+        stats.active -= 1
+        tcp_writer.close()
+        with contextlib.suppress(Exception):
+            await tcp_writer.wait_closed()
+
+
+async def _serve_browser(ws: WebSocket, browser: _BrowserReader, server_init: bytes) -> None:
+    """Play an RFB server with no authentication: the gateway token already admitted the browser."""
+    await ws.send_bytes(PROTOCOL_38)
+    version = await browser.readexactly(12)
+    if not version.startswith(b"RFB 003."):
+        raise RFBError(f"not an RFB client (greeting {version!r})")
+    minor = int(version[8:11]) if version[8:11].isdigit() else 0
+    if minor >= 7:
+        await ws.send_bytes(bytes([1, SEC_NONE]))
+        (choice,) = await browser.readexactly(1)
+        if choice != SEC_NONE:
+            raise RFBError(f"client chose security type {choice}, only None is offered")
+        if minor >= 8:
+            await ws.send_bytes(b"\x00\x00\x00\x00")
+    else:
+        await ws.send_bytes(SEC_NONE.to_bytes(4, "big"))
+    await browser.readexactly(1)  # ClientInit; the upstream connection is always shared
+    await ws.send_bytes(server_init)
+
+
+async def _relay(
+    ws: WebSocket,
+    browser: _BrowserReader,
+    tcp_reader: asyncio.StreamReader,
+    tcp_writer: asyncio.StreamWriter,
+    takeover: TakeoverState,
+    stats: BridgeStats,
+) -> None:
+    messages = ClientMessageFilter()
+
+    async def upstream() -> tuple[int, str]:
+        pending = bytes(browser.buf)
+        browser.buf.clear()
+        while True:
+            dropped = messages.dropped
+            data = messages.feed(pending, allow_input=takeover.active)
+            stats.dropped_input += messages.dropped - dropped
+            if data:
+                tcp_writer.write(data)
+                await tcp_writer.drain()
+                stats.bytes_up += len(data)
+            pending = await browser.message()
+
+    async def downstream() -> tuple[int, str]:
+        while True:
+            data = await tcp_reader.read(READ_CHUNK)
+            if not data:
+                return WS_UPSTREAM_ERROR, "the VNC server closed the connection"
+            stats.bytes_down += len(data)
+            try:
+                await ws.send_bytes(data)
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                raise BrowserGone from exc
+
+    up = asyncio.create_task(upstream())
+    down = asyncio.create_task(downstream())
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (up, down):
+            task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+    finished = done.pop()
+    exc = finished.exception()
+    if exc is None:
+        code, reason = finished.result()
+        await _close(ws, code, reason)
+    elif isinstance(exc, BrowserGone):
+        return
+    elif isinstance(exc, RFBError):
+        log.warning("VNC bridge: browser protocol error: %s", exc)
+        code = WS_UNSUPPORTED_DATA if "binary" in str(exc) else WS_PROTOCOL_ERROR
+        await _close(ws, code, str(exc))
+    elif isinstance(exc, OSError | ConnectionError):
+        await _close(ws, WS_UPSTREAM_ERROR, f"VNC connection lost: {exc}")
+    else:
+        log.error("VNC bridge failed", exc_info=exc)
+        await _close(ws, WS_UPSTREAM_ERROR, "internal error in the VNC bridge")

@@ -1,0 +1,267 @@
+"""The web page in a real headless Chromium against the real gateway, NATS and desktop.
+
+The planner is played by this test publishing session events on NATS, the
+way any automation client may; the full-stack test (a scripted LLM driving
+the real planner) belongs beside the stack that starts every service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from faststream.nats import NatsBroker
+from playwright.async_api import Browser, Page, async_playwright
+
+from selfagent.bus.natsd import EmbeddedNats
+from selfagent.gateway.tests.rfbclient import TcpRfbClient
+from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
+from selfagent.schemas import (
+    AgentMessage,
+    ControlCommand,
+    ShellAction,
+    StepExecuted,
+    StepPlanned,
+    TaskFinished,
+    TaskStarted,
+    subjects,
+)
+from tests.harness.desktop import Desktop, start_desktop
+
+pytestmark = [pytest.mark.browser, pytest.mark.desktop]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+VNC_LIVE = '[data-testid="vnc-status"][data-state="connected"]'
+EVENTS_LIVE = '[data-testid="events-status"][data-state="connected"]'
+
+
+def tid(name: str) -> str:
+    return f'[data-testid="{name}"]'
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def desktop() -> Iterator[Desktop]:
+    desk = start_desktop()
+    yield desk
+    desk.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(nats_server: EmbeddedNats, desktop: Desktop) -> Iterator[GatewayProcess]:
+    gw = start_gateway(nats_server.url, desktop.vnc_port, desktop.password)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+async def bus(nats_server: EmbeddedNats) -> AsyncIterator[NatsBroker]:
+    broker = NatsBroker(nats_server.url)
+    await broker.connect()
+    yield broker
+    await broker.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    tab = await context.new_page()
+    yield tab
+    await context.close()
+
+
+async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
+    response = await page.goto(f"{gateway.url}/?token={gateway.token}")
+    assert response is not None and response.status == 200
+    assert "token=" not in page.url, "the token must be stripped from the address bar"
+    await page.wait_for_selector(VNC_LIVE, timeout=20000)
+    await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+
+
+async def _canvas_samples(page: Page, step: int) -> dict[str, Any]:
+    result: dict[str, Any] = await page.evaluate(
+        """(step) => {
+            const canvas = document.querySelector('[data-testid="screen"] canvas');
+            const ctx = canvas.getContext('2d');
+            const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+            const samples = [];
+            for (let y = 0; y < canvas.height; y += step)
+              for (let x = 0; x < canvas.width; x += step) {
+                const i = (y * canvas.width + x) * 4;
+                samples.push([x, y, data[i], data[i + 1], data[i + 2]]);
+              }
+            return {width: canvas.width, height: canvas.height, samples};
+        }""",
+        step,
+    )
+    return result
+
+
+async def test_without_token_no_desktop_is_served(page: Page, gateway: GatewayProcess) -> None:
+    response = await page.goto(gateway.url + "/")
+    assert response is not None and response.status == 401
+    assert await page.locator(tid("login-form")).is_visible()
+    assert await page.locator(tid("desktop")).count() == 0
+    assert await page.locator("canvas").count() == 0
+
+    await page.fill('[data-testid="login-token"]', "wrong")
+    await page.click('[data-testid="login-submit"]')
+    assert await page.locator(tid("login-error")).is_visible()
+
+    await page.fill('[data-testid="login-token"]', gateway.token)
+    await page.click('[data-testid="login-submit"]')
+    await page.wait_for_selector(VNC_LIVE, timeout=20000)
+
+
+async def test_canvas_shows_the_real_desktop(
+    page: Page, gateway: GatewayProcess, desktop: Desktop
+) -> None:
+    await _signed_in(page, gateway)
+    # The first full update may still be arriving right after "connect".
+    await page.wait_for_function(
+        """() => {
+            const c = document.querySelector('[data-testid="screen"] canvas');
+            if (!c) return false;
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return d.some((v, i) => i % 4 !== 3 && v !== 0);
+        }""",
+        timeout=15000,
+    )
+    await asyncio.sleep(1.0)
+    shown = await _canvas_samples(page, 40)
+    assert (shown["width"], shown["height"]) == (desktop.width, desktop.height)
+
+    reference = await TcpRfbClient.open_tcp(desktop.vnc_port, desktop.password)
+    try:
+        await reference.request_update()
+        await asyncio.wait_for(reference.read_update(), 10)
+    finally:
+        await reference.close()
+
+    colours = {tuple(s[2:]) for s in shown["samples"]}
+    assert len(colours) > 10, f"the canvas is (nearly) uniform: {colours}"
+    matching = sum(
+        all(abs(a - b) <= 24 for a, b in zip(s[2:], reference.pixel(s[0], s[1]), strict=True))
+        for s in shown["samples"]
+    )
+    # A clock or a blinking cursor may differ; the desktop as a whole must match.
+    assert matching >= 0.95 * len(shown["samples"]), f"{matching}/{len(shown['samples'])} match"
+    assert await page.locator(tid("mode-badge")).get_attribute("data-mode") == "view"
+
+
+async def test_take_over_button_publishes_the_command(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    session_id = await page.evaluate("window.selfagent.sessionId")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        await received.put(msg.data)
+
+    sub = await bus.connection.subscribe(subjects.SESSION_CONTROL_ALL, cb=on_message)
+    await bus.connection.flush()
+    try:
+        await page.click('[data-testid="btn-takeover"]')
+        command = ControlCommand.model_validate_json(await asyncio.wait_for(received.get(), 5))
+        assert (command.session_id, command.command) == (session_id, "takeover")
+        await page.wait_for_selector(tid("mode-badge") + '[data-mode="control"]', timeout=5000)
+        assert await page.evaluate("window.selfagent.rfb.viewOnly") is False
+
+        await page.click('[data-testid="btn-release"]')
+        command = ControlCommand.model_validate_json(await asyncio.wait_for(received.get(), 5))
+        assert command.command == "release"
+        await page.wait_for_selector(tid("mode-badge") + '[data-mode="view"]', timeout=5000)
+        assert await page.evaluate("window.selfagent.rfb.viewOnly") is True
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_timeline_shows_events_live_and_after_reload(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    sid = await page.evaluate("window.selfagent.sessionId")
+    shell = ShellAction(command="df -h /")
+    events = [
+        TaskStarted(session_id=sid, task_id="t1", prompt="How full is the disk?"),
+        StepPlanned(session_id=sid, task_id="t1", step=1, action=shell, thought="Ask df."),
+        StepExecuted(
+            session_id=sid,
+            task_id="t1",
+            step=1,
+            action=shell,
+            ok=True,
+            output="/dev/root 40%",
+            duration_ms=87,
+        ),
+        AgentMessage(session_id=sid, task_id="t1", text="The disk is 40% full."),
+        TaskFinished(session_id=sid, task_id="t1", status="succeeded", reply="40% used.", steps=1),
+    ]
+    for event in events:
+        await bus.publish(event, subjects.session_event(sid, event.kind))
+
+    result = page.locator(tid("result"))
+    await result.wait_for(timeout=5000)
+    assert "40% used." in await result.inner_text()
+    step = page.locator(tid("step"))
+    assert await step.count() == 1
+    text = await step.inner_text()
+    assert "Run $ df -h /" in text and "87 ms" in text and "/dev/root 40%" in text
+    assert await page.locator(tid("user-message")).inner_text() == "How full is the disk?"
+    assert await page.locator(tid("status-badge")).get_attribute("data-status") == "succeeded"
+
+    await page.reload()
+    await page.locator(tid("result")).wait_for(timeout=10000)
+    assert await page.locator(tid("step")).count() == 1, "history shown twice"
+    assert await page.locator(tid("agent-message")).inner_text() == "The disk is 40% full."
+
+
+async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: NatsBroker) -> None:
+    await _signed_in(page, gateway)
+    sid = await page.evaluate("window.selfagent.sessionId")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        await received.put(msg.data)
+
+    sub = await bus.connection.subscribe(subjects.TASK_SUBMIT, cb=on_message)
+    await bus.connection.flush()
+    try:
+        await page.fill('[data-testid="prompt"]', "Open the file manager")
+        await page.keyboard.press("Enter")
+        task = json.loads(await asyncio.wait_for(received.get(), 5))
+        assert task["prompt"] == "Open the file manager" and task["session_id"] == sid
+        await page.locator(tid("user-message")).wait_for()
+        assert await page.locator(tid("prompt")).input_value() == ""
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,289 @@
+"""docker-compose.yml: what it lets talk to what, and a real `up` of the stack."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.harness.docker import ROOT, compose_command, require_engine, run
+
+pytestmark = pytest.mark.docker
+
+SECRETS = ("SELFAGENT_TOKEN", "VNC_PASSWORD", "SANDBOX_EXEC_TOKEN")
+REQUIRED = (*SECRETS, "LLM_API_BASE_URL", "LLM_MODEL")
+SERVICES = {"nats", "sandbox", "planner", "grounder", "actuator", "gateway"}
+
+
+def _env_file(path: Path, **values: str) -> Path:
+    text = (ROOT / ".env.example").read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
+        if count == 0:
+            text += f"\n{key}={value}\n"
+    path.write_text(text)
+    return path
+
+
+def _clean_env() -> dict[str, str]:
+    # Compose also interpolates from the process environment; only the env
+    # file under test may supply values.
+    keep = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "LANG")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def _complete_values() -> dict[str, str]:
+    return {
+        "LLM_API_BASE_URL": "http://127.0.0.1:9/v1",
+        "LLM_MODEL": "fake-model",
+        "SELFAGENT_TOKEN": "gw-" + uuid.uuid4().hex,
+        "VNC_PASSWORD": "vnc-" + uuid.uuid4().hex[:4],
+        "SANDBOX_EXEC_TOKEN": "ex-" + uuid.uuid4().hex,
+    }
+
+
+def _compose(env_file: Path, *args: str, timeout: float = 120, check: bool = True) -> Any:
+    return run(
+        [
+            *compose_command(),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--env-file",
+            str(env_file),
+            *args,
+        ],
+        env=_clean_env(),
+        cwd=ROOT,
+        timeout=timeout,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    require_engine()
+    env_file = _env_file(tmp_path_factory.mktemp("compose") / "env", **_complete_values())
+    parsed = yaml.safe_load(_compose(env_file, "config").stdout)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def _networks(service: dict[str, Any]) -> set[str]:
+    networks = service.get("networks") or {}
+    return set(networks)
+
+
+def test_config_validates_with_all_services(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == SERVICES
+
+
+@pytest.mark.parametrize("missing", REQUIRED)
+def test_refuses_to_start_without_required_values(tmp_path: Path, missing: str) -> None:
+    require_engine()
+    values = _complete_values()
+    values[missing] = ""
+    result = _compose(_env_file(tmp_path / "env", **values), "config", check=False)
+    assert result.returncode != 0
+    assert f"set {missing} in .env" in result.stdout + result.stderr
+
+
+def test_only_the_gateway_publishes_a_port(config: dict[str, Any]) -> None:
+    published = {name for name, svc in config["services"].items() if svc.get("ports")}
+    assert published == {"gateway"}
+    (port,) = config["services"]["gateway"]["ports"]
+    text = str(port) if not isinstance(port, dict) else f"{port.get('host_ip')}:{port['published']}"
+    # Loopback unless the user opts in to exposing the desktop on the network.
+    assert text.startswith("127.0.0.1:")
+
+
+def test_sandbox_is_not_on_the_bus(config: dict[str, Any]) -> None:
+    services = config["services"]
+    on_bus = {name for name, svc in services.items() if "bus" in _networks(svc)}
+    on_desktop = {name for name, svc in services.items() if "desktop" in _networks(svc)}
+    assert on_bus == {"nats", "planner", "grounder", "actuator", "gateway"}
+    assert on_desktop == {"sandbox", "actuator", "gateway"}
+    for name, svc in services.items():
+        assert svc.get("network_mode") is None, f"{name} sets network_mode"
+
+
+def test_no_docker_socket_and_no_privileges(config: dict[str, Any]) -> None:
+    for name, svc in config["services"].items():
+        for volume in svc.get("volumes") or []:
+            source = volume.get("source", "") if isinstance(volume, dict) else str(volume)
+            assert "docker.sock" not in source, f"{name} mounts the Docker socket"
+        assert not svc.get("privileged"), f"{name} is privileged"
+        assert svc.get("pid") is None and not svc.get("cap_add"), name
+
+
+def test_grounder_can_scale(config: dict[str, Any]) -> None:
+    grounder = config["services"]["grounder"]
+    assert "container_name" not in grounder
+    assert not grounder.get("ports")
+
+
+def test_secrets_reach_only_the_services_that_use_them(config: dict[str, Any]) -> None:
+    env = {name: set(svc.get("environment") or {}) for name, svc in config["services"].items()}
+    assert not env["sandbox"] & {"LLM_API_KEY", "SELFAGENT_TOKEN", "NATS_URL", "GROUNDER_API_KEY"}
+    assert not env["planner"] & {"VNC_PASSWORD", "SANDBOX_EXEC_TOKEN", "SELFAGENT_TOKEN"}
+    assert not env["grounder"] & {"VNC_PASSWORD", "SANDBOX_EXEC_TOKEN", "LLM_API_KEY"}
+    assert "ACTUATOR_EXEC_TOKEN" in env["actuator"]
+    assert "SELFAGENT_TOKEN" in env["gateway"]
+
+
+def test_dependencies_wait_for_a_healthy_sandbox(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name in ("actuator", "gateway"):
+        assert services[name]["depends_on"]["sandbox"]["condition"] == "service_healthy"
+    for name in ("planner", "grounder", "actuator", "gateway"):
+        assert "nats" in services[name]["depends_on"]
+
+
+def test_nats_has_jetstream_and_a_screenshot_sized_payload(config: dict[str, Any]) -> None:
+    nats = config["services"]["nats"]
+    conf_mount = next(v for v in nats["volumes"] if "nats.conf" in str(v))
+    source = conf_mount["source"] if isinstance(conf_mount, dict) else str(conf_mount).split(":")[0]
+    text = Path(source).read_text()
+    assert re.search(r"(?m)^jetstream\s*\{", text)
+    from selfagent.bus import MAX_PAYLOAD
+
+    assert f"max_payload: {MAX_PAYLOAD}" in text
+    targets = {
+        v["target"] if isinstance(v, dict) else str(v).split(":")[1] for v in nats["volumes"]
+    }
+    assert "/data" in targets
+
+
+@pytest.mark.parametrize(
+    "dockerfile", ["services/planner", "services/actuator", "services/gateway"]
+)
+def test_service_dockerfiles(dockerfile: str) -> None:
+    text = (ROOT / dockerfile / "Dockerfile").read_text()
+    assert re.search(r"(?m)^FROM debian:bookworm-slim$", text)
+    user = re.findall(r"(?m)^USER (\S+)$", text)
+    assert user and user[-1] not in ("root", "0")
+    assert "HEALTHCHECK" in text
+    service = dockerfile.rsplit("/", 1)[1]
+    assert f'CMD ["python", "-m", "selfagent.{service}"]' in text
+
+
+# --- the real stack ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, dict[str, str]]]:
+    require_engine()
+    values = _complete_values() | {"GATEWAY_PORT": str(_free_port())}
+    env_file = _env_file(tmp_path_factory.mktemp("stack") / "env", **values)
+    project = f"selfagent-e2e-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    try:
+        _compose(env_file, "-p", project, "up", "-d", "--build", timeout=1800)
+        print(f"\ncompose up --build: {time.monotonic() - started:.0f} s")
+        yield env_file, project, values
+    finally:
+        logs = _compose(env_file, "-p", project, "logs", "--no-color", "--tail", "40", check=False)
+        print(logs.stdout[-6000:])
+        _compose(
+            env_file, "-p", project, "down", "-v", "--remove-orphans", timeout=300, check=False
+        )
+
+
+def _exec_in(stack: tuple[Path, str, dict[str, str]], service: str, code: str) -> Any:
+    env_file, project, _ = stack
+    python = "python3" if service == "sandbox" else "python"
+    return _compose(env_file, "-p", project, "exec", "-T", service, python, "-c", code, check=False)
+
+
+def test_stack_gateway_answers_on_the_published_port(
+    stack: tuple[Path, str, dict[str, str]],
+) -> None:
+    port = stack[2]["GATEWAY_PORT"]
+    deadline = time.monotonic() + 180
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            last = f"{response.status_code} {response.text[:200]}"
+            if response.status_code == 200:
+                break
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(1)
+    else:
+        pytest.fail(f"gateway /healthz never answered 200 on port {port}: {last}")
+    # Everything else needs the token.
+    assert httpx.get(f"http://127.0.0.1:{port}/api/takeover", timeout=5).status_code in (401, 403)
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1] if len(sys.argv) > 1 else 'nats', 4222), timeout=5)"
+    ".recv(4)\n"
+    "except OSError as exc:\n"
+    "    print('blocked', type(exc).__name__, exc)\n"
+    "else:\n"
+    "    print('reached')\n"
+)
+
+
+def test_stack_nats_reachable_from_actuator_not_from_sandbox(
+    stack: tuple[Path, str, dict[str, str]],
+) -> None:
+    env_file, project, _ = stack
+    from_actuator = _exec_in(stack, "actuator", CONNECT)
+    assert from_actuator.stdout.strip() == "reached", from_actuator.stdout + from_actuator.stderr
+    from_sandbox = _exec_in(stack, "sandbox", CONNECT)
+    assert from_sandbox.stdout.startswith("blocked"), from_sandbox.stdout + from_sandbox.stderr
+    # Not by name, and not by address either.
+    nats_id = _compose(env_file, "-p", project, "ps", "-q", "nats").stdout.strip()
+    address = run(
+        [
+            "docker",
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            nats_id,
+        ]
+    ).stdout.split()[0]
+    code = CONNECT.replace("sys.argv[1] if len(sys.argv) > 1 else 'nats'", repr(address))
+    by_address = _exec_in(stack, "sandbox", code)
+    assert by_address.stdout.startswith("blocked"), by_address.stdout + by_address.stderr
+
+
+def test_stack_services_become_healthy(stack: tuple[Path, str, dict[str, str]]) -> None:
+    env_file, project, _ = stack
+    deadline = time.monotonic() + 180
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for service in ("sandbox", "planner", "grounder", "actuator", "gateway"):
+            cid = _compose(env_file, "-p", project, "ps", "-q", service).stdout.strip()
+            states[service] = run(
+                [
+                    "docker",
+                    "inspect",
+                    "--format",
+                    "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                    cid,
+                ]
+            ).stdout.strip()
+        if all(s == "running/healthy" for s in states.values()):
+            break
+        time.sleep(2)
+    print(f"\nservice states: {states}")
+    assert all(s == "running/healthy" for s in states.values()), states

@@ -1,0 +1,376 @@
+// selfagent web page: live desktop (noVNC over the gateway's /ws/vnc) and chat.
+// The gateway's cookie authenticates every request and socket made from here.
+import RFB from '/novnc/core/rfb.js';
+
+const $ = (sel) => document.querySelector(sel);
+const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`;
+
+const state = {
+  sessionId: null,
+  status: 'idle',
+  takeover: false,
+  rfb: null,
+  events: null,
+  seen: new Set(),
+  steps: new Map(),
+  pendingPrompt: null,
+};
+window.selfagent = state; // for debugging from the console and for tests
+
+// --- helpers -----------------------------------------------------------------
+
+function newId() {
+  // getRandomValues works on plain-http LAN addresses, where randomUUID does not.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+function clip(text, max) {
+  const s = String(text ?? '').replace(/\s+/g, ' ').trim();
+  return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+}
+
+function fmtMs(ms) {
+  if (ms == null) return '';
+  return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
+}
+
+async function api(path, body) {
+  const res = await fetch(path, {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: 'same-origin',
+  });
+  let data = null;
+  try { data = await res.json(); } catch { /* not JSON: reported below by status */ }
+  if (res.status === 401) { location.reload(); }
+  if (!res.ok) {
+    const msg = data?.message || (typeof data?.detail === 'string' ? data.detail : null) || `HTTP ${res.status}`;
+    throw new Error(msg);
+  }
+  return data;
+}
+
+// --- action summaries --------------------------------------------------------
+
+function where(a) {
+  if (a.target) return `“${clip(a.target, 70)}”`;
+  if (a.x != null && a.y != null) return `(${a.x}, ${a.y})`;
+  return '';
+}
+
+export function summarize(a) {
+  if (!a) return '';
+  switch (a.action) {
+    case 'click': {
+      const kind = a.clicks === 2 ? 'Double-click' : a.clicks === 3 ? 'Triple-click'
+        : a.button === 'right' ? 'Right-click' : a.button === 'middle' ? 'Middle-click' : 'Click';
+      const mods = a.modifiers?.length ? ` with ${a.modifiers.join('+')}` : '';
+      return `${kind} ${where(a)}${mods}`;
+    }
+    case 'move': return `Move the pointer to ${where(a)}`;
+    case 'scroll': return `Scroll ${a.direction} ×${a.amount}${where(a) ? ` at ${where(a)}` : ''}`;
+    case 'drag': {
+      const p = a.path || [];
+      return p.length ? `Drag (${p[0].x}, ${p[0].y}) → (${p[p.length - 1].x}, ${p[p.length - 1].y})` : 'Drag';
+    }
+    case 'type': return `Type “${clip(a.text, 60)}”`;
+    case 'key': return `Press ${a.keys}`;
+    case 'hold_key': return `Hold ${a.keys} for ${a.duration} s`;
+    case 'wait': return `Wait ${a.seconds} s`;
+    case 'screenshot': return 'Take a screenshot';
+    case 'cursor_position': return 'Read the pointer position';
+    case 'shell': return `Run $ ${clip(a.command, 80)}`;
+    case 'open_url': return `Open ${clip(a.url, 80)}`;
+    case 'launch_app': return `Launch ${a.app}`;
+    case 'done': return 'Finish';
+    case 'fail': return `Give up: ${clip(a.reason, 80)}`;
+    default: return a.action || 'Action';
+  }
+}
+
+// --- status and controls -----------------------------------------------------
+
+const STATUS_TEXT = {
+  idle: 'Idle', running: 'Running', paused: 'Paused', takeover: 'You have control',
+  succeeded: 'Done', failed: 'Failed', stopped: 'Stopped',
+};
+
+function setStatus(status) {
+  state.status = status;
+  const badge = $('#status-badge');
+  badge.dataset.status = status;
+  badge.textContent = STATUS_TEXT[status] || status;
+  refreshControls();
+}
+
+function refreshControls() {
+  const active = ['running', 'paused', 'takeover'].includes(state.status);
+  const buttons = Object.fromEntries(
+    [...document.querySelectorAll('.controls button')].map((b) => [b.dataset.command, b]));
+  buttons.pause.disabled = state.status !== 'running';
+  buttons.resume.disabled = state.status !== 'paused';
+  buttons.stop.disabled = !active;
+  buttons.takeover.disabled = state.takeover;
+  buttons.release.disabled = !state.takeover;
+}
+
+function setTakeover(on) {
+  state.takeover = on;
+  const badge = $('#mode-badge');
+  badge.dataset.mode = on ? 'control' : 'view';
+  badge.textContent = on ? 'You are in control' : 'View only';
+  $('.desktop-pane').classList.toggle('in-control', on);
+  if (state.rfb) {
+    state.rfb.viewOnly = !on;
+    if (on) state.rfb.focus();
+  }
+  refreshControls();
+}
+
+async function sendControl(command) {
+  try {
+    const res = await api(`/api/sessions/${state.sessionId}/control`, { command });
+    setTakeover(res.takeover);
+  } catch (err) {
+    addError(`Could not ${command}: ${err.message}`);
+  }
+}
+
+// --- timeline ------------------------------------------------------------------
+
+function timeline() { return $('#timeline'); }
+
+function append(node) {
+  const list = timeline();
+  list.querySelector('.empty')?.remove();
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  list.appendChild(node);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+  return node;
+}
+
+function addError(text) {
+  append(el('li', 'bubble error', text)).dataset.testid = 'error';
+}
+
+function addUser(prompt, taskId) {
+  const node = el('li', 'bubble user', prompt);
+  node.dataset.testid = 'user-message';
+  if (taskId) node.dataset.task = taskId;
+  return append(node);
+}
+
+function stepNode(ev) {
+  const key = `${ev.task_id}:${ev.step}`;
+  let node = state.steps.get(key);
+  if (!node) {
+    node = el('li', 'step');
+    node.dataset.testid = 'step';
+    node.dataset.state = 'running';
+    node.append(el('div', 'step-no', String(ev.step)), el('div', 'step-action'), el('div', 'step-state', 'running'));
+    state.steps.set(key, node);
+    append(node);
+  }
+  return node;
+}
+
+function detail(node, text, cls = '') {
+  const line = el('div', `step-detail ${cls}`.trim(), text);
+  node.appendChild(line);
+  return line;
+}
+
+const render = {
+  'task.started'(ev) {
+    setStatus('running');
+    const mine = [...timeline().querySelectorAll('.bubble.user')]
+      .find((b) => b.dataset.task === ev.task_id || (!b.dataset.task && b.textContent === ev.prompt));
+    if (mine) { mine.dataset.task = ev.task_id; return; }
+    addUser(ev.prompt, ev.task_id);
+  },
+  'step.planned'(ev) {
+    const node = stepNode(ev);
+    node.querySelector('.step-action').textContent = summarize(ev.action);
+    if (ev.thought) {
+      const thought = el('div', 'step-thought', clip(ev.thought, 300));
+      node.querySelector('.step-state').after(thought);
+    }
+  },
+  'step.grounded'(ev) {
+    detail(stepNode(ev), `Located at (${ev.x}, ${ev.y}) · ${ev.method}`);
+  },
+  'step.executed'(ev) {
+    const node = stepNode(ev);
+    if (!node.querySelector('.step-action').textContent) {
+      node.querySelector('.step-action').textContent = summarize(ev.action);
+    }
+    node.dataset.state = ev.ok ? 'ok' : 'error';
+    node.querySelector('.step-state').textContent = `${ev.ok ? '✓' : '✗'} ${fmtMs(ev.duration_ms)}`.trim();
+    if (!ev.ok && ev.error) detail(node, ev.error.message, 'err');
+    if (ev.output) {
+      const pre = el('pre', 'step-output', ev.output);
+      node.appendChild(pre);
+    }
+  },
+  message(ev) {
+    const node = el('li', `bubble ${ev.role === 'system' ? 'system' : 'agent'}`, ev.text);
+    node.dataset.testid = 'agent-message';
+    append(node);
+  },
+  'task.state'(ev) {
+    setStatus(ev.state);
+    append(el('li', 'state-line', ev.state === 'takeover' ? 'taken over' : ev.state));
+  },
+  'task.finished'(ev) {
+    setStatus(ev.status);
+    const node = el('li', 'result');
+    node.dataset.testid = 'result';
+    node.dataset.status = ev.status;
+    const head = el('div', 'result-head', ev.status === 'succeeded' ? '✓ Done' : ev.status === 'stopped' ? '■ Stopped' : '✗ Failed');
+    head.appendChild(el('span', 'meta', `${ev.steps} step${ev.steps === 1 ? '' : 's'}`));
+    node.append(head, el('div', 'result-text', ev.reply || ev.error?.message || ''));
+    append(node);
+  },
+};
+
+function handleEvent(ev) {
+  if (ev.kind === 'gateway.takeover') {
+    setTakeover(ev.takeover);
+    return;
+  }
+  if (ev.session_id !== state.sessionId) return;
+  // History and the live socket overlap around a reload; show each event once.
+  const key = `${ev.kind}|${ev.task_id}|${ev.step ?? ''}|${ev.at}`;
+  if (state.seen.has(key)) return;
+  state.seen.add(key);
+  render[ev.kind]?.(ev);
+}
+
+// --- event socket --------------------------------------------------------------
+
+function setDot(sel, status, text) {
+  const node = $(sel);
+  node.dataset.state = status;
+  node.querySelector('.text').textContent = text;
+}
+
+function connectEvents(delay = 500) {
+  const sid = state.sessionId;
+  const ws = new WebSocket(`${wsBase}/ws/events?session_id=${encodeURIComponent(sid)}`);
+  state.events = ws;
+  setDot('#events-status', 'connecting', 'Events');
+  ws.onopen = async () => {
+    setDot('#events-status', 'connected', 'Events live');
+    delay = 500;
+    try {
+      const history = await api(`/api/sessions/${sid}/events`);
+      if (sid === state.sessionId) history.events.forEach(handleEvent);
+    } catch (err) {
+      addError(`Could not load the session history: ${err.message}`);
+    }
+  };
+  ws.onmessage = (msg) => {
+    try { handleEvent(JSON.parse(msg.data)); } catch (err) { console.error('bad event', err); }
+  };
+  ws.onclose = (evt) => {
+    if (state.events !== ws) return;
+    if (evt.code === 1008) { location.reload(); return; }
+    setDot('#events-status', 'error', 'Events offline');
+    setTimeout(() => { if (state.events === ws) connectEvents(Math.min(delay * 2, 10000)); }, delay);
+  };
+}
+
+// --- live desktop --------------------------------------------------------------
+
+function connectDesktop(delay = 1000) {
+  const overlay = $('#screen-overlay');
+  setDot('#vnc-status', 'connecting', 'Connecting…');
+  const rfb = new RFB($('#screen'), `${wsBase}/ws/vnc`, { shared: true });
+  rfb.scaleViewport = true;
+  rfb.resizeSession = false;
+  rfb.viewOnly = !state.takeover;
+  rfb.background = '#07090d';
+  state.rfb = rfb;
+  let reason = '';
+  rfb.addEventListener('connect', () => {
+    delay = 1000;
+    overlay.hidden = true;
+    setDot('#vnc-status', 'connected', 'Live');
+  });
+  rfb.addEventListener('securityfailure', (e) => { reason = e.detail.reason || 'refused'; });
+  rfb.addEventListener('disconnect', (e) => {
+    if (state.rfb !== rfb) return;
+    state.rfb = null;
+    setDot('#vnc-status', 'error', 'Disconnected');
+    $('#screen-overlay-text').textContent =
+      `${reason || (e.detail.clean ? 'The desktop closed the connection.' : 'Connection lost.')} Retrying…`;
+    overlay.hidden = false;
+    setTimeout(() => connectDesktop(Math.min(delay * 2, 15000)), delay);
+  });
+}
+
+// --- sessions and composer -----------------------------------------------------
+
+function openSession(sid) {
+  state.sessionId = sid;
+  localStorage.setItem('selfagent.session', sid);
+  $('#session-id').textContent = sid.slice(0, 8);
+  $('#session-id').title = sid;
+  state.seen.clear();
+  state.steps.clear();
+  setStatus('idle');
+  if (state.events) { const old = state.events; state.events = null; old.close(); }
+  connectEvents();
+}
+
+async function submit(prompt) {
+  const text = prompt.trim();
+  if (!text) return;
+  const bubble = addUser(text);
+  $('#prompt').value = '';
+  $('#send').disabled = true;
+  try {
+    const res = await api('/api/tasks', { prompt: text, session_id: state.sessionId });
+    bubble.dataset.task = res.task_id;
+    if (state.status === 'idle' || ['succeeded', 'failed', 'stopped'].includes(state.status)) setStatus('running');
+  } catch (err) {
+    bubble.remove();
+    $('#prompt').value = text;
+    addError(`Not sent: ${err.message}`);
+  } finally {
+    $('#send').disabled = false;
+  }
+}
+
+function init() {
+  const emptyTemplate = timeline().querySelector('.empty');
+  emptyTemplate.querySelectorAll('.chip').forEach((chip) => chip.addEventListener('click', () => {
+    $('#prompt').value = chip.textContent;
+    $('#prompt').focus();
+  }));
+  $('#composer').addEventListener('submit', (e) => { e.preventDefault(); submit($('#prompt').value); });
+  $('#prompt').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit($('#prompt').value); }
+  });
+  document.querySelectorAll('.controls button').forEach((b) =>
+    b.addEventListener('click', () => sendControl(b.dataset.command)));
+  $('#new-session').addEventListener('click', () => {
+    const list = timeline();
+    list.replaceChildren(emptyTemplate);
+    openSession(newId());
+  });
+  const saved = localStorage.getItem('selfagent.session');
+  openSession(saved && /^[A-Za-z0-9_-]{1,64}$/.test(saved) ? saved : newId());
+  connectDesktop();
+}
+
+init();
