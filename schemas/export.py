@@ -1,4 +1,6 @@
-"""Write one JSON Schema file per bus message into ``schemas/json/``.
+"""Write one JSON Schema file per bus message into ``schemas/json/``, and
+``schemas/asyncapi.json``: an AsyncAPI 3.0 document of every subject, which
+messages it carries and who sends or answers them, referring to those files.
 
 Run ``python -m selfagent.schemas.export`` after changing a model; a test fails
 while the checked-in files are stale.
@@ -13,10 +15,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from . import messages
+from . import messages, subjects
 from .actions import Action
 
 JSON_DIR = Path(__file__).parent / "json"
+ASYNCAPI_FILE = Path(__file__).parent / "asyncapi.json"
 
 EXPORTED: dict[str, Any] = {
     "TaskSubmitted": messages.TaskSubmitted,
@@ -44,6 +47,114 @@ def render() -> dict[str, str]:
     return files
 
 
+# (channel id, address, message names, operation, description)
+_CHANNELS: list[tuple[str, str, list[str], str, str]] = [
+    (
+        "taskSubmit",
+        subjects.TASK_SUBMIT,
+        ["TaskSubmitted"],
+        "send",
+        "Submit a task. Stored in the AGENT_TASKS work-queue stream; one planner takes it.",
+    ),
+    (
+        "sessionControl",
+        "agent.session.{session_id}.control",
+        ["ControlCommand"],
+        "send",
+        "Pause, resume, stop, take over or release a session.",
+    ),
+    (
+        "sessionEvents",
+        "agent.session.{session_id}.event.{kind}",
+        ["SessionEvent"],
+        "receive",
+        "Everything that happens in a session; kept in the AGENT_EVENTS stream.",
+    ),
+    (
+        "ground",
+        subjects.GROUND,
+        ["GroundRequest"],
+        "request",
+        "Find a described element on a screenshot (grounder queue group). Reply: GroundResult.",
+    ),
+    (
+        "sandboxAct",
+        "agent.sandbox.{sandbox_id}.act",
+        ["ActRequest"],
+        "request",
+        "Execute one action on a sandbox desktop. Reply: ActionResult.",
+    ),
+    (
+        "sandboxObserve",
+        "agent.sandbox.{sandbox_id}.observe",
+        ["ObserveRequest"],
+        "request",
+        "Take a screenshot of a sandbox desktop. Reply: Observation.",
+    ),
+    (
+        "deadLetters",
+        "agent.deadletter.{service}",
+        ["DeadLetter"],
+        "receive",
+        "Messages a service rejected; kept in the AGENT_DEADLETTER stream.",
+    ),
+]
+_REPLIES = {"ground": "GroundResult", "sandboxAct": "ActionResult", "sandboxObserve": "Observation"}
+
+
+def render_asyncapi() -> str:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {
+        name: {
+            "name": name,
+            "contentType": "application/json",
+            "payload": {"$ref": f"json/{name}.json"},
+        }
+        for name in EXPORTED
+    }
+    for channel_id, address, names, action, description in _CHANNELS:
+        parameters = {
+            part[1:-1]: {"description": f"{part[1:-1]}: [A-Za-z0-9_-]{{1,64}}"}
+            for part in address.split(".")
+            if part.startswith("{")
+        }
+        channel: dict[str, Any] = {
+            "address": address,
+            "description": description,
+            "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in names},
+        }
+        if parameters:
+            channel["parameters"] = parameters
+        channels[channel_id] = channel
+        operation: dict[str, Any] = {
+            "action": "receive" if action == "receive" else "send",
+            "channel": {"$ref": f"#/channels/{channel_id}"},
+            "summary": description,
+        }
+        if channel_id in _REPLIES:
+            reply = _REPLIES[channel_id]
+            operation["reply"] = {
+                "messages": [{"$ref": f"#/components/messages/{reply}"}],
+            }
+            messages.setdefault(reply, {"name": reply, "payload": {"$ref": f"json/{reply}.json"}})
+        operations[channel_id] = operation
+    document = {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "selfagent bus",
+            "version": "1",
+            "description": "NATS subjects and messages of selfagent. Any NATS client can submit "
+            "tasks, follow session events and drive sandboxes with these.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
 def main() -> int:
     JSON_DIR.mkdir(exist_ok=True)
     rendered = render()
@@ -52,7 +163,8 @@ def main() -> int:
             stale.unlink()
     for name, text in rendered.items():
         (JSON_DIR / name).write_text(text)
-    print(f"wrote {len(rendered)} schemas to {JSON_DIR.name}/")
+    ASYNCAPI_FILE.write_text(render_asyncapi())
+    print(f"wrote {len(rendered)} schemas to {JSON_DIR.name}/ and {ASYNCAPI_FILE.name}")
     return 0
 
 

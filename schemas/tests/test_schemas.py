@@ -3,13 +3,26 @@ from pydantic import TypeAdapter, ValidationError
 
 from selfagent.schemas import ClickAction, TaskSubmitted, subjects
 from selfagent.schemas.actions import Action
-from selfagent.schemas.export import JSON_DIR, render
+from selfagent.schemas.export import ASYNCAPI_FILE, JSON_DIR, render, render_asyncapi
 
 
 def test_exported_json_schemas_are_current() -> None:
     rendered = render()
     on_disk = {p.name: p.read_text() for p in JSON_DIR.glob("*.json")}
-    assert on_disk == rendered, "run: python -m selfagent.schemas.export"
+    assert on_disk == rendered, "run: selfagent schemas"
+    assert ASYNCAPI_FILE.read_text() == render_asyncapi(), "run: selfagent schemas"
+
+
+def test_asyncapi_references_resolve() -> None:
+    import json
+
+    document = json.loads(ASYNCAPI_FILE.read_text())
+    for message in document["components"]["messages"].values():
+        target = ASYNCAPI_FILE.parent / message["payload"]["$ref"]
+        assert target.exists(), target
+    for operation in document["operations"].values():
+        channel_id = operation["channel"]["$ref"].rsplit("/", 1)[1]
+        assert channel_id in document["channels"]
 
 
 def test_action_union_discriminates() -> None:

@@ -74,13 +74,16 @@ def start_desktop(
     height: int = 720,
     exec_port: int | None = None,
     exec_token: str | None = None,
+    display_num: int | None = None,
+    password: str | None = None,
 ) -> Desktop:
-    num = _free_display()
+    """Start sandbox/start.sh; pass display_num and password to restart "the same" server."""
+    num = display_num if display_num is not None else _free_display()
     home = Path(tempfile.mkdtemp(prefix="selfagent-home-"))
     desktop = Desktop(
         display_num=num,
         vnc_port=5900 + num,
-        password="pw-" + os.urandom(4).hex(),
+        password=password or "pw-" + os.urandom(4).hex(),
         home=home,
         width=width,
         height=height,
