@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     sandbox_id: str = "default"
     chat_timeout: float = Field(default=600.0, gt=0, description="Seconds /api/chat waits")
     history_limit: int = Field(default=5000, ge=1, description="Events /events returns at most")
-    events_max_age_days: float = Field(default=7.0, gt=0)
 
     @field_validator("token")
     @classmethod
