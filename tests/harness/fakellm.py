@@ -37,6 +37,10 @@ class FakeLLM:
         self.script: list[ScriptItem] = []
         self.default = default
         self.requests: list[dict[str, Any]] = []
+        # How many requests were being answered at once, at most: lets tests
+        # check concurrency without timing anything.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -63,6 +67,7 @@ class FakeLLM:
             self.script.clear()
             self.requests.clear()
             self.default = default
+            self.max_in_flight = self.in_flight
 
     def _next(self, request: dict[str, Any]) -> Reply:
         with self._lock:
@@ -86,6 +91,16 @@ class FakeLLM:
                     self._send(404, {"error": {"message": "not found"}})
 
             def do_POST(self) -> None:
+                with fake._lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 request = json.loads(self.rfile.read(length) or b"{}")
                 reply = fake._next(request)
