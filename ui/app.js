@@ -13,6 +13,7 @@ const state = {
   events: null,
   seen: new Set(),
   steps: new Map(),
+  thoughts: new Set(),
   pendingPrompt: null,
 };
 window.selfagent = state; // for debugging from the console and for tests
@@ -203,6 +204,14 @@ const render = {
     if (ev.thought) {
       const thought = el('div', 'step-thought', clip(ev.thought, 300));
       node.querySelector('.step-state').after(thought);
+      state.thoughts.add(`${ev.task_id}|${ev.thought}`);
+    }
+    // done and fail end the task without a step.executed: they are complete
+    // as soon as they are planned, not "running" forever.
+    if (ev.action?.action === 'done' || ev.action?.action === 'fail') {
+      const ok = ev.action.action === 'done';
+      node.dataset.state = ok ? 'ok' : 'error';
+      node.querySelector('.step-state').textContent = ok ? '✓' : '✗';
     }
   },
   'step.grounded'(ev) {
@@ -222,6 +231,9 @@ const render = {
     }
   },
   message(ev) {
+    // The planner repeats each step's thought as a message for clients that
+    // read only messages; here the step card already shows it.
+    if (ev.role !== 'system' && state.thoughts.has(`${ev.task_id}|${ev.text}`)) return;
     const node = el('li', `bubble ${ev.role === 'system' ? 'system' : 'agent'}`, ev.text);
     node.dataset.testid = 'agent-message';
     append(node);
@@ -232,6 +244,14 @@ const render = {
   },
   'task.finished'(ev) {
     setStatus(ev.status);
+    // A step that never reported back (the task was stopped or crashed) must
+    // not keep spinning after the task is over.
+    for (const [key, step] of state.steps) {
+      if (key.startsWith(`${ev.task_id}:`) && step.dataset.state === 'running') {
+        step.dataset.state = 'cancelled';
+        step.querySelector('.step-state').textContent = '–';
+      }
+    }
     const node = el('li', 'result');
     node.dataset.testid = 'result';
     node.dataset.status = ev.status;
@@ -327,6 +347,7 @@ function openSession(sid) {
   $('#session-id').title = sid;
   state.seen.clear();
   state.steps.clear();
+  state.thoughts.clear();
   setStatus('idle');
   if (state.events) { const old = state.events; state.events = null; old.close(); }
   connectEvents();
