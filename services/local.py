@@ -162,6 +162,8 @@ class LocalStack:
             "GATEWAY_VNC_PORT": str(self.vnc_port),
             "GATEWAY_VNC_PASSWORD": self.vnc_password,
             "GATEWAY_PORT": str(self.gateway_port),
+            # Local mode serves this machine only unless asked otherwise.
+            "GATEWAY_HOST": os.environ.get("GATEWAY_HOST", "127.0.0.1"),
             "SELFAGENT_TOKEN": self.token or "",
             "PYTHONUNBUFFERED": "1",
         }
