@@ -36,7 +36,9 @@ def make_broker(url: str, name: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         connect_timeout=2,
-        log_level=logging.INFO,
+        # FastStream logs every message at this level: DEBUG keeps the
+        # service logs about the service, not about each message.
+        log_level=logging.DEBUG,
         graceful_timeout=5.0,
     )
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 
 from selfagent.bus import start_with_retry
+from selfagent.bus.runtime import configure_logging, wait_for_shutdown
 
 from .canary import run_canary
 from .config import Settings
@@ -19,10 +18,6 @@ log = logging.getLogger("selfagent.grounder")
 
 async def serve(settings: Settings) -> None:
     broker, grounder = build(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     canary: asyncio.Task[object] | None = None
     try:
         await start_with_retry(broker)
@@ -35,7 +30,7 @@ async def serve(settings: Settings) -> None:
         if settings.canary:
             # In the background: the service answers while the model warms up.
             canary = asyncio.create_task(run_canary(grounder))
-        await stop.wait()
+        await wait_for_shutdown()
     finally:
         if canary is not None and not canary.done():
             canary.cancel()
@@ -46,8 +41,5 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging()
     asyncio.run(serve(Settings()))
