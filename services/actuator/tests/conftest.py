@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -10,22 +9,8 @@ import pytest
 from selfagent.actuator.config import Settings
 from selfagent.actuator.service import build
 from selfagent.bus import make_broker
-from selfagent.bus.natsd import EmbeddedNats, free_port
-from tests.harness.desktop import Desktop, start_desktop
-
-
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(scope="session")
-def desktop() -> Iterator[Desktop]:
-    d = start_desktop(exec_port=free_port(), exec_token=secrets.token_hex(16))
-    yield d
-    d.stop()
+from selfagent.bus.natsd import EmbeddedNats
+from tests.harness.desktop import Desktop
 
 
 @dataclass

@@ -6,23 +6,9 @@ import pytest
 from faststream.nats import NatsBroker
 
 from selfagent.bus.natsd import EmbeddedNats
-from tests.harness.desktop import Desktop, start_desktop
+from tests.harness.desktop import Desktop
 
 from .stack import GatewayProcess, start_gateway
-
-
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(scope="session")
-def desktop() -> Iterator[Desktop]:
-    desk = start_desktop()
-    yield desk
-    desk.stop()
 
 
 @pytest.fixture(scope="session")
