@@ -44,6 +44,26 @@ class Desktop:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DISPLAY": self.display, "HOME": str(self.home)}
 
+    def inside(self, path: Path) -> str:
+        """The sandbox's name for a path under ``home`` (natively the same path)."""
+        return str(path)
+
+    def run(self, *argv: str) -> str:
+        """Run a program on the desktop and return its stdout."""
+        return subprocess.run(
+            list(argv), env=self.env(), capture_output=True, text=True, timeout=30
+        ).stdout
+
+    def spawn(self, *argv: str) -> None:
+        """Start a GUI program on the desktop and leave it running."""
+        subprocess.Popen(
+            list(argv),
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
     def xdotool(self, *args: str) -> str:
         return subprocess.run(
             ["xdotool", *args], env=self.env(), capture_output=True, text=True, timeout=20

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from selfagent.actuator.config import Settings
 from selfagent.actuator.service import build
 from selfagent.bus import make_broker
-from selfagent.bus.natsd import EmbeddedNats
-from tests.harness.desktop import Desktop
+from selfagent.bus.natsd import EmbeddedNats, free_port
+from tests.harness.desktop import Desktop, start_desktop
 
 
 @dataclass
@@ -18,6 +19,21 @@ class Running:
     settings: Settings
     broker: object
     client: object
+
+
+@pytest.fixture(
+    scope="session", params=["native", pytest.param("container", marks=pytest.mark.docker)]
+)
+def desktop(request: pytest.FixtureRequest) -> Iterator[Desktop]:
+    """Every action test runs against the native desktop and the sandbox image."""
+    if request.param == "container":
+        from tests.harness.container_desktop import start_container_desktop
+
+        started: Desktop = start_container_desktop()
+    else:
+        started = start_desktop(exec_port=free_port(), exec_token=secrets.token_hex(16))
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")

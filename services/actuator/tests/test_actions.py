@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,11 +54,15 @@ def pointer(desktop: Desktop) -> tuple[int, int]:
 def window_origin(desktop: Desktop, wid: str) -> tuple[int, int]:
     # xwininfo's absolute origin; xdotool's getwindowgeometry double-counts
     # the frame offset under xfwm4.
-    info = subprocess.run(
-        ["xwininfo", "-id", wid], env=desktop.env(), capture_output=True, text=True, timeout=10
-    ).stdout
+    info = desktop.run("xwininfo", "-id", wid)
     values = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in info.splitlines())}
     return int(values["Absolute upper-left X"]), int(values["Absolute upper-left Y"])
+
+
+def shared_file(path: Path, text: str) -> None:
+    # Writable by the sandbox user too (in the container it is not us).
+    path.write_text(text)
+    path.chmod(0o666)
 
 
 def close_window(desktop: Desktop, wid: str) -> None:
@@ -91,13 +95,8 @@ async def test_key_combo_opens_terminal(actuator: Any, desktop: Desktop) -> None
 
 async def test_unicode_text_lands_in_a_real_editor(actuator: Any, desktop: Desktop) -> None:
     path = desktop.home / "unicode.txt"
-    path.write_text("")
-    subprocess.Popen(
-        ["mousepad", str(path)],
-        env=desktop.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    shared_file(path, "")
+    desktop.spawn("mousepad", desktop.inside(path))
     wid = desktop.wait_for_window("unicode.txt", timeout=20)
     desktop.xdotool("windowactivate", "--sync", wid)
     time.sleep(0.5)
@@ -114,13 +113,8 @@ async def test_unicode_text_lands_in_a_real_editor(actuator: Any, desktop: Deskt
 
 async def test_scroll_moves_a_long_document(actuator: Any, desktop: Desktop) -> None:
     path = desktop.home / "long.txt"
-    path.write_text("".join(f"line {n:04d}\n" for n in range(1, 2001)))
-    subprocess.Popen(
-        ["mousepad", str(path)],
-        env=desktop.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    shared_file(path, "".join(f"line {n:04d}\n" for n in range(1, 2001)))
+    desktop.spawn("mousepad", desktop.inside(path))
     wid = desktop.wait_for_window("long.txt", timeout=20)
     desktop.xdotool("windowactivate", "--sync", wid)
     desktop.xdotool("windowmove", wid, "100", "80")
@@ -154,10 +148,7 @@ async def test_scroll_moves_a_long_document(actuator: Any, desktop: Desktop) -> 
 
 
 async def test_drag_moves_a_window(actuator: Any, desktop: Desktop) -> None:
-    proc = subprocess.Popen(
-        ["xmessage", "-title", "dragme", "-geometry", "+300+300", "drag me around"],
-        env=desktop.env(),
-    )
+    desktop.spawn("xmessage", "-title", "dragme", "-geometry", "+300+300", "drag me around")
     try:
         wid = desktop.wait_for_window("dragme", timeout=10)
         time.sleep(0.5)
@@ -171,15 +162,16 @@ async def test_drag_moves_a_window(actuator: Any, desktop: Desktop) -> None:
         x1, y1 = window_origin(desktop, wid)
         assert abs((x1 - x0) - 300) <= 4 and abs((y1 - y0) - 100) <= 4, (x0, y0, x1, y1)
     finally:
-        proc.kill()
+        desktop.run("pkill", "-f", "drag me around")
 
 
 async def test_shell_exit_codes_and_output(actuator: Any, desktop: Desktop) -> None:
     ok = await act(actuator, ShellAction(command="echo out; echo err >&2; exit 3"))
     assert ok.exit_code == 3
     assert ok.output is not None and "out" in ok.output and "err" in ok.output
-    home = await act(actuator, ShellAction(command="pwd", cwd=str(desktop.home)))
-    assert home.output is not None and home.output.strip() == str(desktop.home)
+    inside = desktop.inside(desktop.home)
+    home = await act(actuator, ShellAction(command="pwd", cwd=inside))
+    assert home.output is not None and home.output.strip() == inside
 
 
 async def test_shell_timeout_kills_the_process(actuator: Any, desktop: Desktop) -> None:
@@ -191,7 +183,7 @@ async def test_shell_timeout_kills_the_process(actuator: Any, desktop: Desktop) 
     assert caught.value.code == ErrorCode.TIMEOUT
     assert time.monotonic() - started < 10
     time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    left = desktop.run("pgrep", "-f", marker)
     assert left.strip() == "", "the timed-out command must be killed"
 
 
@@ -207,7 +199,7 @@ async def test_huge_output_is_truncated_not_fatal(actuator: Any) -> None:
 async def test_binary_upload_download_round_trip(actuator: Any, desktop: Desktop) -> None:
     payload = os.urandom(256 * 1024) + bytes(range(256))
     data = base64.b64encode(payload).decode()
-    target = str(desktop.home / "sub" / "blob.bin")
+    target = desktop.inside(desktop.home / "sub" / "blob.bin")
     up = await act(actuator, UploadFileAction(path=target, data_b64=data), observe=None)
     assert up.ok
     assert (desktop.home / "sub" / "blob.bin").read_bytes() == payload

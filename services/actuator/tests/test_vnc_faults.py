@@ -26,8 +26,13 @@ pytestmark = pytest.mark.desktop
 
 
 async def _observe(client: object, sandbox: str, timeout: float = 10) -> Observation:
-    return await request(client, subjects.sandbox_observe(sandbox),  # type: ignore[arg-type]
-                         ObserveRequest(), Observation, timeout=timeout)
+    return await request(
+        client,
+        subjects.sandbox_observe(sandbox),  # type: ignore[arg-type]
+        ObserveRequest(),
+        Observation,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -40,9 +45,13 @@ async def own_desktop() -> AsyncIterator[Desktop]:
 async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
     nats_server: EmbeddedNats, own_desktop: Desktop
 ) -> None:
-    settings = Settings(nats_url=nats_server.url, sandbox_id="wrongpw",
-                        vnc_port=own_desktop.vnc_port, vnc_password="not-it",
-                        vnc_wait_for_link=0.5)
+    settings = Settings(
+        nats_url=nats_server.url,
+        sandbox_id="wrongpw",
+        vnc_port=own_desktop.vnc_port,
+        vnc_password="not-it",
+        vnc_wait_for_link=0.5,
+    )
     broker, vnc, _executor, sandbox = build(settings)
     await vnc.start()
     await broker.start()
@@ -55,8 +64,13 @@ async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
             assert caught.value.code == ErrorCode.VNC_UNAVAILABLE
             assert "authentication failed" in str(caught.value).lower()
             with pytest.raises(RemoteError) as act_error:
-                await request(client, subjects.sandbox_act("wrongpw"),
-                              ActRequest(action=MoveAction(x=1, y=1)), ActionResult, timeout=10)
+                await request(
+                    client,
+                    subjects.sandbox_act("wrongpw"),
+                    ActRequest(action=MoveAction(x=1, y=1)),
+                    ActionResult,
+                    timeout=10,
+                )
             assert "not executed" in str(act_error.value)
     finally:
         await client.stop()
@@ -67,9 +81,13 @@ async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
 
 async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> None:
     desktop = start_desktop()
-    settings = Settings(nats_url=nats_server.url, sandbox_id="restart",
-                        vnc_port=desktop.vnc_port, vnc_password=desktop.password,
-                        vnc_wait_for_link=0.5)
+    settings = Settings(
+        nats_url=nats_server.url,
+        sandbox_id="restart",
+        vnc_port=desktop.vnc_port,
+        vnc_password=desktop.password,
+        vnc_wait_for_link=0.5,
+    )
     broker, vnc, _executor, sandbox = build(settings)
     await vnc.start()
     await vnc.wait_ready(15)
@@ -82,8 +100,13 @@ async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> Non
 
         desktop.stop()  # kills Xvnc and the whole session mid-run
         with pytest.raises(RemoteError) as caught:
-            await request(client, subjects.sandbox_act("restart"),
-                          ActRequest(action=MoveAction(x=5, y=5)), ActionResult, timeout=10)
+            await request(
+                client,
+                subjects.sandbox_act("restart"),
+                ActRequest(action=MoveAction(x=5, y=5)),
+                ActionResult,
+                timeout=10,
+            )
         assert caught.value.code == ErrorCode.VNC_UNAVAILABLE
         assert "not executed" in str(caught.value) or "may have partly run" in str(caught.value)
 
@@ -97,8 +120,13 @@ async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> Non
                 assert time.monotonic() - back_at < 5.0, "no reconnect within 5 s"
                 time.sleep(0.1)
         assert observation.screenshot is not None
-        moved = await request(client, subjects.sandbox_act("restart"),
-                              ActRequest(action=MoveAction(x=50, y=60)), ActionResult, timeout=10)
+        moved = await request(
+            client,
+            subjects.sandbox_act("restart"),
+            ActRequest(action=MoveAction(x=50, y=60)),
+            ActionResult,
+            timeout=10,
+        )
         assert moved.ok and not moved.replayed
         location = desktop.xdotool("getmouselocation")
         assert location.startswith("x:50 y:60"), location
