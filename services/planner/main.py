@@ -6,9 +6,6 @@ import asyncio
 import logging
 import signal
 
-from selfagent.bus import start_with_retry
-from selfagent.bus.streams import ensure_streams
-
 from .config import Settings
 from .service import Planner
 
@@ -18,7 +15,7 @@ log = logging.getLogger("selfagent.planner")
 async def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     planner = Planner(settings)
-    await start_with_retry(planner.broker, before_start=ensure_streams)
+    await planner.start()
     log.info(
         "planner ready: model %s at %s, %s mode",
         settings.llm_model,

@@ -9,6 +9,7 @@ reason; nothing here raises out of :meth:`TaskRunner.run`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -49,11 +50,18 @@ from selfagent.schemas.messages import ControlVerb, TaskStatus
 
 from .config import Settings
 from .coords import CoordinateMap, off_screen_problem
-from .llm import LLMClient, LLMError
+from .llm import LLMClient, LLMError, LLMReply
 from .parsing import ActionParseError, parse_reply
 from .tools import computer_tool, system_prompt
 
 log = logging.getLogger(__name__)
+
+# Session progress (task, step count, status), readable by any replica or the gateway.
+SESSIONS_BUCKET = "agent_sessions"
+_STATE_TIMEOUT = 2.0
+
+_LOOK_ATTEMPTS = 3
+_LOOK_RETRY_DELAY = 0.5
 
 
 class Control:
@@ -121,6 +129,31 @@ class TaskRunner:
             # end the task, but it must be visible.
             log.exception("could not publish %s event", kind)
 
+    async def _save_state(self, status: str, reply: str | None = None) -> None:
+        """Record the session's progress in the KV bucket, for other replicas and the gateway.
+
+        Best effort and bounded: a broker hiccup must neither end nor stall the task.
+        """
+        record = {
+            "session_id": self.task.session_id,
+            "task_id": self.task.task_id,
+            "sandbox_id": self.task.sandbox_id,
+            "prompt": self.task.prompt,
+            "status": status,
+            "steps": self.steps_taken,
+            "tokens": self.tokens_used,
+            "reply": reply,
+            "updated_at": time.time(),
+        }
+        try:
+            js = self.broker.config.connection_state.stream
+            bucket = await asyncio.wait_for(js.key_value(SESSIONS_BUCKET), _STATE_TIMEOUT)
+            await asyncio.wait_for(
+                bucket.put(self.task.session_id, json.dumps(record).encode()), _STATE_TIMEOUT
+            )
+        except Exception as exc:
+            log.warning("could not save session %s state: %s", self.task.session_id, exc)
+
     def _ids(self) -> dict[str, str]:
         return {"session_id": self.task.session_id, "task_id": self.task.task_id}
 
@@ -131,6 +164,31 @@ class TaskRunner:
             self._observe_request(),
             Observation,
             timeout=self.settings.observe_timeout,
+        )
+
+    async def _look(self) -> Observation:
+        """A screenshot for the model, or the end of the task.
+
+        Retried a few times: a broker restart or a VNC reconnect is a pause of
+        a second or two, not a reason to give up a task.
+        """
+        last: Exception | None = None
+        for attempt in range(_LOOK_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_LOOK_RETRY_DELAY * attempt)
+            try:
+                observation = await self._observe()
+            except BusError as exc:
+                last = exc
+                log.warning("observe failed (attempt %d): %s", attempt + 1, exc)
+                continue
+            if observation.screenshot is not None:
+                return observation
+            last = RuntimeError("the actuator answered without a screenshot")
+        raise _Finish(
+            "failed",
+            f"The desktop is not reachable: {last}",
+            ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message=str(last)),
         )
 
     def _observe_request(self) -> ObserveRequest:
@@ -146,6 +204,7 @@ class TaskRunner:
     async def run(self) -> TaskFinished:
         started = time.monotonic()
         await self._emit(TaskStarted(prompt=self.task.prompt, **self._ids()))
+        await self._save_state("running")
         try:
             await self._loop(started)
             raise _Finish("failed", "The task ended without an answer.")
@@ -179,20 +238,14 @@ class TaskRunner:
             **self._ids(),
         )
         await self._emit(event)
+        await self._save_state(finish.status, finish.reply)
         return event
 
     async def _loop(self, started: float) -> None:
         settings = self.settings
         max_steps = self.task.max_steps or settings.max_steps
         mode = settings.resolved_mode
-        try:
-            observation = await self._observe()
-        except BusError as exc:
-            raise _Finish(
-                "failed",
-                f"The desktop is not reachable: {exc}",
-                ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message=str(exc)),
-            ) from exc
+        observation = await self._look()
         invalid_replies = 0
         failed_actions = 0
 
@@ -204,22 +257,13 @@ class TaskRunner:
                     f"Stopped after the step budget of {max_steps} steps.",
                     ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="steps"),
                 )
-            assert observation.screenshot is not None
             shot = observation.screenshot
+            assert shot is not None  # _look guarantees it
             screen = (observation.screen_width, observation.screen_height)
             coords = CoordinateMap((shot.width, shot.height), screen)
 
             messages = self._messages(mode, shot.width, shot.height, shot.data_uri())
-            try:
-                reply = await self.llm.complete(
-                    messages, tools=[computer_tool(mode)] if settings.native_tools else None
-                )
-            except LLMError as exc:
-                raise _Finish(
-                    "failed",
-                    f"The language model failed: {exc}",
-                    ErrorInfo(code=ErrorCode.LLM_ERROR, message=str(exc)),
-                ) from exc
+            reply = await self._ask(messages, mode, started)
             self.tokens_used += reply.total_tokens
             if self.tokens_used > settings.max_tokens_per_task:
                 raise _Finish(
@@ -228,6 +272,13 @@ class TaskRunner:
                     f"{settings.max_tokens_per_task} tokens).",
                     ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="tokens"),
                 )
+            if self.control.holding:
+                await self._checkpoint(started)
+                # The reply was chosen on a screen the person may have changed
+                # meanwhile (that is what a takeover is for): drop it and ask
+                # again about what the desktop shows now.
+                observation = await self._look()
+                continue
             await self._checkpoint(started)
 
             try:
@@ -258,7 +309,9 @@ class TaskRunner:
             if parsed.thought:
                 await self._emit(AgentMessage(text=parsed.thought, **self._ids()))
             if isinstance(action, DoneAction):
-                raise _Finish("succeeded", action.message or "Done.")
+                # An empty final answer would leave the chat without a reply.
+                reply_text = action.message.strip() or (parsed.thought or "").strip()
+                raise _Finish("succeeded", reply_text or "Done.")
             if isinstance(action, FailAction):
                 raise _Finish(
                     "failed",
@@ -284,14 +337,7 @@ class TaskRunner:
                         f"{failed_actions} actions in a row failed. Last: {failure.error.message}",
                         failure.error,
                     ) from failure
-                try:
-                    observation = await self._observe()
-                except BusError as exc:
-                    raise _Finish(
-                        "failed",
-                        f"The desktop is not reachable: {exc}",
-                        ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message=str(exc)),
-                    ) from exc
+                observation = await self._look()
                 continue
             failed_actions = 0
             await self._emit(
@@ -312,40 +358,87 @@ class TaskRunner:
                 outcome += f"\nexit code {result.exit_code}"
             if result.data and "data_b64" not in result.data:
                 outcome += f"; {json.dumps(result.data)}"
-            assert result.observation is not None
-            observation = result.observation
             self._record(step, action_json, outcome, shot.data_uri())
+            await self._save_state("running")
+            # The action ran even when its screenshot did not come back; a
+            # separate look is then still worth one try before giving up.
+            observation = (
+                result.observation
+                if result.observation is not None and result.observation.screenshot is not None
+                else await self._look()
+            )
+
+    async def _ask(
+        self,
+        messages: list[dict[str, Any]],
+        mode: Literal["grounded", "direct"],
+        started: float,
+    ) -> LLMReply:
+        """One model call, bounded by what is left of the wall-time budget.
+
+        A model call is the longest wait of a step, so a stop must not sit
+        behind it: the call is abandoned as soon as a stop arrives.
+        """
+        remaining = self.settings.max_wall_seconds - (time.monotonic() - started)
+        tools = [computer_tool(mode)] if self.settings.native_tools else None
+        call = asyncio.ensure_future(
+            self.llm.complete(messages, tools=tools, deadline=max(remaining, 0.001))
+        )
+        control = self.control
+        try:
+            while not call.done():
+                control.changed.clear()
+                if control.stopped:
+                    raise _stopped()
+                woke = asyncio.ensure_future(control.changed.wait())
+                try:
+                    await asyncio.wait({call, woke}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woke.cancel()
+            if control.stopped:
+                raise _stopped()
+            return call.result()
+        except LLMError as exc:
+            if time.monotonic() - started >= self.settings.max_wall_seconds:
+                raise self._out_of_time() from exc
+            raise _Finish(
+                "failed",
+                f"The language model failed ({exc.reason}): {exc}",
+                ErrorInfo(code=ErrorCode.LLM_ERROR, message=f"{exc.reason}: {exc}"),
+            ) from exc
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call
+
+    def _out_of_time(self) -> _Finish:
+        return _Finish(
+            "failed",
+            f"Stopped after the time budget of {self.settings.max_wall_seconds:g} s.",
+            ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="wall time"),
+        )
 
     async def _checkpoint(self, started: float) -> None:
         """Where pause, stop and the wall-time budget take effect: between steps."""
         control = self.control
         if control.stopped:
-            raise _Finish(
-                "stopped",
-                "Stopped by the user.",
-                ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
-            )
+            raise _stopped()
         if control.holding:
             state: Literal["paused", "takeover"] = "takeover" if control.takeover else "paused"
             await self._emit(TaskStateChanged(state=state, **self._ids()))
+            await self._save_state(state)
             while control.holding and not control.stopped:
                 control.changed.clear()
                 await control.changed.wait()
             if control.stopped:
-                raise _Finish(
-                    "stopped",
-                    "Stopped by the user.",
-                    ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
-                )
+                raise _stopped()
             await self._emit(TaskStateChanged(state="running", **self._ids()))
+            await self._save_state("running")
             # After a takeover the screen is not what the model last saw.
             self._feedback = "The user paused or took over the desktop; look at the new screenshot."
-        if time.monotonic() - started > self.settings.max_wall_seconds:
-            raise _Finish(
-                "failed",
-                f"Stopped after the time budget of {self.settings.max_wall_seconds:g} s.",
-                ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="wall time"),
-            )
+        if time.monotonic() - started >= self.settings.max_wall_seconds:
+            raise self._out_of_time()
 
     async def _ground(
         self, step: int, action: Action, shot: Any, screen: tuple[int, int]
@@ -367,7 +460,11 @@ class TaskRunner:
                 Observation,
                 timeout=self.settings.observe_timeout,
             )
-            assert observation.screenshot is not None
+            if observation.screenshot is None:
+                raise RemoteError(
+                    subjects.sandbox_observe(self.task.sandbox_id),
+                    ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message="no screenshot"),
+                )
             result = await request(
                 self.broker,
                 subjects.GROUND,
@@ -470,6 +567,14 @@ class TaskRunner:
         with_image = [s for s in self._history if s.screenshot_uri]
         for old in with_image[: max(len(with_image) - images_kept, 0)]:
             old.screenshot_uri = None
+
+
+def _stopped() -> _Finish:
+    return _Finish(
+        "stopped",
+        "Stopped by the user.",
+        ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
+    )
 
 
 class _StepFailed(Exception):

@@ -6,14 +6,15 @@ import asyncio
 import logging
 
 from faststream.nats import NatsBroker, PullSub
+from nats.js.api import KeyValueConfig, StorageType
 
-from selfagent.bus import make_broker, typed_handler
-from selfagent.bus.streams import TASKS
+from selfagent.bus import make_broker, start_with_retry, typed_handler
+from selfagent.bus.streams import TASKS, ensure_streams
 from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
 
 from .config import Settings
 from .llm import LLMClient
-from .runner import Control, TaskRunner
+from .runner import SESSIONS_BUCKET, Control, TaskRunner
 
 log = logging.getLogger(__name__)
 SERVICE = "planner"
@@ -36,6 +37,10 @@ class Planner:
         self.controls: dict[str, Control] = {}
         self.running: set[asyncio.Task[object]] = set()
         self._wire()
+
+    async def start(self) -> None:
+        """Connect (waiting for the server if needed), declare what we use, subscribe."""
+        await start_with_retry(self.broker, before_start=prepare)
 
     def _wire(self) -> None:
         broker = self.broker
@@ -91,3 +96,22 @@ class Planner:
             await asyncio.wait(self.running, timeout=5)
         await self.broker.stop()
         await self.llm.close()
+
+
+async def prepare(broker: NatsBroker) -> None:
+    """The streams every service declares, and the planner's session-state bucket."""
+    await ensure_streams(broker)
+    js = broker.config.connection_state.stream
+    try:
+        await js.key_value(SESSIONS_BUCKET)
+    except Exception:
+        # Absent (or unreadable): creating it is idempotent for the same config.
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=SESSIONS_BUCKET,
+                description="planner session progress: task, steps, status",
+                history=1,
+                ttl=7 * 24 * 3600,
+                storage=StorageType.FILE,
+            )
+        )

@@ -1,0 +1,596 @@
+"""The planner's task loop under faults, on a real nats-server and a real desktop.
+
+Real parts: nats-server (JetStream), Xvnc + Xfce, the actuator and the
+grounder (in-process, talking over NATS), the planner service itself. Only
+the models are scripted: one FakeLLM for the planner, one for the grounding
+VLM. Tasks go in through the tasks work queue and results come back as
+session events, exactly as the gateway sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+
+from selfagent.actuator.config import Settings as ActuatorSettings
+from selfagent.actuator.service import build as build_actuator
+from selfagent.bus.natsd import EmbeddedNats
+from selfagent.grounder.config import Settings as GrounderSettings
+from selfagent.grounder.service import build as build_grounder
+from selfagent.planner.config import Settings
+from selfagent.planner.runner import SESSIONS_BUCKET
+from selfagent.planner.service import Planner
+from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
+from tests.harness.desktop import Desktop, start_desktop
+from tests.harness.fakellm import FakeLLM, tool_call
+
+pytestmark = [pytest.mark.desktop, pytest.mark.asyncio(loop_scope="session")]
+
+SANDBOX = "runner"
+# "No hang" bound for one task; the slowest scripted task takes a few seconds.
+TASK_BOUND = 60.0
+
+
+def computer(**arguments: Any) -> dict[str, Any]:
+    return tool_call("computer", arguments)
+
+
+DONE = computer(action="done", message="All done.")
+REFUSE = {"content": "Action: click(point='<point>-1 -1</point>')"}
+
+
+# --- the real parts -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def desktop() -> Iterator[Desktop]:
+    d = start_desktop()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    server = FakeLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def vlm() -> Iterator[FakeLLM]:
+    server = FakeLLM(default=REFUSE).start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def services(
+    nats_server: EmbeddedNats, desktop: Desktop, vlm: FakeLLM
+) -> AsyncIterator[None]:
+    broker, vnc, _executor, sandbox = build_actuator(
+        ActuatorSettings(
+            nats_url=nats_server.url,
+            sandbox_id=SANDBOX,
+            vnc_port=desktop.vnc_port,
+            vnc_password=desktop.password,
+        )
+    )
+    await vnc.start()
+    await vnc.wait_ready(15)
+    await broker.start()
+    grounder_broker, grounder = build_grounder(
+        GrounderSettings(
+            nats_url=nats_server.url,
+            api_base_url=vlm.base_url,
+            model="UI-TARS-1.5-7B",
+            family="ui-tars-1.5",
+            timeout=3.0,
+            retries=0,
+            deadline=5.0,
+            canary=False,
+        )
+    )
+    await grounder_broker.start()
+    yield
+    await grounder_broker.stop()
+    await grounder.aclose()
+    await broker.stop()
+    await vnc.stop()
+    await sandbox.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def planner(
+    nats_server: EmbeddedNats, llm: FakeLLM, services: None
+) -> AsyncIterator[Planner]:
+    settings = Settings(
+        nats_url=nats_server.url,
+        llm_api_base_url=llm.base_url,
+        llm_model="fake-planner",
+        mode="grounded",
+        llm_timeout=2.0,
+        llm_max_attempts=2,
+        max_invalid_replies=3,
+        observe_timeout=5.0,
+        ground_timeout=10.0,
+        act_timeout=15.0,
+        max_wall_seconds=120.0,
+    )
+    service = Planner(settings)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def bus(nats_server: EmbeddedNats, planner: Planner) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.3)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def fresh(llm: FakeLLM, vlm: FakeLLM, planner: Planner) -> Iterator[Planner]:
+    """Clean scripts, and the planner's settings back as they were after the test."""
+    llm.reset()
+    vlm.reset(default=REFUSE)
+    original = planner.settings
+    yield planner
+    planner.settings = original
+    # A test that failed half-way must not leave a held task behind for the next.
+    for control in list(planner.controls.values()):
+        control.apply("stop")
+
+
+# --- driving tasks ------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    finished: dict[str, Any]
+    events: list[dict[str, Any]]
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == kind]
+
+
+class Running:
+    """A submitted task whose events are being collected."""
+
+    def __init__(self, bus: NatsClient, task: TaskSubmitted) -> None:
+        self.bus = bus
+        self.task = task
+        self.events: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+
+    async def start(self) -> Running:
+        async def collect(msg: Any) -> None:
+            self.events.append(json.loads(msg.data))
+            self.arrived.set()
+
+        self._sub = await self.bus.subscribe(
+            subjects.session_events(self.task.session_id), cb=collect
+        )
+        await self.bus.jetstream().publish(
+            subjects.TASK_SUBMIT, self.task.model_dump_json().encode()
+        )
+        return self
+
+    async def wait_for(self, kind: str, timeout: float = TASK_BOUND, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(e["kind"] == kind for e in self.events) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {kind} event within {timeout}s: {self.kinds()}"
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    def kinds(self) -> list[str]:
+        return [e["kind"] for e in self.events]
+
+    async def control(self, command: str) -> None:
+        message = ControlCommand(session_id=self.task.session_id, command=command)  # type: ignore[arg-type]
+        await self.bus.publish(
+            subjects.session_control(self.task.session_id), message.model_dump_json().encode()
+        )
+        await self.bus.flush()
+
+    async def outcome(self) -> Outcome:
+        await self.wait_for("task.finished")
+        # Anything published after the end (a second task.finished, a late
+        # step) would arrive within this grace period.
+        await asyncio.sleep(0.5)
+        await self._sub.unsubscribe()
+        finished = [e for e in self.events if e["kind"] == "task.finished"]
+        assert len(finished) == 1, f"task.finished {len(finished)} times: {self.kinds()}"
+        assert self.events[-1]["kind"] == "task.finished", self.kinds()
+        return Outcome(finished[0], self.events)
+
+
+async def submit(bus: NatsClient, prompt: str = "do it", **fields: Any) -> Running:
+    return await Running(bus, TaskSubmitted(prompt=prompt, sandbox_id=SANDBOX, **fields)).start()
+
+
+async def run_task(bus: NatsClient, prompt: str = "do it", **fields: Any) -> Outcome:
+    return await (await submit(bus, prompt, **fields)).outcome()
+
+
+async def assert_serving(bus: NatsClient, llm: FakeLLM) -> None:
+    """The planner still takes and finishes tasks after whatever happened before."""
+    llm.reset()
+    llm.push(computer(action="move", x=100, y=100), computer(action="done", message="ok again"))
+    outcome = await run_task(bus, "are you still there?")
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert outcome.finished["reply"] == "ok again"
+
+
+async def session_state(bus: NatsClient, session_id: str) -> dict[str, Any]:
+    entry = await (await bus.jetstream().key_value(SESSIONS_BUCKET)).get(session_id)
+    assert entry.value is not None
+    state: dict[str, Any] = json.loads(entry.value)
+    return state
+
+
+def images_in(request: dict[str, Any]) -> int:
+    return sum(
+        1
+        for message in request["messages"]
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    )
+
+
+def last_text(request: dict[str, Any]) -> str:
+    content = request["messages"][-1]["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content)
+
+
+async def wait_requests(fake: FakeLLM, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(fake.requests) < count:
+        assert time.monotonic() < deadline, f"only {len(fake.requests)} model calls"
+        await asyncio.sleep(0.05)
+
+
+# --- context ------------------------------------------------------------------
+
+
+async def test_context_keeps_recent_screenshots_and_older_steps_as_text(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    keep = fresh.settings.keep_screenshots
+    assert keep == 3
+    moves = [computer(action="move", x=200 + 40 * i, y=300) for i in range(5)]
+    llm.push(*moves, computer(action="done"))
+    outcome = await run_task(bus, "wander around")
+
+    assert outcome.finished["status"] == "succeeded"
+    # A done without a message still gives the chat a reply.
+    assert outcome.finished["reply"].strip()
+    assert outcome.finished["steps"] == 6
+    assert len(llm.requests) == 6
+    # Call n (0-based) has n past steps: the current screenshot plus at most
+    # keep-1 of the past ones go as images.
+    assert [images_in(r) for r in llm.requests] == [min(n + 1, keep) for n in range(6)]
+    last = llm.requests[-1]
+    text = json.dumps(last["messages"])
+    # Older steps are still there as text, the oldest included.
+    for n in range(1, 6):
+        assert f"Step {n} result: ok" in text
+    said = [json.loads(m["content"]) for m in last["messages"] if m["role"] == "assistant"]
+    assert [(a["action"], a["x"]) for a in said] == [("move", 200 + 40 * i) for i in range(5)]
+    assert "Screenshot before step 1:" not in text and "Screenshot before step 5:" in text
+
+    # The session's progress is readable from the KV bucket by anyone on the bus.
+    state = await session_state(bus, outcome.finished["session_id"])
+    assert state["status"] == "succeeded" and state["steps"] == 6
+    assert state["tokens"] == 6 * 120 and state["prompt"] == "wander around"
+    assert state["task_id"] == outcome.finished["task_id"]
+
+
+# --- the model endpoint misbehaving ------------------------------------------
+
+
+async def test_429_with_retry_after_is_retried_then_succeeds(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    llm.push(
+        {"status": 429, "headers": {"Retry-After": "0.5"}, "body": {"error": {"message": "slow"}}},
+        computer(action="done", message="after the rate limit"),
+    )
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert outcome.finished["reply"] == "after the rate limit"
+    assert len(llm.requests) == 2
+    await assert_serving(bus, llm)
+
+
+async def test_500_is_retried(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    llm.push(
+        {"status": 500, "body": {"error": {"message": "model crashed"}}},
+        computer(action="done", message="after the 500"),
+    )
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert len(llm.requests) == 2
+    await assert_serving(bus, llm)
+
+
+async def test_500_every_time_fails_with_the_server_error(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    boom = {"status": 503, "body": {"error": {"message": "overloaded"}}}
+    llm.push(boom, boom)
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "failed"
+    assert outcome.finished["error"]["code"] == "llm_error"
+    assert "503" in outcome.finished["reply"] and "overloaded" in outcome.finished["reply"]
+    await assert_serving(bus, llm)
+
+
+async def test_hang_past_the_timeout_fails_naming_the_timeout(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    hang = {"delay": 4.0, **DONE}
+    llm.push(hang, hang)
+    started = time.monotonic()
+    outcome = await run_task(bus)
+    elapsed = time.monotonic() - started
+    assert outcome.finished["status"] == "failed"
+    assert outcome.finished["error"]["code"] == "llm_error"
+    assert "timeout" in outcome.finished["reply"], outcome.finished["reply"]
+    assert "2.0s" in outcome.finished["reply"]
+    # Two attempts of 2 s each plus a backoff: bounded well below the hang.
+    assert elapsed < 20, elapsed
+    assert not outcome.kinds("step.executed")
+    await assert_serving(bus, llm)
+
+
+async def test_truncated_body_is_retried(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    llm.push(
+        {"raw": b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"ind'},
+        computer(action="done", message="after the truncation"),
+    )
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert outcome.finished["reply"] == "after the truncation"
+    assert len(llm.requests) == 2
+    await assert_serving(bus, llm)
+
+
+# --- the model saying nonsense ------------------------------------------------
+
+
+async def test_unknown_tool_and_action_are_told_to_the_model(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    llm.push(
+        tool_call("frobnicate", {"level": 11}),
+        computer(action="teleport", x=1, y=1),
+        computer(action="done", message="recovered"),
+    )
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert outcome.finished["reply"] == "recovered"
+    assert "not a valid action" in last_text(llm.requests[1])
+    assert "frobnicate" in last_text(llm.requests[1])
+    assert "teleport" in last_text(llm.requests[2])
+    assert not outcome.kinds("step.executed")
+    system = [e["text"] for e in outcome.kinds("message") if e["role"] == "system"]
+    assert len(system) == 2
+
+
+async def test_off_screen_is_told_then_fails_after_max_invalid_replies(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    off = computer(action="click", x=5000, y=10)
+    llm.push(off, off, off, DONE)
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "failed"
+    assert outcome.finished["error"]["code"] == "invalid_action"
+    assert "3 times" in outcome.finished["reply"] and "outside" in outcome.finished["reply"]
+    assert len(llm.requests) == 3
+    assert "outside the screenshot" in last_text(llm.requests[1])
+    assert "5000" in last_text(llm.requests[2])
+    assert not outcome.kinds("step.executed")
+    await assert_serving(bus, llm)
+
+
+async def test_grounder_not_found_is_told_to_the_model(
+    fresh: Planner, llm: FakeLLM, vlm: FakeLLM, bus: NatsClient
+) -> None:
+    llm.push(
+        computer(action="click", target="the purple unicorn button"),
+        computer(action="done", message="there is no unicorn"),
+    )
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert len(vlm.requests) == 1
+    executed = outcome.kinds("step.executed")
+    assert len(executed) == 1 and not executed[0]["ok"]
+    assert executed[0]["error"]["code"] == "not_found"
+    assert not outcome.kinds("step.grounded")
+    told = json.dumps(llm.requests[1]["messages"])
+    assert "could not find" in told and "purple unicorn" in told
+
+
+# --- budgets ------------------------------------------------------------------
+
+
+async def test_step_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    llm.reset(default=computer(action="move", x=300, y=300))
+    outcome = await run_task(bus, max_steps=2)
+    assert outcome.finished["status"] == "failed"
+    assert outcome.finished["error"]["code"] == "budget_exhausted"
+    assert "step budget" in outcome.finished["reply"]
+    assert outcome.finished["steps"] == 2 and len(outcome.kinds("step.executed")) == 2
+    await assert_serving(bus, llm)
+
+
+async def test_wall_time_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    fresh.settings = fresh.settings.model_copy(update={"max_wall_seconds": 2.5})
+    llm.reset(default={"delay": 0.8, **computer(action="move", x=300, y=300)})
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "failed"
+    assert outcome.finished["error"]["code"] == "budget_exhausted"
+    assert "time budget" in outcome.finished["reply"], outcome.finished["reply"]
+    fresh.settings = fresh.settings.model_copy(update={"max_wall_seconds": 120.0})
+    await assert_serving(bus, llm)
+
+
+async def test_wall_time_budget_also_bounds_a_model_call(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    fresh.settings = fresh.settings.model_copy(update={"max_wall_seconds": 1.0})
+    llm.push({"delay": 1.8, **DONE})
+    outcome = await run_task(bus)
+    assert outcome.finished["error"]["code"] == "budget_exhausted", outcome.finished
+    assert "time budget" in outcome.finished["reply"]
+    fresh.settings = fresh.settings.model_copy(update={"max_wall_seconds": 120.0})
+    await assert_serving(bus, llm)
+
+
+async def test_token_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    # The scripted server reports 120 tokens per call; model_copy skips the
+    # production floor on purpose so the budget runs out in three calls.
+    fresh.settings = fresh.settings.model_copy(update={"max_tokens_per_task": 300})
+    llm.reset(default=computer(action="move", x=300, y=300))
+    outcome = await run_task(bus)
+    assert outcome.finished["status"] == "failed"
+    assert outcome.finished["error"]["code"] == "budget_exhausted"
+    assert "token budget" in outcome.finished["reply"] and "360" in outcome.finished["reply"]
+    assert len(llm.requests) == 3
+    # The call that went over the budget is not acted on.
+    assert len(outcome.kinds("step.executed")) == 2
+    fresh.settings = fresh.settings.model_copy(update={"max_tokens_per_task": 500_000})
+    await assert_serving(bus, llm)
+
+
+# --- controls -----------------------------------------------------------------
+
+
+async def test_stop_during_a_model_call_ends_the_task_without_acting(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    llm.push({"delay": 5.0, **computer(action="move", x=400, y=400)})
+    running = await submit(bus)
+    await wait_requests(llm, 1)
+    await running.control("stop")
+    outcome = await running.outcome()
+    assert outcome.finished["status"] == "stopped"
+    assert outcome.finished["error"]["code"] == "stopped"
+    assert not outcome.kinds("step.planned") and not outcome.kinds("step.executed")
+    # The abandoned reply must not reach the desktop later either.
+    await asyncio.sleep(5.0)
+    assert not [e for e in running.events if e["kind"] == "step.executed"]
+    await assert_serving(bus, llm)
+
+
+async def test_pause_and_resume_take_effect_between_steps(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient
+) -> None:
+    llm.push(
+        {"delay": 1.0, **computer(action="move", x=500, y=300)},
+        computer(action="move", x=520, y=320),
+        computer(action="done", message="resumed and finished"),
+    )
+    running = await submit(bus)
+    await wait_requests(llm, 1)
+    await running.control("pause")
+    await running.wait_for("task.state")
+    assert running.events[-1]["kind"] == "task.state"
+    assert running.events[-1]["state"] == "paused"
+    # The reply that was under way when the pause came is not acted on: the
+    # person may change the screen while the task is held.
+    assert not [e for e in running.events if e["kind"] in ("step.planned", "step.executed")]
+    await asyncio.sleep(1.5)
+    assert len(llm.requests) == 1, "the model was called while paused"
+    assert running.events[-1]["kind"] == "task.state"
+    assert (await session_state(bus, running.task.session_id))["status"] == "paused"
+    await running.control("resume")
+    outcome = await running.outcome()
+    states = [e["state"] for e in outcome.kinds("task.state")]
+    assert states == ["paused", "running"]
+    assert outcome.finished["status"] == "succeeded"
+    assert [e["action"]["x"] for e in outcome.kinds("step.executed")] == [520]
+    assert len(llm.requests) == 3
+    assert "paused or took over" in last_text(llm.requests[1])
+
+
+async def test_takeover_and_release(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    llm.push(
+        {"delay": 1.0, **computer(action="move", x=500, y=300)},
+        computer(action="done", message="back in control"),
+    )
+    running = await submit(bus)
+    await wait_requests(llm, 1)
+    await running.control("takeover")
+    await running.wait_for("task.state")
+    assert running.events[-1]["state"] == "takeover"
+    await running.control("release")
+    outcome = await running.outcome()
+    assert [e["state"] for e in outcome.kinds("task.state")] == ["takeover", "running"]
+    assert outcome.finished["reply"] == "back in control"
+
+
+async def test_stop_while_paused(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+    llm.push({"delay": 1.0, **computer(action="move", x=500, y=300)}, DONE)
+    running = await submit(bus)
+    await wait_requests(llm, 1)
+    await running.control("pause")
+    await running.wait_for("task.state")
+    await running.control("stop")
+    outcome = await running.outcome()
+    assert outcome.finished["status"] == "stopped"
+    assert len(llm.requests) == 1
+    await assert_serving(bus, llm)
+
+
+# --- the broker going away ----------------------------------------------------
+
+
+async def test_broker_restart_mid_task(
+    fresh: Planner, llm: FakeLLM, bus: NatsClient, nats_server: EmbeddedNats
+) -> None:
+    llm.push(
+        # Under the 2 s per-call timeout, so the reply is not retried.
+        {"delay": 1.2, **computer(action="move", x=600, y=350)},
+        computer(action="done", message="survived the restart"),
+    )
+    running = await submit(bus)
+    await wait_requests(llm, 1)
+    await asyncio.to_thread(nats_server.restart)
+    outcome = await running.outcome()
+    assert outcome.finished["status"] == "succeeded", outcome.finished
+    assert outcome.finished["reply"] == "survived the restart"
+    assert len(llm.requests) == 2
+    assert not fresh.controls, (running.task.session_id, list(fresh.controls), fresh.running)
+    state = await session_state(bus, running.task.session_id)
+    assert state["status"] == "succeeded" and state["steps"] == 2, (
+        state,
+        outcome.finished,
+        len(llm.requests),
+        [e["kind"] for e in outcome.events],
+    )
+    await assert_serving(bus, llm)
