@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.harness.docker import ROOT, compose_command, require_engine, run
+from tests.harness.fakellm import FakeLLM, tool_call
 
 pytestmark = pytest.mark.docker
 
@@ -185,9 +186,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, dict[str, str]]]:
+def compose_llm() -> Iterator[FakeLLM]:
+    """The scripted LLM, reachable from the planner container through the host gateway."""
+    server = FakeLLM(host="0.0.0.0").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, compose_llm: FakeLLM
+) -> Iterator[tuple[Path, str, dict[str, str]]]:
     require_engine()
-    values = _complete_values() | {"GATEWAY_PORT": str(_free_port())}
+    values = _complete_values() | {
+        "GATEWAY_PORT": str(_free_port()),
+        "LLM_API_BASE_URL": f"http://host.docker.internal:{compose_llm.port}/v1",
+    }
     env_file = _env_file(tmp_path_factory.mktemp("stack") / "env", **values)
     project = f"selfagent-e2e-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
@@ -287,3 +301,40 @@ def test_stack_services_become_healthy(stack: tuple[Path, str, dict[str, str]]) 
         time.sleep(2)
     print(f"\nservice states: {states}")
     assert all(s == "running/healthy" for s in states.values()), states
+
+
+def test_stack_runs_an_instruction_end_to_end(
+    stack: tuple[Path, str, dict[str, str]], compose_llm: FakeLLM
+) -> None:
+    """The real images together: gateway -> NATS -> planner -> actuator -> sandbox desktop."""
+    values = stack[2]
+    port = values["GATEWAY_PORT"]
+    headers = {"Authorization": f"Bearer {values['SELFAGENT_TOKEN']}"}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    compose_llm.reset()
+    compose_llm.push(
+        tool_call("computer", {"action": "key", "keys": "ctrl+alt+t"}),
+        tool_call("computer", {"action": "type", "text": "echo compose-ok > ~/Desktop/c.txt"}),
+        tool_call("computer", {"action": "key", "keys": "Return"}),
+        tool_call("computer", {"action": "done", "message": "Done inside the containers."}),
+    )
+    reply = httpx.post(
+        f"http://127.0.0.1:{port}/api/chat",
+        json={"prompt": "write compose-ok to a file on the desktop"},
+        headers=headers,
+        timeout=300,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["status"] == "succeeded", body
+    assert body["reply"] == "Done inside the containers."
+    written = _exec_in(stack, "sandbox", "print(open('/home/agent/Desktop/c.txt').read(), end='')")
+    assert written.stdout == "compose-ok\n", written.stdout + written.stderr
+    assert len(compose_llm.requests) == 4

@@ -33,7 +33,7 @@ def tool_call(name: str, arguments: dict[str, Any]) -> Reply:
 
 
 class FakeLLM:
-    def __init__(self, default: ScriptItem | None = None) -> None:
+    def __init__(self, default: ScriptItem | None = None, host: str = "127.0.0.1") -> None:
         self.script: list[ScriptItem] = []
         self.default = default
         self.requests: list[dict[str, Any]] = []
@@ -42,13 +42,18 @@ class FakeLLM:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        # host="0.0.0.0" lets containers reach it (compose tests).
+        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeLLM:
         self._thread.start()
