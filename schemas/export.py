@@ -34,6 +34,7 @@ EXPORTED: dict[str, Any] = {
     "GroundResult": messages.GroundResult,
     "ErrorReply": messages.ErrorReply,
     "DeadLetter": messages.DeadLetter,
+    "SessionState": messages.SessionState,
 }
 
 

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     LLM_ERROR = "llm_error"
     BUDGET_EXHAUSTED = "budget_exhausted"
     STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
     INTERNAL = "internal"
 
 
@@ -237,6 +238,45 @@ class GroundResult(Reply):
     confidence: float | None = None
     method: str = ""
     raw: str | None = Field(default=None, description="The model's raw answer, for debugging")
+
+
+# --- session state (JetStream KV) ---------------------------------------------
+
+SessionStatus = Literal[
+    "running", "paused", "takeover", "interrupted", "succeeded", "failed", "stopped"
+]
+FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
+
+
+class SessionState(Message):
+    """A session's progress, under its session id in the ``agent_sessions`` KV bucket.
+
+    Written by the planner at start, after each step, on pause and at the end;
+    read by a planner that takes over an interrupted task, and by anyone who
+    wants a session's status without replaying its events.
+    """
+
+    session_id: str
+    task_id: str
+    sandbox_id: str = "default"
+    prompt: str
+    status: SessionStatus
+    steps: int = 0
+    tokens: int = 0
+    reply: str | None = None
+    submitted_at: datetime
+    updated_at: datetime = Field(default_factory=_now)
+
+    @classmethod
+    def fresh(cls, task: TaskSubmitted) -> SessionState:
+        return cls(
+            session_id=task.session_id,
+            task_id=task.task_id,
+            sandbox_id=task.sandbox_id,
+            prompt=task.prompt,
+            status="running",
+            submitted_at=task.submitted_at,
+        )
 
 
 # --- dead letters -----------------------------------------------------------

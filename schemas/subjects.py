@@ -36,6 +36,8 @@ DEAD_LETTER_ALL = "agent.deadletter.>"
 TASKS_STREAM = "AGENT_TASKS"
 PLANNER_DURABLE = "planner"
 EVENTS_STREAM = "AGENT_EVENTS"
+# KV bucket of SessionState records, keyed by session id.
+SESSIONS_BUCKET = "agent_sessions"
 DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

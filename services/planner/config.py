@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     # Consecutive actions that fail to execute before the task fails.
     max_failed_actions: int = Field(default=5, ge=1)
 
+    # Hand-over: a task stays unacknowledged in the work queue while it runs
+    # (kept alive every ack_wait/3). If this planner dies, the queue gives the
+    # task to another replica after `task_ack_wait` seconds, which resumes it
+    # from the session state, unless it was submitted more than
+    # `resume_window` seconds ago (then it ends as interrupted).
+    task_ack_wait: float = Field(default=30.0, ge=1)
+    resume_window: float = Field(default=600.0, ge=0)
+
     # Context: the last N screenshots go to the model as images, older steps as text.
     keep_screenshots: int = Field(default=3, ge=1)
     # Screenshots are pre-resized to fit this box before they reach the model;

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from faststream.nats import NatsBroker
@@ -46,7 +47,13 @@ from selfagent.schemas import (
     subjects,
 )
 from selfagent.schemas.actions import Action
-from selfagent.schemas.messages import ControlVerb, TaskStatus
+from selfagent.schemas.messages import (
+    FINISHED_STATUSES,
+    ControlVerb,
+    SessionState,
+    SessionStatus,
+    TaskStatus,
+)
 
 from .config import Settings
 from .coords import CoordinateMap, off_screen_problem
@@ -56,8 +63,7 @@ from .tools import computer_tool, system_prompt
 
 log = logging.getLogger(__name__)
 
-# Session progress (task, step count, status), readable by any replica or the gateway.
-SESSIONS_BUCKET = "agent_sessions"
+SESSIONS_BUCKET = subjects.SESSIONS_BUCKET
 _STATE_TIMEOUT = 2.0
 
 _LOOK_ATTEMPTS = 3
@@ -129,27 +135,25 @@ class TaskRunner:
             # end the task, but it must be visible.
             log.exception("could not publish %s event", kind)
 
-    async def _save_state(self, status: str, reply: str | None = None) -> None:
+    async def _save_state(self, status: SessionStatus, reply: str | None = None) -> None:
         """Record the session's progress in the KV bucket, for other replicas and the gateway.
 
         Best effort and bounded: a broker hiccup must neither end nor stall the task.
         """
-        record = {
-            "session_id": self.task.session_id,
-            "task_id": self.task.task_id,
-            "sandbox_id": self.task.sandbox_id,
-            "prompt": self.task.prompt,
-            "status": status,
-            "steps": self.steps_taken,
-            "tokens": self.tokens_used,
-            "reply": reply,
-            "updated_at": time.time(),
-        }
+        record = SessionState.fresh(self.task).model_copy(
+            update={
+                "status": status,
+                "steps": self.steps_taken,
+                "tokens": self.tokens_used,
+                "reply": reply,
+            }
+        )
         try:
             js = self.broker.config.connection_state.stream
             bucket = await asyncio.wait_for(js.key_value(SESSIONS_BUCKET), _STATE_TIMEOUT)
             await asyncio.wait_for(
-                bucket.put(self.task.session_id, json.dumps(record).encode()), _STATE_TIMEOUT
+                bucket.put(self.task.session_id, record.model_dump_json().encode()),
+                _STATE_TIMEOUT,
             )
         except Exception as exc:
             log.warning("could not save session %s state: %s", self.task.session_id, exc)
@@ -201,23 +205,46 @@ class TaskRunner:
 
     # --- the loop --------------------------------------------------------------
 
-    async def run(self) -> TaskFinished:
+    async def run(self, resume: SessionState | None = None, handover: bool = False) -> TaskFinished:
+        """Run the task to its end.
+
+        ``resume`` is the state an interrupted earlier run left (this task
+        was handed over); ``handover`` means that if this planner shuts down
+        mid-task, the task goes back to the queue for another replica rather
+        than ending.
+        """
         started = time.monotonic()
-        await self._emit(TaskStarted(prompt=self.task.prompt, **self._ids()))
-        await self._save_state("running")
+        if resume is not None:
+            done = await self._resume(resume)
+            if done is not None:
+                return done
+        else:
+            await self._emit(TaskStarted(prompt=self.task.prompt, **self._ids()))
+            await self._save_state("running")
         try:
             await self._loop(started)
             raise _Finish("failed", "The task ended without an answer.")
         except _Finish as finish:
             return await self._finish(finish)
         except asyncio.CancelledError:
-            await self._finish(
-                _Finish(
-                    "stopped",
-                    "The planner shut down during the task.",
-                    ErrorInfo(code=ErrorCode.STOPPED, message="shutdown"),
+            if handover:
+                await self._save_state("interrupted")
+                await self._emit(
+                    AgentMessage(
+                        role="system",
+                        text=f"The planner stopped after step {self.steps_taken}; "
+                        "another planner will continue this task.",
+                        **self._ids(),
+                    )
                 )
-            )
+            else:
+                await self._finish(
+                    _Finish(
+                        "stopped",
+                        "The planner shut down during the task.",
+                        ErrorInfo(code=ErrorCode.STOPPED, message="shutdown"),
+                    )
+                )
             raise
         except Exception as exc:
             log.exception("task %s crashed", self.task.task_id)
@@ -228,6 +255,42 @@ class TaskRunner:
                     ErrorInfo(code=ErrorCode.INTERNAL, message=str(exc)),
                 )
             )
+
+    async def _resume(self, state: SessionState) -> TaskFinished | None:
+        """Pick up an interrupted run; a TaskFinished if there is nothing left to do."""
+        self.steps_taken, self.tokens_used = state.steps, state.tokens
+        if state.status in FINISHED_STATUSES:
+            # It ended but the planner died before acknowledging: done already.
+            return TaskFinished(
+                status=state.status,
+                reply=state.reply or "",
+                steps=state.steps,
+                **self._ids(),
+            )
+        age = (datetime.now(UTC) - self.task.submitted_at).total_seconds()
+        if age > self.settings.resume_window:
+            return await self._finish(
+                _Finish(
+                    "failed",
+                    f"The task was interrupted after {state.steps} steps and is too old to "
+                    f"resume ({age:.0f} s > {self.settings.resume_window:g} s).",
+                    ErrorInfo(code=ErrorCode.INTERRUPTED, message="planner interrupted"),
+                )
+            )
+        log.info("resuming task %s after %d steps", self.task.task_id, state.steps)
+        await self._emit(
+            AgentMessage(
+                role="system",
+                text=f"Resumed on another planner after step {state.steps}.",
+                **self._ids(),
+            )
+        )
+        await self._save_state("running")
+        self._feedback = (
+            f"This task was interrupted after {state.steps} steps and has been resumed; "
+            "earlier steps are not shown. Continue from the current screenshot."
+        )
+        return None
 
     async def _finish(self, finish: _Finish) -> TaskFinished:
         event = TaskFinished(
@@ -593,3 +656,20 @@ def _action_time(action: Action) -> float:
     if isinstance(action, DragAction):
         seconds += 0.01 * len(action.path) * 20
     return float(seconds)
+
+
+async def load_state(broker: NatsBroker, session_id: str) -> SessionState | None:
+    """A session's state from the KV bucket, or None when absent or unreadable."""
+    try:
+        js = broker.config.connection_state.stream
+        bucket = await asyncio.wait_for(js.key_value(SESSIONS_BUCKET), _STATE_TIMEOUT)
+        entry = await asyncio.wait_for(bucket.get(session_id), _STATE_TIMEOUT)
+    except Exception:
+        return None
+    if entry.value is None:
+        return None
+    try:
+        return SessionState.model_validate_json(entry.value)
+    except ValueError:
+        log.warning("session %s: unreadable state in the KV bucket", session_id)
+        return None

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
+from faststream import AckPolicy
 from faststream.nats import NatsBroker, PullSub
-from nats.js.api import KeyValueConfig, StorageType
+from faststream.nats.annotations import NatsMessage as NatsMessageCtx
+from faststream.nats.message import NatsMessage
+from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
 
-from selfagent.bus import make_broker, start_with_retry, typed_handler
+from selfagent.bus import (
+    InvalidMessage,
+    make_broker,
+    parse,
+    reject,
+    start_with_retry,
+    typed_handler,
+)
 from selfagent.bus.streams import TASKS, ensure_streams
-from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
+from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
 from .config import Settings
 from .llm import LLMClient
-from .runner import SESSIONS_BUCKET, Control, TaskRunner
+from .runner import SESSIONS_BUCKET, Control, TaskRunner, load_state
 
 log = logging.getLogger(__name__)
 SERVICE = "planner"
@@ -48,18 +59,28 @@ class Planner:
         # A pull consumer on the tasks work queue: replicas share one durable,
         # so each task goes to exactly one planner, and tasks submitted while
         # no planner runs wait in the stream instead of being dropped.
+        # The task is acknowledged only when it ends (see start_task), so a
+        # planner that dies hands its tasks over instead of losing them.
         @broker.subscriber(
             subjects.TASK_SUBMIT,
             stream=TASKS,
             durable=subjects.PLANNER_DURABLE,
             pull_sub=PullSub(batch_size=1, timeout=5.0),
+            ack_policy=AckPolicy.MANUAL,
+            config=ConsumerConfig(ack_wait=self.settings.task_ack_wait),
             title="task.submit",
         )
-        @typed_handler(broker, SERVICE, TaskSubmitted, subjects.TASK_SUBMIT)
-        async def on_task(task: TaskSubmitted) -> None:
+        async def on_task(msg: NatsMessageCtx) -> None:
+            try:
+                task = parse(TaskSubmitted, msg.body, subjects.TASK_SUBMIT)
+            except InvalidMessage as exc:
+                await reject(broker, SERVICE, msg, exc)
+                # Garbage never becomes valid: take it out of the queue for good.
+                await msg.reject()
+                return
             # Run the task in the background: a task takes minutes and the
             # subscriber must keep taking tasks and controls meanwhile.
-            self.start_task(task)
+            self.start_task(task, delivery=msg)
 
         @broker.subscriber(subjects.SESSION_CONTROL_ALL, title="session.control")
         @typed_handler(broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)
@@ -69,7 +90,9 @@ class Planner:
                 log.info("session %s: %s", command.session_id, command.command)
                 control.apply(command.command)
 
-    def start_task(self, task: TaskSubmitted) -> asyncio.Task[object]:
+    def start_task(
+        self, task: TaskSubmitted, delivery: NatsMessage | None = None
+    ) -> asyncio.Task[object]:
         if task.session_id in self.controls:
             log.warning("session %s already has a running task; stopping it first", task.session_id)
             self.controls[task.session_id].apply("stop")
@@ -78,16 +101,54 @@ class Planner:
         runner = TaskRunner(self.broker, self.llm, self.settings, task, control)
 
         async def run() -> object:
+            keep_alive = (
+                asyncio.create_task(self._keep_alive(delivery)) if delivery is not None else None
+            )
             try:
-                return await runner.run()
+                result = await runner.run(
+                    resume=await self._earlier_run(task, delivery), handover=delivery is not None
+                )
+            except asyncio.CancelledError:
+                # This planner is shutting down mid-task: give the task back
+                # now, so another replica resumes it without waiting.
+                if delivery is not None:
+                    with contextlib.suppress(Exception):
+                        await delivery.nack()
+                raise
             finally:
+                if keep_alive is not None:
+                    keep_alive.cancel()
                 if self.controls.get(task.session_id) is control:
                     del self.controls[task.session_id]
+            if delivery is not None:
+                with contextlib.suppress(Exception):
+                    await delivery.ack()
+            return result
 
         handle: asyncio.Task[object] = asyncio.create_task(run(), name=f"task-{task.task_id}")
         self.running.add(handle)
         handle.add_done_callback(self.running.discard)
         return handle
+
+    async def _keep_alive(self, delivery: NatsMessage) -> None:
+        """Tell the queue the task is still being worked on, well within ack_wait."""
+        while True:
+            await asyncio.sleep(self.settings.task_ack_wait / 3)
+            try:
+                await delivery.in_progress()
+            except Exception as exc:
+                log.warning("could not extend the task's lease: %s", exc)
+
+    async def _earlier_run(
+        self, task: TaskSubmitted, delivery: NatsMessage | None
+    ) -> SessionState | None:
+        """The state a previous delivery of this task left, if this is a redelivery."""
+        if delivery is None or delivery.raw_message.metadata.num_delivered <= 1:
+            return None
+        state = await load_state(self.broker, task.session_id)
+        if state is not None and state.task_id != task.task_id:
+            return None
+        return state or SessionState.fresh(task)
 
     async def stop(self) -> None:
         for handle in list(self.running):

@@ -1,0 +1,114 @@
+"""A planner that stops or dies mid-task hands the task over; nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from selfagent.bus.natsd import free_port
+from selfagent.local import LocalStack
+from tests.harness.fakellm import FakeLLM, tool_call
+
+pytestmark = pytest.mark.desktop
+
+
+@pytest.fixture(scope="module")
+def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
+    local = LocalStack(
+        gateway_port=free_port(),
+        token="handover-" + uuid.uuid4().hex,
+        extra_env={
+            "LLM_API_BASE_URL": fake_llm.base_url,
+            "LLM_MODEL": "fake-planner",
+            "GROUNDER_FAMILY": "ocr",
+            "GROUNDER_CANARY": "false",
+            # A dead planner's task returns to the queue after 3 s.
+            "PLANNER_TASK_ACK_WAIT": "3",
+        },
+    )
+    local.start()
+    yield local
+    local.stop(remove=True)
+
+
+def move(x: int, y: int, delay: float = 0.0) -> dict[str, Any]:
+    reply = tool_call("computer", {"action": "move", "x": x, "y": y})
+    return {**reply, "delay": delay} if delay else reply
+
+
+async def run_with_interruption(
+    stack: LocalStack, llm: FakeLLM, interrupt: signal.Signals
+) -> tuple[list[dict[str, Any]], FakeLLM]:
+    llm.reset()
+    # Step 1 runs on the first planner; its call for step 2 is slow, and the
+    # planner is interrupted while waiting for it.
+    llm.push(move(100, 100), move(200, 200, delay=4.0))
+    session = uuid.uuid4().hex
+    client = await nats.connect(stack.nats_url)
+    events = await client.subscribe(f"agent.session.{session}.event.>")
+    seen: list[dict[str, Any]] = []
+
+    async def next_event(timeout: float = 60) -> dict[str, Any]:
+        message = await events.next_msg(timeout=timeout)
+        event: dict[str, Any] = json.loads(message.data)
+        seen.append(event)
+        return event
+
+    async with httpx.AsyncClient() as http:
+        accepted = await http.post(
+            f"{stack.gateway_url}/api/tasks",
+            json={"prompt": "move around", "session_id": session},
+            headers={"Authorization": f"Bearer {stack.token}"},
+        )
+        assert accepted.status_code == 202, accepted.text
+    while not (seen and seen[-1]["kind"] == "step.executed"):
+        await next_event()
+    while len(llm.requests) < 2:  # the first planner is now waiting on the model
+        await asyncio.sleep(0.05)
+
+    planner = stack.processes.pop("planner")
+    os.killpg(planner.pid, interrupt)
+    planner.wait(15)
+    # The next planner gets the rest of the script.
+    llm.push(move(300, 300), tool_call("computer", {"action": "done", "message": "Moved."}))
+    stack.start_service("planner")
+    while seen[-1]["kind"] != "task.finished":
+        await next_event()
+    # Nothing more may arrive for this session (no second run of the task).
+    with pytest.raises(nats.errors.TimeoutError):
+        await next_event(timeout=4)
+    await client.close()
+    return seen, llm
+
+
+@pytest.mark.parametrize("interrupt", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "crash"])
+def test_interrupted_task_resumes_on_the_next_planner(
+    handover_stack: LocalStack, llm: FakeLLM, interrupt: signal.Signals
+) -> None:
+    seen, fake = asyncio.run(run_with_interruption(handover_stack, llm, interrupt))
+    kinds = [e["kind"] for e in seen]
+    assert kinds.count("task.started") == 1
+    finished = [e for e in seen if e["kind"] == "task.finished"]
+    assert len(finished) == 1 and finished[0]["status"] == "succeeded", finished
+    assert finished[0]["reply"] == "Moved."
+    planned = [e["step"] for e in seen if e["kind"] == "step.planned"]
+    assert planned == [1, 2, 3], planned
+    executed = [(e["action"]["x"], e["action"]["y"]) for e in seen if e["kind"] == "step.executed"]
+    assert executed == [(100, 100), (300, 300)], "the slow reply to the dead planner never ran"
+    notes = [e["text"] for e in seen if e["kind"] == "message"]
+    assert any("Resumed on another planner after step 1" in n for n in notes), notes
+    if interrupt == signal.SIGTERM:
+        assert any("another planner will continue" in n for n in notes), notes
+    # The resumed model was told why it does not see the earlier steps.
+    resumed_prompt = json.dumps(fake.requests[2]["messages"][-1])
+    assert "interrupted after 1 steps" in resumed_prompt
+    assert finished[0]["steps"] == 3
