@@ -76,6 +76,14 @@ def test_instruction_creates_file_on_real_desktop(stack: LocalStack, llm: FakeLL
     finished = [e for e in events if e["kind"] == "task.finished"]
     assert len(finished) == 1 and finished[0]["reply"] == reply["reply"]
 
+    # The planner's record of the session, as a program would poll it.
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    state = httpx.get(f"{stack.gateway_url}/api/sessions/{reply['session_id']}", headers=headers)
+    assert state.status_code == 200, state.text
+    assert state.json()["status"] == "succeeded" and state.json()["steps"] == 4
+    unknown = httpx.get(f"{stack.gateway_url}/api/sessions/no-such-session", headers=headers)
+    assert unknown.status_code == 404
+
     # The model saw real screenshots: every call carried an image data URI.
     for request in llm.requests:
         last = request["messages"][-1]["content"]

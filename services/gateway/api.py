@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.websockets import WebSocketDisconnect
 
-from selfagent.schemas import ControlCommand, TaskFinished, TaskSubmitted
+from selfagent.schemas import ControlCommand, SessionState, TaskFinished, TaskSubmitted
 from selfagent.schemas.messages import ControlVerb, TaskStatus
 
 from .deps import GatewayDep
@@ -182,6 +182,15 @@ async def session_events(
 ) -> SessionHistory:
     history = await gateway.bus.history(session_id, limit or gateway.settings.history_limit)
     return SessionHistory(session_id=session_id, events=history.events, truncated=history.truncated)
+
+
+@router.get("/api/sessions/{session_id}", response_model=SessionState, tags=["sessions"])
+async def session_state(session_id: SessionId, gateway: GatewayDep) -> SessionState:
+    """Status, step count and reply of a session, as the planner last recorded them."""
+    state = await gateway.bus.session_state(session_id)
+    if state is None:
+        raise HTTPException(404, detail=f"no session {session_id!r}")
+    return state
 
 
 @router.get("/api/takeover", response_model=TakeoverInfo, tags=["sessions"])
