@@ -5,50 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from selfagent.local import LocalStack
-from tests.harness.fakellm import FakeLLM, tool_call
+from tests.harness.api import chat, computer, session_events
+from tests.harness.fakellm import FakeLLM
 
 pytestmark = pytest.mark.desktop
-
-
-def computer(**arguments: Any) -> dict[str, Any]:
-    return tool_call("computer", arguments)
-
-
-def chat(stack: LocalStack, prompt: str, timeout: float = 120) -> dict[str, Any]:
-    response = httpx.post(
-        f"{stack.gateway_url}/api/chat",
-        json={"prompt": prompt},
-        headers={"Authorization": f"Bearer {stack.token}"},
-        timeout=timeout,
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def session_events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
-    # History comes from the JetStream stream; give the last publish a moment.
-    deadline = time.monotonic() + 10
-    events: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        response = httpx.get(
-            f"{stack.gateway_url}/api/sessions/{session_id}/events",
-            headers={"Authorization": f"Bearer {stack.token}"},
-            timeout=10,
-        )
-        assert response.status_code == 200, response.text
-        events = response.json()["events"] if isinstance(response.json(), dict) else response.json()
-        if any(e["kind"] == "task.finished" for e in events):
-            break
-        time.sleep(0.3)
-    return events
 
 
 def test_instruction_creates_file_on_real_desktop(stack: LocalStack, llm: FakeLLM) -> None:
@@ -168,4 +134,3 @@ def test_bus_survives_invalid_messages(stack: LocalStack, llm: FakeLLM) -> None:
     assert got["letter"]["service"] == "planner" and got["letter"]["payload"] == "{not json"
     for name, process in stack.processes.items():
         assert process.poll() is None, f"{name} died"
-    _ = Path

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
+from tests.harness.api import chat, session_events
 from tests.harness.fakellm import FakeLLM, tool_call
 
 pytestmark = pytest.mark.desktop
@@ -237,36 +237,6 @@ class TarsStandIn:
 
 
 # --- gateway helpers ----------------------------------------------------------
-
-
-def chat(stack: LocalStack, prompt: str, timeout: float = 120) -> dict[str, Any]:
-    response = httpx.post(
-        f"{stack.gateway_url}/api/chat",
-        json={"prompt": prompt},
-        headers={"Authorization": f"Bearer {stack.token}"},
-        timeout=timeout,
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def session_events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    events: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        response = httpx.get(
-            f"{stack.gateway_url}/api/sessions/{session_id}/events",
-            headers={"Authorization": f"Bearer {stack.token}"},
-            timeout=10,
-        )
-        assert response.status_code == 200, response.text
-        payload = response.json()
-        events = payload["events"] if isinstance(payload, dict) else payload
-        if any(e["kind"] == "task.finished" for e in events):
-            break
-        time.sleep(0.3)
-    return events
 
 
 def terminal_windows(stack: LocalStack) -> set[str]:

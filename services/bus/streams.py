@@ -14,14 +14,9 @@ log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
 
-TASKS = JStream(
-    subjects.TASKS_STREAM,
-    subjects=[subjects.TASK_SUBMIT],
-    retention=RetentionPolicy.WORK_QUEUE,
-    storage=StorageType.FILE,
-    max_age=7 * DAY,
-    declare=False,
-)
+# What the planner's subscriber names; the stream itself is declared from
+# STREAM_CONFIGS below, so FastStream must not declare it a second way.
+TASKS = JStream(subjects.TASKS_STREAM, subjects=[subjects.TASK_SUBMIT], declare=False)
 
 STREAM_CONFIGS: tuple[StreamConfig, ...] = (
     StreamConfig(
