@@ -248,6 +248,14 @@ SessionStatus = Literal[
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
 
 
+class StepRecord(Message):
+    """One past step as text: enough for a planner that resumes the task."""
+
+    step: int
+    action: str = Field(max_length=2_000, description="The action as JSON")
+    outcome: str = Field(max_length=2_000)
+
+
 class SessionState(Message):
     """A session's progress, under its session id in the ``agent_sessions`` KV bucket.
 
@@ -264,6 +272,9 @@ class SessionState(Message):
     steps: int = 0
     tokens: int = 0
     reply: str | None = None
+    history: list[StepRecord] = Field(
+        default_factory=list, description="The most recent steps, oldest first (at most 50)"
+    )
     submitted_at: datetime
     updated_at: datetime = Field(default_factory=_now)
 

@@ -109,6 +109,9 @@ def test_interrupted_task_resumes_on_the_next_planner(
     if interrupt == signal.SIGTERM:
         assert any("another planner will continue" in n for n in notes), notes
     # The resumed model was told why it does not see the earlier steps.
-    resumed_prompt = json.dumps(fake.requests[2]["messages"][-1])
-    assert "interrupted after 1 steps" in resumed_prompt
+    resumed = fake.requests[2]["messages"]
+    assert "interrupted after 1 steps" in json.dumps(resumed[-1])
+    # ...and still knows what it did before: step 1 comes back from the session state.
+    earlier = [m["content"] for m in resumed if m["role"] == "assistant"]
+    assert len(earlier) == 1 and json.loads(earlier[0])["x"] == 100, earlier
     assert finished[0]["steps"] == 3

@@ -52,6 +52,7 @@ from selfagent.schemas.messages import (
     ControlVerb,
     SessionState,
     SessionStatus,
+    StepRecord,
     TaskStatus,
 )
 
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 
 SESSIONS_BUCKET = subjects.SESSIONS_BUCKET
 _STATE_TIMEOUT = 2.0
+# Steps kept in the session state for a planner that resumes the task.
+_HISTORY_KEPT = 50
 
 _LOOK_ATTEMPTS = 3
 _LOOK_RETRY_DELAY = 0.5
@@ -146,6 +149,14 @@ class TaskRunner:
                 "steps": self.steps_taken,
                 "tokens": self.tokens_used,
                 "reply": reply,
+                "history": [
+                    StepRecord(
+                        step=past.number,
+                        action=past.action_json[:2000],
+                        outcome=past.outcome[:2000],
+                    )
+                    for past in self._history[-_HISTORY_KEPT:]
+                ],
             }
         )
         try:
@@ -259,6 +270,8 @@ class TaskRunner:
     async def _resume(self, state: SessionState) -> TaskFinished | None:
         """Pick up an interrupted run; a TaskFinished if there is nothing left to do."""
         self.steps_taken, self.tokens_used = state.steps, state.tokens
+        # The text of the earlier steps comes back; their screenshots do not.
+        self._history = [_Step(r.step, r.action, r.outcome) for r in state.history]
         if state.status in FINISHED_STATUSES:
             # It ended but the planner died before acknowledging: done already.
             return TaskFinished(
@@ -288,7 +301,7 @@ class TaskRunner:
         await self._save_state("running")
         self._feedback = (
             f"This task was interrupted after {state.steps} steps and has been resumed; "
-            "earlier steps are not shown. Continue from the current screenshot."
+            "the screen may have changed since. Continue from the current screenshot."
         )
         return None
 
