@@ -287,6 +287,74 @@ async def test_stop_button_stops_a_running_task(
     assert not never.exists()
 
 
+async def test_pause_and_resume_from_the_page(page: Page, stack: LocalStack, llm: FakeLLM) -> None:
+    assert stack.sandbox_home is not None
+    never = stack.sandbox_home / "Desktop" / "while-paused.txt"
+    never.unlink(missing_ok=True)
+    llm.push(
+        computer(action="move", x=300, y=300),
+        # The planner waits for this reply while Pause is clicked; it comes
+        # back during the pause, so it is dropped and the model asked again.
+        {**computer(action="shell", command=f"touch {never}"), "delay": 2.5},
+        computer(action="move", x=500, y=400),
+        {**computer(action="done", message="Moved the pointer twice."), "delay": 0.5},
+    )
+    await send(page, "Move the pointer around, slowly")
+    await page.wait_for_selector(f'{tid("step")}[data-state="ok"]', timeout=30000)
+    # Pause while the model call for step 2 is pending, not between calls.
+    deadline = time.monotonic() + 10
+    while len(llm.requests) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(llm.requests) == 2 and llm.in_flight == 1, (len(llm.requests), llm.in_flight)
+
+    badge = page.locator(tid("status-badge"))
+    pause, resume = page.locator(tid("btn-pause")), page.locator(tid("btn-resume"))
+    stop = page.locator(tid("btn-stop"))
+    assert await badge.get_attribute("data-status") == "running"
+    assert await pause.is_enabled()
+    assert await resume.is_disabled()
+    await pause.click()
+
+    # The planner holds once the pending reply is in: at most its delay later.
+    await page.wait_for_selector(f'{tid("status-badge")}[data-status="paused"]', timeout=10000)
+    assert await badge.inner_text() == "Paused"
+    assert await pause.is_disabled()
+    assert await resume.is_enabled()
+    assert await stop.is_enabled()
+    # Held: the reply that came back during the pause is not carried out and
+    # the model is not asked again, however long the pause lasts.
+    await asyncio.sleep(3.0)
+    assert llm.in_flight == 0
+    assert len(llm.requests) == 2
+    assert await page.locator(tid("step")).count() == 1
+    assert not never.exists()
+    assert await page.locator(tid("result")).count() == 0
+    assert await badge.get_attribute("data-status") == "paused"
+
+    await resume.click()
+    result = page.locator(tid("result"))
+    await result.wait_for(timeout=30000)
+    assert await result.get_attribute("data-status") == "succeeded"
+    assert "Moved the pointer twice." in await result.inner_text()
+    assert await badge.get_attribute("data-status") == "succeeded"
+    assert await badge.inner_text() == "Done"
+
+    steps = page.locator(tid("step"))
+    texts = [await steps.nth(i).inner_text() for i in range(await steps.count())]
+    assert len(texts) == 3, texts
+    expected = ["Move the pointer to (300, 300)", "Move the pointer to (500, 400)", "Finish"]
+    for text, action in zip(texts, expected, strict=True):
+        assert action in text, (action, text)
+    states = [await steps.nth(i).get_attribute("data-state") for i in range(3)]
+    assert states == ["ok"] * 3, states
+    lines = await page.locator(f"{tid('timeline')} .state-line").all_text_contents()
+    assert lines == ["paused", "running"], lines
+    # Asked again after the resume, and told that the screen may have changed.
+    assert len(llm.requests) == 4
+    assert "paused" in str(llm.requests[2]["messages"][-1]["content"])
+    assert not never.exists()
+
+
 async def test_take_over_and_release_gate_the_real_pointer(page: Page, stack: LocalStack) -> None:
     await asyncio.to_thread(close_terminals, stack)
     # Points on the bare desktop background: clicking there disturbs nothing.

@@ -115,3 +115,61 @@ def test_interrupted_task_resumes_on_the_next_planner(
     earlier = [m["content"] for m in resumed if m["role"] == "assistant"]
     assert len(earlier) == 1 and json.loads(earlier[0])["x"] == 100, earlier
     assert finished[0]["steps"] == 3
+
+
+async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any]]:
+    llm.reset()
+    llm.push(move(100, 100), move(200, 200, delay=4.0))
+    session = uuid.uuid4().hex
+    client = await nats.connect(stack.nats_url)
+    events = await client.subscribe(f"agent.session.{session}.event.>")
+    seen: list[dict[str, Any]] = []
+
+    async def next_event(timeout: float = 60) -> dict[str, Any]:
+        message = await events.next_msg(timeout=timeout)
+        event: dict[str, Any] = json.loads(message.data)
+        seen.append(event)
+        return event
+
+    async def submit(prompt: str) -> str:
+        async with httpx.AsyncClient() as http:
+            accepted = await http.post(
+                f"{stack.gateway_url}/api/tasks",
+                json={"prompt": prompt, "session_id": session},
+                headers={"Authorization": f"Bearer {stack.token}"},
+            )
+        assert accepted.status_code == 202, accepted.text
+        task_id: str = accepted.json()["task_id"]
+        return task_id
+
+    await submit("the first task")
+    while not (seen and seen[-1]["kind"] == "step.executed"):
+        await next_event()
+    planner = stack.processes.pop("planner")
+    os.killpg(planner.pid, signal.SIGKILL)
+    planner.wait(15)
+    # The person gives up on the stuck task and asks for something else.
+    second = await submit("the second task")
+    llm.push(tool_call("computer", {"action": "done", "message": "Second task done."}))
+    stack.start_service("planner")
+    while not (seen[-1]["kind"] == "task.finished" and seen[-1]["task_id"] == second):
+        await next_event()
+    # The first task comes back from the queue after its lease runs out
+    # (3 s here) and must be dropped, not started over.
+    with pytest.raises(nats.errors.TimeoutError):
+        await next_event(timeout=8)
+    await client.close()
+    return seen
+
+
+def test_redelivered_task_does_not_override_a_newer_one(
+    handover_stack: LocalStack, llm: FakeLLM
+) -> None:
+    seen = asyncio.run(newer_task_wins(handover_stack, llm))
+    started = [e["task_id"] for e in seen if e["kind"] == "task.started"]
+    finished = [(e["task_id"], e["status"]) for e in seen if e["kind"] == "task.finished"]
+    assert len(started) == 2 and len(set(started)) == 2, started
+    assert finished == [(started[1], "succeeded")], finished
+    notes = [e["text"] for e in seen if e["kind"] == "message"]
+    assert not any("Resumed" in n for n in notes), notes
+    assert len(llm.requests) == 3, "the first task was not run again"

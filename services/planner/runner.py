@@ -13,9 +13,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
@@ -63,6 +64,7 @@ from .parsing import ActionParseError, parse_reply
 from .tools import computer_tool, system_prompt
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SESSIONS_BUCKET = subjects.SESSIONS_BUCKET
 _STATE_TIMEOUT = 2.0
@@ -160,6 +162,15 @@ class TaskRunner:
             }
         )
         try:
+            current = await load_state(self.broker, self.task.session_id)
+            if (
+                current is not None
+                and current.task_id != self.task.task_id
+                and current.submitted_at > self.task.submitted_at
+            ):
+                # A newer task owns the session now (this one was replaced):
+                # its record must not be overwritten by ours.
+                return
             js = self.broker.config.connection_state.stream
             bucket = await asyncio.wait_for(js.key_value(SESSIONS_BUCKET), _STATE_TIMEOUT)
             await asyncio.wait_for(
@@ -457,9 +468,27 @@ class TaskRunner:
         """
         remaining = self.settings.max_wall_seconds - (time.monotonic() - started)
         tools = [computer_tool(mode)] if self.settings.native_tools else None
-        call = asyncio.ensure_future(
-            self.llm.complete(messages, tools=tools, deadline=max(remaining, 0.001))
-        )
+        try:
+            return await self._unless_stopped(
+                self.llm.complete(messages, tools=tools, deadline=max(remaining, 0.001))
+            )
+        except LLMError as exc:
+            if time.monotonic() - started >= self.settings.max_wall_seconds:
+                raise self._out_of_time() from exc
+            raise _Finish(
+                "failed",
+                f"The language model failed ({exc.reason}): {exc}",
+                ErrorInfo(code=ErrorCode.LLM_ERROR, message=f"{exc.reason}: {exc}"),
+            ) from exc
+
+    async def _unless_stopped(self, work: Awaitable[_T]) -> _T:
+        """Await ``work``, but give up on it the moment a stop arrives.
+
+        The waits of a step (the model, grounding, a long shell command) must
+        not hold a stop back. What was already sent to the desktop may still
+        finish there; the task does not wait for it.
+        """
+        call = asyncio.ensure_future(work)
         control = self.control
         try:
             while not call.done():
@@ -474,14 +503,6 @@ class TaskRunner:
             if control.stopped:
                 raise _stopped()
             return call.result()
-        except LLMError as exc:
-            if time.monotonic() - started >= self.settings.max_wall_seconds:
-                raise self._out_of_time() from exc
-            raise _Finish(
-                "failed",
-                f"The language model failed ({exc.reason}): {exc}",
-                ErrorInfo(code=ErrorCode.LLM_ERROR, message=f"{exc.reason}: {exc}"),
-            ) from exc
         finally:
             if not call.done():
                 call.cancel()
@@ -541,17 +562,19 @@ class TaskRunner:
                     subjects.sandbox_observe(self.task.sandbox_id),
                     ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message="no screenshot"),
                 )
-            result = await request(
-                self.broker,
-                subjects.GROUND,
-                GroundRequest(
-                    description=target,
-                    screenshot=observation.screenshot,
-                    screen_width=screen[0],
-                    screen_height=screen[1],
-                ),
-                GroundResult,
-                timeout=self.settings.ground_timeout,
+            result = await self._unless_stopped(
+                request(
+                    self.broker,
+                    subjects.GROUND,
+                    GroundRequest(
+                        description=target,
+                        screenshot=observation.screenshot,
+                        screen_width=screen[0],
+                        screen_height=screen[1],
+                    ),
+                    GroundResult,
+                    timeout=self.settings.ground_timeout,
+                )
             )
         except (RemoteError, RequestTimeout) as exc:
             code = exc.code if isinstance(exc, RemoteError) else ErrorCode.TIMEOUT
@@ -578,12 +601,14 @@ class TaskRunner:
 
     async def _act(self, action: Action) -> ActionResult:
         try:
-            return await request(
-                self.broker,
-                subjects.sandbox_act(self.task.sandbox_id),
-                ActRequest(action=action, observe=self._observe_request()),
-                ActionResult,
-                timeout=self.settings.act_timeout + _action_time(action),
+            return await self._unless_stopped(
+                request(
+                    self.broker,
+                    subjects.sandbox_act(self.task.sandbox_id),
+                    ActRequest(action=action, observe=self._observe_request()),
+                    ActionResult,
+                    timeout=self.settings.act_timeout + _action_time(action),
+                )
             )
         except RemoteError as exc:
             raise _StepFailed(exc.error) from exc

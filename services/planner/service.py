@@ -46,7 +46,9 @@ class Planner:
         )
         # Controls for the tasks running in this replica, by session.
         self.controls: dict[str, Control] = {}
+        self.sandboxes: dict[str, str] = {}
         self.running: set[asyncio.Task[object]] = set()
+        self.accepting = True
         self._wire()
 
     async def start(self) -> None:
@@ -61,7 +63,7 @@ class Planner:
         # no planner runs wait in the stream instead of being dropped.
         # The task is acknowledged only when it ends (see start_task), so a
         # planner that dies hands its tasks over instead of losing them.
-        @broker.subscriber(
+        self._task_subscriber = broker.subscriber(
             subjects.TASK_SUBMIT,
             stream=TASKS,
             durable=subjects.PLANNER_DURABLE,
@@ -70,6 +72,8 @@ class Planner:
             config=ConsumerConfig(ack_wait=self.settings.task_ack_wait),
             title="task.submit",
         )
+
+        @self._task_subscriber
         async def on_task(msg: NatsMessageCtx) -> None:
             try:
                 task = parse(TaskSubmitted, msg.body, subjects.TASK_SUBMIT)
@@ -78,26 +82,57 @@ class Planner:
                 # Garbage never becomes valid: take it out of the queue for good.
                 await msg.reject()
                 return
+            if not self.accepting:
+                # Shutting down: leave it for another replica (see stop()).
+                await msg.nack()
+                return
+            resume: SessionState | None = None
+            if msg.raw_message.metadata.num_delivered > 1:
+                state = await load_state(broker, task.session_id)
+                if state is not None and state.task_id != task.task_id:
+                    # The session has moved on to a newer task since this one
+                    # was interrupted: running it now would start it over and
+                    # fight the newer one for the desktop.
+                    log.warning(
+                        "dropping redelivered task %s: session %s has moved on",
+                        task.task_id,
+                        task.session_id,
+                    )
+                    await msg.ack()
+                    return
+                resume = state or SessionState.fresh(task)
             # Run the task in the background: a task takes minutes and the
             # subscriber must keep taking tasks and controls meanwhile.
-            self.start_task(task, delivery=msg)
+            self.start_task(task, delivery=msg, resume=resume)
 
         @broker.subscriber(subjects.SESSION_CONTROL_ALL, title="session.control")
         @typed_handler(broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)
         async def on_control(command: ControlCommand) -> None:
             control = self.controls.get(command.session_id)
+            if command.command in ("takeover", "release"):
+                # A person holding the mouse holds the whole desktop: every
+                # task on it waits, not only the session that asked.
+                sandbox = self.sandboxes.get(command.session_id)
+                for session_id, other in self.controls.items():
+                    if sandbox is None or self.sandboxes.get(session_id) == sandbox:
+                        other.apply(command.command)
+                return
             if control is not None:
                 log.info("session %s: %s", command.session_id, command.command)
                 control.apply(command.command)
 
     def start_task(
-        self, task: TaskSubmitted, delivery: NatsMessage | None = None
+        self,
+        task: TaskSubmitted,
+        delivery: NatsMessage | None = None,
+        resume: SessionState | None = None,
     ) -> asyncio.Task[object]:
         if task.session_id in self.controls:
             log.warning("session %s already has a running task; stopping it first", task.session_id)
             self.controls[task.session_id].apply("stop")
         control = Control()
         self.controls[task.session_id] = control
+        self.sandboxes[task.session_id] = task.sandbox_id
         runner = TaskRunner(self.broker, self.llm, self.settings, task, control)
 
         async def run() -> object:
@@ -105,9 +140,7 @@ class Planner:
                 asyncio.create_task(self._keep_alive(delivery)) if delivery is not None else None
             )
             try:
-                result = await runner.run(
-                    resume=await self._earlier_run(task, delivery), handover=delivery is not None
-                )
+                result = await runner.run(resume=resume, handover=delivery is not None)
             except asyncio.CancelledError:
                 # This planner is shutting down mid-task: give the task back
                 # now, so another replica resumes it without waiting.
@@ -120,6 +153,7 @@ class Planner:
                     keep_alive.cancel()
                 if self.controls.get(task.session_id) is control:
                     del self.controls[task.session_id]
+                    self.sandboxes.pop(task.session_id, None)
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     await delivery.ack()
@@ -139,18 +173,12 @@ class Planner:
             except Exception as exc:
                 log.warning("could not extend the task's lease: %s", exc)
 
-    async def _earlier_run(
-        self, task: TaskSubmitted, delivery: NatsMessage | None
-    ) -> SessionState | None:
-        """The state a previous delivery of this task left, if this is a redelivery."""
-        if delivery is None or delivery.raw_message.metadata.num_delivered <= 1:
-            return None
-        state = await load_state(self.broker, task.session_id)
-        if state is not None and state.task_id != task.task_id:
-            return None
-        return state or SessionState.fresh(task)
-
     async def stop(self) -> None:
+        # Stop taking tasks first, so a task given back below is not pulled
+        # again by this same, dying replica.
+        self.accepting = False
+        with contextlib.suppress(Exception):
+            await self._task_subscriber.stop()
         for handle in list(self.running):
             handle.cancel()
         if self.running:
