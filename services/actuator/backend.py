@@ -104,7 +104,11 @@ class VncDesktop(Desktop):
             client = RFBClient(self.host, self.port, self.password)
             try:
                 await client.connect(self.connect_timeout)
-            except RFBError as exc:
+            except Exception as exc:
+                # Whatever went wrong (a refused port, a bad password, a
+                # server speaking nonsense), keep trying: the supervisor is
+                # what brings the link back, so it must never end.
+                await client.close()
                 if self.last_error != str(exc):
                     log.warning("VNC: %s (retrying every %.1fs)", exc, self.retry_interval)
                 self.last_error = str(exc)

@@ -46,7 +46,7 @@ from selfagent.schemas.actions import Action
 from .backend import DesktopUnavailable, VncDesktop
 from .config import Settings
 from .keys import UnknownKey, keysym, parse_combo
-from .sandbox_exec import SandboxExec, SandboxExecError
+from .sandbox_exec import FileTooLarge, SandboxExec, SandboxExecError, SandboxNotFound
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class Executor:
                 f"it will not be retried): {exc}",
                 started,
             )
+        except SandboxNotFound as exc:
+            return _fail(action.id, ErrorCode.NOT_FOUND, str(exc), started)
         except SandboxExecError as exc:
             return _fail(action.id, ErrorCode.SANDBOX_UNAVAILABLE, str(exc), started)
         result.duration_ms = (time.perf_counter() - started) * 1000
@@ -324,11 +326,10 @@ class Executor:
                 await self.sandbox.put_file(action.path, base64.b64decode(action.data_b64))
                 result.data = {"path": action.path}
             case DownloadFileAction():
-                data = await self.sandbox.get_file(action.path)
-                if len(data) > MAX_FILE_BYTES:
-                    raise ActionRejected(
-                        ErrorCode.INVALID_ACTION, f"file of {len(data)} bytes exceeds 5 MiB"
-                    )
+                try:
+                    data = await self.sandbox.get_file(action.path, MAX_FILE_BYTES)
+                except FileTooLarge as exc:
+                    raise ActionRejected(ErrorCode.INVALID_ACTION, str(exc)) from exc
                 result.data = {"path": action.path, "data_b64": base64.b64encode(data).decode()}
             case DoneAction() | FailAction():
                 raise ActionRejected(ErrorCode.INVALID_ACTION, "terminal actions are not executed")

@@ -111,7 +111,10 @@ class RFBClient:
         banner = await reader.readexactly(12)
         if not banner.startswith(b"RFB "):
             raise RFBError(f"not a VNC server (banner {banner!r})")
-        major, minor = int(banner[4:7]), int(banner[8:11])
+        try:
+            major, minor = int(banner[4:7]), int(banner[8:11])
+        except ValueError as exc:
+            raise RFBError(f"not a VNC server (banner {banner!r})") from exc
         version = min((major, minor), (3, 8))
         writer.write(b"RFB %03d.%03d\n" % version)
         if version >= (3, 7):
@@ -197,6 +200,11 @@ class RFBClient:
         except (OSError, asyncio.IncompleteReadError, RFBError) as exc:
             error = exc
             log.warning("VNC connection lost: %s", exc)
+        except Exception as exc:
+            # A server update we could not apply: drop the link (the
+            # supervisor reconnects) rather than keep a half-updated screen.
+            error = exc
+            log.exception("VNC update could not be applied; reconnecting")
         finally:
             self.closed.set()
             self.changed.set()

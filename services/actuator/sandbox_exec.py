@@ -12,6 +12,17 @@ class SandboxExecError(Exception):
     """The exec endpoint is missing, unreachable or refused the request."""
 
 
+class SandboxNotFound(SandboxExecError):
+    """The sandbox answered 404: no such file."""
+
+
+class FileTooLarge(SandboxExecError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"file of at least {size} bytes exceeds the {limit // (1024 * 1024)} MiB limit"
+        )
+
+
 @dataclass
 class ShellResult:
     exit_code: int | None
@@ -68,18 +79,35 @@ class SandboxExec:
             raise SandboxExecError(f"sandbox exec endpoint unreachable: {exc}") from exc
         self._check(response)
 
-    async def get_file(self, path: str) -> bytes:
+    async def get_file(self, path: str, limit: int) -> bytes:
+        """Download a file, refusing (without reading it all) one over ``limit`` bytes."""
         try:
-            response = await self._client.get(self._url("/files"), params={"path": path})
+            async with self._client.stream(
+                "GET", self._url("/files"), params={"path": path}
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._check(response)
+                declared = int(response.headers.get("Content-Length", "0") or 0)
+                if declared > limit:
+                    raise FileTooLarge(declared, limit)
+                chunks: list[bytes] = []
+                received = 0
+                async for chunk in response.aiter_bytes():
+                    received += len(chunk)
+                    if received > limit:
+                        raise FileTooLarge(received, limit)
+                    chunks.append(chunk)
+                return b"".join(chunks)
         except httpx.HTTPError as exc:
             raise SandboxExecError(f"sandbox exec endpoint unreachable: {exc}") from exc
-        self._check(response)
-        return response.content
 
     @staticmethod
     def _check(response: httpx.Response) -> None:
         if response.status_code == 401:
             raise SandboxExecError("sandbox exec endpoint refused our token (401)")
+        if response.status_code == 404:
+            raise SandboxNotFound(f"not found in the sandbox: {response.text[:300]}")
         if response.status_code >= 400:
             raise SandboxExecError(
                 f"sandbox exec endpoint answered {response.status_code}: {response.text[:300]}"

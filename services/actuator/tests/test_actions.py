@@ -255,3 +255,17 @@ async def test_wait_and_observe(actuator: Any) -> None:
     assert observation.screenshot is not None
     assert (observation.screenshot.width, observation.screenshot.height) == (640, 360)
     assert base64.b64decode(observation.screenshot.data_b64)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_download_over_the_limit_is_refused(actuator: Any, desktop: Desktop) -> None:
+    big = desktop.home / "big.bin"
+    big.write_bytes(os.urandom(6 * 1024 * 1024))
+    big.chmod(0o644)
+    with pytest.raises(RemoteError) as caught:
+        await act(actuator, DownloadFileAction(path=desktop.inside(big)), observe=None)
+    assert caught.value.code == ErrorCode.INVALID_ACTION
+    assert "exceeds the 5 MiB limit" in str(caught.value)
+    missing = desktop.inside(desktop.home / "no-such-file")
+    with pytest.raises(RemoteError) as gone:
+        await act(actuator, DownloadFileAction(path=missing), observe=None)
+    assert gone.value.code == ErrorCode.NOT_FOUND
