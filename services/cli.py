@@ -44,19 +44,28 @@ def _up(args: argparse.Namespace) -> int:
         f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n",
         flush=True,
     )
+    restarts: dict[str, int] = {}
     try:
         while not stopping.wait(1.0):
             for name, process in list(stack.processes.items()):
-                if process.poll() is not None:
-                    print(
-                        f"selfagent: {name} exited with {process.returncode}; "
-                        f"restarting (see its log)",
-                        file=sys.stderr,
-                    )
-                    if name == "sandbox":
-                        stopping.set()
-                        break
-                    stack.start_service(name)
+                if process.poll() is None:
+                    continue
+                if name == "sandbox":
+                    print("selfagent: the sandbox desktop exited; stopping", file=sys.stderr)
+                    stopping.set()
+                    break
+                # Back off, so a service that cannot start does not spin.
+                restarts[name] = restarts.get(name, 0) + 1
+                delay = min(2 ** restarts[name], 60)
+                print(
+                    f"selfagent: {name} exited with {process.returncode}; restarting in "
+                    f"{delay} s (see {stack.run_dir}/logs/{name}.log)",
+                    file=sys.stderr,
+                )
+                stack.processes.pop(name)
+                if stopping.wait(delay):
+                    break
+                stack.start_service(name)
     finally:
         print("selfagent: stopping...", flush=True)
         stack.stop(remove=data_dir is None)

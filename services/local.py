@@ -23,6 +23,8 @@ from pathlib import Path
 from selfagent.bus.natsd import EmbeddedNats, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The environment the sandbox desktop inherits; nothing else crosses over.
+_SANDBOX_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
 SERVICES = ("actuator", "grounder", "planner", "gateway")
 
 
@@ -96,6 +98,12 @@ class LocalStack:
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self.token = self.token or os.environ.get("SELFAGENT_TOKEN") or secrets.token_urlsafe(24)
         self.gateway_port = self.gateway_port or int(os.environ.get("GATEWAY_PORT", "0")) or 8080
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.gateway_port)) == 0:
+                raise LocalModeError(
+                    f"port {self.gateway_port} is already in use (another selfagent?); "
+                    "choose another with --port"
+                )
         try:
             (self.run_dir / "nats").mkdir(exist_ok=True)
             self.nats = EmbeddedNats(store_dir=self.run_dir / "nats").start()
@@ -119,16 +127,22 @@ class LocalStack:
         self.exec_token = secrets.token_urlsafe(24)
         self.sandbox_home = self.run_dir / "home"
         self.sandbox_home.mkdir(exist_ok=True)
-        env = {
-            **os.environ,
-            "VNC_PASSWORD": self.vnc_password,
-            "DISPLAY_NUM": str(self.display_num),
-            "SCREEN_WIDTH": str(self.screen[0]),
-            "SCREEN_HEIGHT": str(self.screen[1]),
-            "SANDBOX_HOME": str(self.sandbox_home),
-            "SANDBOX_EXEC_PORT": str(self.exec_port),
-            "SANDBOX_EXEC_TOKEN": self.exec_token,
-        }
+        # Only what a desktop session needs: the agent's shell in the sandbox
+        # must not see the LLM key, the gateway token or anything else that
+        # `selfagent up` holds. (Local mode is not a container: the sandbox
+        # still runs as this user on this machine; see the README.)
+        env = {key: os.environ[key] for key in _SANDBOX_ENV if key in os.environ}
+        env.update(
+            {
+                "VNC_PASSWORD": self.vnc_password,
+                "DISPLAY_NUM": str(self.display_num),
+                "SCREEN_WIDTH": str(self.screen[0]),
+                "SCREEN_HEIGHT": str(self.screen[1]),
+                "SANDBOX_HOME": str(self.sandbox_home),
+                "SANDBOX_EXEC_PORT": str(self.exec_port),
+                "SANDBOX_EXEC_TOKEN": self.exec_token,
+            }
+        )
         process = self._spawn("sandbox", [str(_sandbox_script())], env)
         _wait_port(self.vnc_port, 30, process, "sandbox VNC server")
         self._wait_for_panel(30)
@@ -177,12 +191,13 @@ class LocalStack:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         assert self.run_dir is not None
-        log = open(self.run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
-        # Own process group each, so stopping also reaches their children
-        # (the sandbox's X server and desktop session).
-        process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with open(self.run_dir / "logs" / f"{name}.log", "ab") as log:
+            # Own process group each, so stopping also reaches their children
+            # (the sandbox's X server and desktop session). The child keeps
+            # its copy of the log descriptor; ours closes here.
+            process = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes[name] = process
         return process
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from selfagent.local import LocalStack
 from tests.harness.fakellm import FakeLLM
+
+LAUNCHER_SECRET = "sk-launcher-secret-must-not-leak"
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +38,17 @@ def stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
             "PLANNER_LLM_MAX_ATTEMPTS": "2",
         },
     )
-    local.start()
+    # A secret in the launching environment, as `selfagent up` has after
+    # reading .env: the sandbox must not inherit it (test_sandbox_sees_no_secrets).
+    previous = os.environ.get("LLM_API_KEY")
+    os.environ["LLM_API_KEY"] = LAUNCHER_SECRET
+    try:
+        local.start()
+    finally:
+        if previous is None:
+            del os.environ["LLM_API_KEY"]
+        else:
+            os.environ["LLM_API_KEY"] = previous
     yield local
     local.stop(remove=True)
 

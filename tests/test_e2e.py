@@ -134,3 +134,30 @@ def test_bus_survives_invalid_messages(stack: LocalStack, llm: FakeLLM) -> None:
     assert got["letter"]["service"] == "planner" and got["letter"]["payload"] == "{not json"
     for name, process in stack.processes.items():
         assert process.poll() is None, f"{name} died"
+
+
+def test_sandbox_sees_no_secrets(stack: LocalStack, llm: FakeLLM) -> None:
+    """The agent's own shell: no LLM key, no gateway token, no exec or VNC secret."""
+    from tests.conftest import LAUNCHER_SECRET
+
+    llm.push(
+        computer(action="shell", command="env; ps -eo args"),
+        computer(action="done", message="Listed the environment."),
+    )
+    reply = chat(stack, "show me the environment")
+    assert reply["status"] == "succeeded", reply
+    executed = [
+        e for e in session_events(stack, reply["session_id"]) if e["kind"] == "step.executed"
+    ]
+    output = executed[0]["output"]
+    assert "HOME=" in output  # the command really ran and printed its environment
+    for secret in (LAUNCHER_SECRET, stack.token, stack.exec_token, stack.vnc_password):
+        assert secret and secret not in output
+    for name in (
+        "LLM_API_KEY",
+        "SELFAGENT_TOKEN",
+        "SANDBOX_EXEC_TOKEN",
+        "VNC_PASSWORD",
+        "NATS_URL",
+    ):
+        assert f"{name}=" not in output, name

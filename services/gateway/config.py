@@ -13,7 +13,7 @@ _DEFAULT_UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
 
     token: SecretStr = Field(
         default=SecretStr(""),

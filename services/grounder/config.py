@@ -26,7 +26,7 @@ FamilyName = Literal[
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GROUNDER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GROUNDER_", env_file=".env", extra="ignore")
 
     nats_url: str = Field(
         default="nats://127.0.0.1:4222",

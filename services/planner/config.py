@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # (kept alive every ack_wait/3). If this planner dies, the queue gives the
     # task to another replica after `task_ack_wait` seconds, which resumes it
     # from the session state, unless it was submitted more than
-    # `resume_window` seconds ago (then it ends as interrupted).
+    # `resume_window` seconds ago (then it fails with error code interrupted).
     task_ack_wait: float = Field(default=30.0, ge=1)
     resume_window: float = Field(default=600.0, ge=0)
 
