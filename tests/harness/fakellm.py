@@ -41,6 +41,7 @@ class FakeLLM:
         # check concurrency without timing anything.
         self.in_flight = 0
         self.max_in_flight = 0
+        self._generation = 0
         self._lock = threading.Lock()
         # host="0.0.0.0" lets containers reach it (compose tests).
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
@@ -72,7 +73,11 @@ class FakeLLM:
             self.script.clear()
             self.requests.clear()
             self.default = default
-            self.max_in_flight = self.in_flight
+            # Requests still sleeping from before the reset (a delayed reply
+            # whose caller is gone) belong to the previous test: stop counting them.
+            self._generation += 1
+            self.in_flight = 0
+            self.max_in_flight = 0
 
     def _next(self, request: dict[str, Any]) -> Reply:
         with self._lock:
@@ -97,13 +102,15 @@ class FakeLLM:
 
             def do_POST(self) -> None:
                 with fake._lock:
+                    generation = fake._generation
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
                     self._answer()
                 finally:
                     with fake._lock:
-                        fake.in_flight -= 1
+                        if generation == fake._generation:
+                            fake.in_flight -= 1
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
