@@ -7,9 +7,12 @@ set -eu
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
+EXTRAS="${SELFAGENT_EXTRAS:-dev}"
 APT_PACKAGES="tigervnc-standalone-server tigervnc-tools xfce4 xfce4-terminal mousepad thunar \
 dbus-x11 xdotool x11-utils xauth fonts-dejavu-core procps novnc tesseract-ocr tesseract-ocr-eng \
-chromium python3-venv ca-certificates"
+python3-venv ca-certificates"
+# The browser tests drive Debian's Chromium; running the product does not need it.
+[ "$EXTRAS" = "dev" ] && APT_PACKAGES="$APT_PACKAGES chromium"
 
 missing=""
 for pkg in $APT_PACKAGES; do
@@ -29,5 +32,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[${SELFAGENT_EXTRAS:-dev}]"
+.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 echo "setup: done"
