@@ -39,6 +39,9 @@ EVENTS_STREAM = "AGENT_EVENTS"
 # KV bucket of SessionState records, keyed by session id.
 SESSIONS_BUCKET = "agent_sessions"
 DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
+# The latest control command per session, so a stop sent while a task still
+# waits in the queue is seen by the planner that later takes it.
+CONTROLS_STREAM = "AGENT_CONTROLS"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

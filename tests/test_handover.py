@@ -173,3 +173,34 @@ def test_redelivered_task_does_not_override_a_newer_one(
     notes = [e["text"] for e in seen if e["kind"] == "message"]
     assert not any("Resumed" in n for n in notes), notes
     assert len(llm.requests) == 3, "the first task was not run again"
+
+
+async def stop_while_queued(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any]]:
+    llm.reset()
+    stack.stop_service("planner")  # no planner: the task waits in the queue
+    session = uuid.uuid4().hex
+    client = await nats.connect(stack.nats_url)
+    events = await client.subscribe(f"agent.session.{session}.event.>")
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=headers) as http:
+        accepted = await http.post("/api/tasks", json={"prompt": "x", "session_id": session})
+        assert accepted.status_code == 202, accepted.text
+        stopped = await http.post(f"/api/sessions/{session}/control", json={"command": "stop"})
+        assert stopped.status_code == 202, stopped.text
+    stack.start_service("planner")
+    seen: list[dict[str, Any]] = []
+    while not (seen and seen[-1]["kind"] == "task.finished"):
+        seen.append(json.loads((await events.next_msg(timeout=60)).data))
+    await client.close()
+    return seen
+
+
+def test_stop_sent_while_the_task_is_queued_is_honoured(
+    handover_stack: LocalStack, llm: FakeLLM
+) -> None:
+    seen = asyncio.run(stop_while_queued(handover_stack, llm))
+    finished = seen[-1]
+    assert finished["status"] == "stopped" and finished["steps"] == 0, finished
+    assert "before it started" in finished["reply"]
+    assert not [e for e in seen if e["kind"] == "step.planned"]
+    assert llm.requests == [], "the model was never asked"

@@ -34,6 +34,14 @@ STREAM_CONFIGS: tuple[StreamConfig, ...] = (
         max_age=7 * DAY,
     ),
     StreamConfig(
+        name=subjects.CONTROLS_STREAM,
+        subjects=[subjects.SESSION_CONTROL_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        max_age=DAY,
+    ),
+    StreamConfig(
         name=subjects.DEAD_LETTER_STREAM,
         subjects=[subjects.DEAD_LETTER_ALL],
         retention=RetentionPolicy.LIMITS,

@@ -278,6 +278,13 @@ class TaskRunner:
                 )
             )
 
+    async def refuse(self, reason: str) -> TaskFinished:
+        """End the task before its first step (e.g. it was stopped while queued)."""
+        await self._emit(TaskStarted(prompt=self.task.prompt, **self._ids()))
+        return await self._finish(
+            _Finish("stopped", reason, ErrorInfo(code=ErrorCode.STOPPED, message=reason))
+        )
+
     async def _resume(self, state: SessionState) -> TaskFinished | None:
         """Pick up an interrupted run; a TaskFinished if there is nothing left to do."""
         self.steps_taken, self.tokens_used = state.steps, state.tokens

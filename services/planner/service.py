@@ -101,6 +101,11 @@ class Planner:
                     await msg.ack()
                     return
                 resume = state or SessionState.fresh(task)
+            if await stopped_while_queued(broker, task):
+                runner = TaskRunner(self.broker, self.llm, self.settings, task)
+                await runner.refuse("Stopped by the user before it started.")
+                await msg.ack()
+                return
             # Run the task in the background: a task takes minutes and the
             # subscriber must keep taking tasks and controls meanwhile.
             self.start_task(task, delivery=msg, resume=resume)
@@ -185,6 +190,20 @@ class Planner:
             await asyncio.wait(self.running, timeout=5)
         await self.broker.stop()
         await self.llm.close()
+
+
+async def stopped_while_queued(broker: NatsBroker, task: TaskSubmitted) -> bool:
+    """Whether the session's latest control, sent after this task, is a stop."""
+    try:
+        js = broker.config.connection_state.stream
+        last = await asyncio.wait_for(
+            js.get_last_msg(subjects.CONTROLS_STREAM, subjects.session_control(task.session_id)),
+            2.0,
+        )
+        command = ControlCommand.model_validate_json(last.data or b"")
+    except Exception:
+        return False
+    return command.command == "stop" and command.sent_at >= task.submitted_at
 
 
 async def prepare(broker: NatsBroker) -> None:
