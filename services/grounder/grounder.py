@@ -103,6 +103,7 @@ class Grounder:
             timeout=settings.timeout,
             retries=settings.retries,
             deadline=settings.deadline,
+            max_tokens=family.max_tokens,
         )
         return cls(settings, family, client)
 
@@ -168,7 +169,7 @@ class Grounder:
         target = family.target_size(image.width, image.height)
         url, sent = await asyncio.to_thread(encode_for_model, data, image, target)
         messages = family.messages(request.description, url, sent[0], sent[1])
-        text = await client.complete(messages, family.max_tokens)
+        text = await client.complete(messages)
         parsed = family.parse(text)
         if isinstance(parsed, Refusal):
             return self._not_found(request, parsed.reason, text)

@@ -35,6 +35,7 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 from pydantic import TypeAdapter, ValidationError
 
 from selfagent.bus.errors import SelfagentError
+from selfagent.llm import ToolCall
 from selfagent.schemas import Action
 
 from .tools import COMPUTER_TOOL_NAME, MODEL_ACTION_NAMES
@@ -100,15 +101,6 @@ class ToolCallLike(Protocol):
 
     @property
     def arguments(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A concrete :class:`ToolCallLike`; ``arguments`` is the raw JSON text."""
-
-    name: str
-    arguments: str
-    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

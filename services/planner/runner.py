@@ -22,6 +22,7 @@ from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
 from selfagent.bus import BusError, RemoteError, RequestTimeout, request
+from selfagent.llm import LLMClient, LLMError, LLMReply
 from selfagent.schemas import (
     ActionResult,
     ActRequest,
@@ -59,7 +60,6 @@ from selfagent.schemas.messages import (
 
 from .config import Settings
 from .coords import CoordinateMap, off_screen_problem
-from .llm import LLMClient, LLMError, LLMReply
 from .parsing import ActionParseError, parse_reply
 from .tools import computer_tool, system_prompt
 

@@ -21,10 +21,10 @@ from selfagent.bus import (
     typed_handler,
 )
 from selfagent.bus.streams import TASKS, ensure_streams
+from selfagent.llm import LLMClient
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
 from .config import Settings
-from .llm import LLMClient
 from .runner import SESSIONS_BUCKET, Control, TaskRunner, load_state
 
 log = logging.getLogger(__name__)

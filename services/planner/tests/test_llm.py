@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from selfagent.planner.llm import LLMClient, LLMError, RetryPolicy
+from selfagent.llm import LLMClient, LLMError, RetryPolicy
 from selfagent.planner.parsing import parse_reply
 from selfagent.planner.tools import computer_tool
 from selfagent.schemas import ClickAction
@@ -245,7 +245,7 @@ async def test_vllm_tool_choice_400_falls_back_to_prompt_only_for_good(
     )
     fake.push({"content": '{"action": "wait", "seconds": 1}'})
     tools = [computer_tool("grounded")]
-    with caplog.at_level(logging.WARNING, logger="selfagent.planner.llm"):
+    with caplog.at_level(logging.WARNING, logger="selfagent.llm"):
         async with make_client(fake) as client:
             assert client.tools_supported
             first = await client.complete(MESSAGES, tools=tools)

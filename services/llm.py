@@ -38,8 +38,6 @@ from openai.types.chat import ChatCompletion
 
 from selfagent.bus.errors import SelfagentError
 
-from .parsing import ToolCall
-
 __all__ = ["LLMClient", "LLMError", "LLMReason", "LLMReply", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
@@ -47,6 +45,15 @@ log = logging.getLogger(__name__)
 LLMReason = Literal[
     "timeout", "rate_limited", "server_error", "bad_request", "bad_response", "connection"
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call of a reply; ``arguments`` is the raw JSON text."""
+
+    name: str
+    arguments: str
+    id: str | None = None
 
 
 class LLMError(SelfagentError):
