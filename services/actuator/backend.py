@@ -165,9 +165,6 @@ class VncDesktop(Desktop):
     def cursor(self) -> tuple[int, int]:
         return self._cursor
 
-    def _mask(self, held: int = 0) -> int:
-        return held
-
     async def move(self, x: int, y: int) -> None:
         self._cursor = (x, y)
         await self._send("pointer", x, y, 0)

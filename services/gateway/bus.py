@@ -11,9 +11,8 @@ from typing import Any
 from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-from selfagent.bus import make_broker, start_with_retry, typed_handler
+from selfagent.bus import make_broker, sessions, start_with_retry, typed_handler
 from selfagent.bus.streams import ensure_streams
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
@@ -119,15 +118,7 @@ class GatewayBus:
     async def session_state(self, session_id: str) -> SessionState | None:
         """The planner's record of a session (the ``agent_sessions`` KV bucket)."""
         self._require()
-        js = self.broker.connection.jetstream()
-        try:
-            bucket = await js.key_value(subjects.SESSIONS_BUCKET)
-            entry = await bucket.get(session_id)
-        except (BucketNotFoundError, KeyNotFoundError):
-            return None
-        if entry.value is None:
-            return None
-        return SessionState.model_validate_json(entry.value)
+        return await sessions.load_state(self.broker, session_id)
 
     async def history(self, session_id: str, limit: int) -> History:
         """A session's events in order, read from the JetStream stream."""

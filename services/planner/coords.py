@@ -10,11 +10,6 @@ from selfagent.schemas import ClickAction, DragAction, MoveAction, Point, Scroll
 from selfagent.schemas.actions import Action
 
 
-def fit_within(width: int, height: int, max_w: int, max_h: int) -> tuple[int, int]:
-    scale = min(max_w / width, max_h / height, 1.0)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 class CoordinateMap:
     def __init__(self, image: tuple[int, int], screen: tuple[int, int]) -> None:
         self.image = image

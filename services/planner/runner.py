@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
-from selfagent.bus import BusError, RemoteError, RequestTimeout, request
+from selfagent.bus import BusError, RemoteError, RequestTimeout, request, sessions
 from selfagent.llm import LLMClient, LLMError, LLMReply
 from selfagent.schemas import (
     ActionResult,
@@ -66,8 +66,6 @@ from .tools import computer_tool, system_prompt
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SESSIONS_BUCKET = subjects.SESSIONS_BUCKET
-_STATE_TIMEOUT = 2.0
 # Steps kept in the session state for a planner that resumes the task.
 _HISTORY_KEPT = 50
 
@@ -162,7 +160,8 @@ class TaskRunner:
             }
         )
         try:
-            current = await load_state(self.broker, self.task.session_id)
+            bucket = await sessions.open_bucket(self.broker)
+            current = await sessions.read_state(bucket, self.task.session_id)
             if (
                 current is not None
                 and current.task_id != self.task.task_id
@@ -171,11 +170,9 @@ class TaskRunner:
                 # A newer task owns the session now (this one was replaced):
                 # its record must not be overwritten by ours.
                 return
-            js = self.broker.config.connection_state.stream
-            bucket = await asyncio.wait_for(js.key_value(SESSIONS_BUCKET), _STATE_TIMEOUT)
             await asyncio.wait_for(
                 bucket.put(self.task.session_id, record.model_dump_json().encode()),
-                _STATE_TIMEOUT,
+                sessions.TIMEOUT,
             )
         except Exception as exc:
             log.warning("could not save session %s state: %s", self.task.session_id, exc)
@@ -701,20 +698,3 @@ def _action_time(action: Action) -> float:
     if isinstance(action, DragAction):
         seconds += 0.01 * len(action.path) * 20
     return float(seconds)
-
-
-async def load_state(broker: NatsBroker, session_id: str) -> SessionState | None:
-    """A session's state from the KV bucket, or None when absent or unreadable."""
-    try:
-        js = broker.config.connection_state.stream
-        bucket = await asyncio.wait_for(js.key_value(SESSIONS_BUCKET), _STATE_TIMEOUT)
-        entry = await asyncio.wait_for(bucket.get(session_id), _STATE_TIMEOUT)
-    except Exception:
-        return None
-    if entry.value is None:
-        return None
-    try:
-        return SessionState.model_validate_json(entry.value)
-    except ValueError:
-        log.warning("session %s: unreadable state in the KV bucket", session_id)
-        return None

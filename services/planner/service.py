@@ -10,13 +10,14 @@ from faststream import AckPolicy
 from faststream.nats import NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage as NatsMessageCtx
 from faststream.nats.message import NatsMessage
-from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
+from nats.js.api import ConsumerConfig
 
 from selfagent.bus import (
     InvalidMessage,
     make_broker,
     parse,
     reject,
+    sessions,
     start_with_retry,
     typed_handler,
 )
@@ -25,7 +26,7 @@ from selfagent.llm import LLMClient
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
 from .config import Settings
-from .runner import SESSIONS_BUCKET, Control, TaskRunner, load_state
+from .runner import Control, TaskRunner
 
 log = logging.getLogger(__name__)
 SERVICE = "planner"
@@ -88,7 +89,7 @@ class Planner:
                 return
             resume: SessionState | None = None
             if msg.raw_message.metadata.num_delivered > 1:
-                state = await load_state(broker, task.session_id)
+                state = await sessions.load_state(broker, task.session_id)
                 if state is not None and state.task_id != task.task_id:
                     # The session has moved on to a newer task since this one
                     # was interrupted: running it now would start it over and
@@ -207,19 +208,6 @@ async def stopped_while_queued(broker: NatsBroker, task: TaskSubmitted) -> bool:
 
 
 async def prepare(broker: NatsBroker) -> None:
-    """The streams every service declares, and the planner's session-state bucket."""
+    """The streams every service declares, and the session-state bucket."""
     await ensure_streams(broker)
-    js = broker.config.connection_state.stream
-    try:
-        await js.key_value(SESSIONS_BUCKET)
-    except Exception:
-        # Absent (or unreadable): creating it is idempotent for the same config.
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=SESSIONS_BUCKET,
-                description="planner session progress: task, steps, status",
-                history=1,
-                ttl=7 * 24 * 3600,
-                storage=StorageType.FILE,
-            )
-        )
+    await sessions.ensure_bucket(broker)

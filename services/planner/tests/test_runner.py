@@ -27,9 +27,9 @@ from selfagent.bus.natsd import EmbeddedNats
 from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings
-from selfagent.planner.runner import SESSIONS_BUCKET
 from selfagent.planner.service import Planner
 from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
+from selfagent.schemas.subjects import SESSIONS_BUCKET
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM, tool_call
 
