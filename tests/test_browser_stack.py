@@ -21,7 +21,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from selfagent.local import LocalStack
-from tests.harness.fakellm import FakeLLM, tool_call
+from tests.harness.api import computer
+from tests.harness.fakellm import FakeLLM
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, EVENTS_LIVE, VNC_LIVE, tid
 
 pytestmark = [pytest.mark.browser, pytest.mark.desktop]
@@ -36,10 +37,6 @@ CANVAS_PAINTED = """() => {
 
 Rect = tuple[int, int, int, int]
 THOUGHT = "A terminal is the quickest way to write a file."
-
-
-def computer(**arguments: Any) -> dict[str, Any]:
-    return tool_call("computer", arguments)
 
 
 def xdotool(stack: LocalStack, *args: str) -> str:

@@ -45,6 +45,62 @@ def move(x: int, y: int, delay: float = 0.0) -> dict[str, Any]:
     return {**reply, "delay": delay} if delay else reply
 
 
+class Session:
+    """One session watched on the bus, with tasks submitted through the gateway."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.id = uuid.uuid4().hex
+        self.seen: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> Session:
+        self._client = await nats.connect(self.stack.nats_url)
+        self._events = await self._client.subscribe(f"agent.session.{self.id}.event.>")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close()
+
+    async def next_event(self, timeout: float = 60) -> dict[str, Any]:
+        message = await self._events.next_msg(timeout=timeout)
+        event: dict[str, Any] = json.loads(message.data)
+        self.seen.append(event)
+        return event
+
+    async def until(self, kind: str, task_id: str | None = None) -> None:
+        while not (
+            self.seen
+            and self.seen[-1]["kind"] == kind
+            and task_id in (None, self.seen[-1]["task_id"])
+        ):
+            await self.next_event()
+
+    async def quiet(self, seconds: float) -> None:
+        """Nothing more may arrive for this session (no second run of a task)."""
+        with pytest.raises(nats.errors.TimeoutError):
+            await self.next_event(timeout=seconds)
+
+    async def submit(self, prompt: str) -> str:
+        task_id: str = (await self.post("/api/tasks", {"prompt": prompt, "session_id": self.id}))[
+            "task_id"
+        ]
+        return task_id
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.stack.token}"}
+        async with httpx.AsyncClient(base_url=self.stack.gateway_url, headers=headers) as http:
+            accepted = await http.post(path, json=body)
+        assert accepted.status_code == 202, accepted.text
+        reply: dict[str, Any] = accepted.json()
+        return reply
+
+
+def interrupt_planner(stack: LocalStack, how: signal.Signals) -> None:
+    planner = stack.processes.pop("planner")
+    os.killpg(planner.pid, how)
+    planner.wait(15)
+
+
 async def run_with_interruption(
     stack: LocalStack, llm: FakeLLM, interrupt: signal.Signals
 ) -> tuple[list[dict[str, Any]], FakeLLM]:
@@ -52,42 +108,18 @@ async def run_with_interruption(
     # Step 1 runs on the first planner; its call for step 2 is slow, and the
     # planner is interrupted while waiting for it.
     llm.push(move(100, 100), move(200, 200, delay=4.0))
-    session = uuid.uuid4().hex
-    client = await nats.connect(stack.nats_url)
-    events = await client.subscribe(f"agent.session.{session}.event.>")
-    seen: list[dict[str, Any]] = []
-
-    async def next_event(timeout: float = 60) -> dict[str, Any]:
-        message = await events.next_msg(timeout=timeout)
-        event: dict[str, Any] = json.loads(message.data)
-        seen.append(event)
-        return event
-
-    async with httpx.AsyncClient() as http:
-        accepted = await http.post(
-            f"{stack.gateway_url}/api/tasks",
-            json={"prompt": "move around", "session_id": session},
-            headers={"Authorization": f"Bearer {stack.token}"},
-        )
-        assert accepted.status_code == 202, accepted.text
-    while not (seen and seen[-1]["kind"] == "step.executed"):
-        await next_event()
-    while len(llm.requests) < 2:  # the first planner is now waiting on the model
-        await asyncio.sleep(0.05)
-
-    planner = stack.processes.pop("planner")
-    os.killpg(planner.pid, interrupt)
-    planner.wait(15)
-    # The next planner gets the rest of the script.
-    llm.push(move(300, 300), tool_call("computer", {"action": "done", "message": "Moved."}))
-    stack.start_service("planner")
-    while seen[-1]["kind"] != "task.finished":
-        await next_event()
-    # Nothing more may arrive for this session (no second run of the task).
-    with pytest.raises(nats.errors.TimeoutError):
-        await next_event(timeout=4)
-    await client.close()
-    return seen, llm
+    async with Session(stack) as session:
+        await session.submit("move around")
+        await session.until("step.executed")
+        while len(llm.requests) < 2:  # the first planner is now waiting on the model
+            await asyncio.sleep(0.05)
+        interrupt_planner(stack, interrupt)
+        # The next planner gets the rest of the script.
+        llm.push(move(300, 300), tool_call("computer", {"action": "done", "message": "Moved."}))
+        stack.start_service("planner")
+        await session.until("task.finished")
+        await session.quiet(4)
+    return session.seen, llm
 
 
 @pytest.mark.parametrize("interrupt", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "crash"])
@@ -120,46 +152,19 @@ def test_interrupted_task_resumes_on_the_next_planner(
 async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any]]:
     llm.reset()
     llm.push(move(100, 100), move(200, 200, delay=4.0))
-    session = uuid.uuid4().hex
-    client = await nats.connect(stack.nats_url)
-    events = await client.subscribe(f"agent.session.{session}.event.>")
-    seen: list[dict[str, Any]] = []
-
-    async def next_event(timeout: float = 60) -> dict[str, Any]:
-        message = await events.next_msg(timeout=timeout)
-        event: dict[str, Any] = json.loads(message.data)
-        seen.append(event)
-        return event
-
-    async def submit(prompt: str) -> str:
-        async with httpx.AsyncClient() as http:
-            accepted = await http.post(
-                f"{stack.gateway_url}/api/tasks",
-                json={"prompt": prompt, "session_id": session},
-                headers={"Authorization": f"Bearer {stack.token}"},
-            )
-        assert accepted.status_code == 202, accepted.text
-        task_id: str = accepted.json()["task_id"]
-        return task_id
-
-    await submit("the first task")
-    while not (seen and seen[-1]["kind"] == "step.executed"):
-        await next_event()
-    planner = stack.processes.pop("planner")
-    os.killpg(planner.pid, signal.SIGKILL)
-    planner.wait(15)
-    # The person gives up on the stuck task and asks for something else.
-    second = await submit("the second task")
-    llm.push(tool_call("computer", {"action": "done", "message": "Second task done."}))
-    stack.start_service("planner")
-    while not (seen[-1]["kind"] == "task.finished" and seen[-1]["task_id"] == second):
-        await next_event()
-    # The first task comes back from the queue after its lease runs out
-    # (3 s here) and must be dropped, not started over.
-    with pytest.raises(nats.errors.TimeoutError):
-        await next_event(timeout=8)
-    await client.close()
-    return seen
+    async with Session(stack) as session:
+        await session.submit("the first task")
+        await session.until("step.executed")
+        interrupt_planner(stack, signal.SIGKILL)
+        # The person gives up on the stuck task and asks for something else.
+        second = await session.submit("the second task")
+        llm.push(tool_call("computer", {"action": "done", "message": "Second task done."}))
+        stack.start_service("planner")
+        await session.until("task.finished", task_id=second)
+        # The first task comes back from the queue after its lease runs out
+        # (3 s here) and must be dropped, not started over.
+        await session.quiet(8)
+    return session.seen
 
 
 def test_redelivered_task_does_not_override_a_newer_one(
@@ -178,21 +183,12 @@ def test_redelivered_task_does_not_override_a_newer_one(
 async def stop_while_queued(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any]]:
     llm.reset()
     stack.stop_service("planner")  # no planner: the task waits in the queue
-    session = uuid.uuid4().hex
-    client = await nats.connect(stack.nats_url)
-    events = await client.subscribe(f"agent.session.{session}.event.>")
-    headers = {"Authorization": f"Bearer {stack.token}"}
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=headers) as http:
-        accepted = await http.post("/api/tasks", json={"prompt": "x", "session_id": session})
-        assert accepted.status_code == 202, accepted.text
-        stopped = await http.post(f"/api/sessions/{session}/control", json={"command": "stop"})
-        assert stopped.status_code == 202, stopped.text
-    stack.start_service("planner")
-    seen: list[dict[str, Any]] = []
-    while not (seen and seen[-1]["kind"] == "task.finished"):
-        seen.append(json.loads((await events.next_msg(timeout=60)).data))
-    await client.close()
-    return seen
+    async with Session(stack) as session:
+        await session.submit("x")
+        await session.post(f"/api/sessions/{session.id}/control", {"command": "stop"})
+        stack.start_service("planner")
+        await session.until("task.finished")
+    return session.seen
 
 
 def test_stop_sent_while_the_task_is_queued_is_honoured(
