@@ -17,7 +17,8 @@ from dotenv import load_dotenv
 
 
 def _up(args: argparse.Namespace) -> int:
-    from selfagent.local import LocalModeError, LocalStack
+    from selfagent.errors import LocalModeError
+    from selfagent.local import LocalStack
 
     load_dotenv(Path.cwd() / ".env")
     if not os.environ.get("LLM_API_BASE_URL"):

@@ -31,20 +31,17 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from selfagent.bus.errors import SelfagentError
+from selfagent.errors import LLMError, LLMReason
 
 __all__ = ["LLMClient", "LLMError", "LLMReason", "LLMReply", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
-LLMReason = Literal[
-    "timeout", "rate_limited", "server_error", "bad_request", "bad_response", "connection"
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +52,6 @@ class ToolCall:
     arguments: str
     id: str | None = None
 
-
-class LLMError(SelfagentError):
-    """The model endpoint gave no usable reply.
-
-    ``reason`` says why: ``timeout``, ``rate_limited``, ``server_error`` and
-    ``connection`` are what remained after retries; ``bad_request`` is a 4xx
-    that retrying cannot fix; ``bad_response`` is a body that is not a chat
-    completion. ``status`` is the HTTP status when there was one.
-    """
-
-    def __init__(
-        self, reason: LLMReason, message: str, *, status: int | None = None, attempts: int = 1
-    ) -> None:
-        super().__init__(message)
-        self.reason: LLMReason = reason
-        self.status = status
-        self.attempts = attempts
 
 
 @dataclass(frozen=True, slots=True)

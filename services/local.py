@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfagent.bus.natsd import EmbeddedNats, free_port
+from selfagent.errors import LocalModeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The environment the sandbox desktop inherits; nothing else crosses over.
 _SANDBOX_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
 SERVICES = ("actuator", "grounder", "planner", "gateway")
 
-
-class LocalModeError(RuntimeError):
-    pass
 
 
 def _sandbox_script() -> Path:

@@ -16,16 +16,14 @@ from abc import ABC, abstractmethod
 
 from PIL import Image
 
+from selfagent.errors import DesktopUnavailable, RFBError
 from selfagent.schemas import ImageFormat
 
 from .keys import char_keysym
-from .rfb import BUTTON_BITS, WHEEL_BITS, RFBClient, RFBError
+from .rfb import BUTTON_BITS, WHEEL_BITS, RFBClient
 
 log = logging.getLogger(__name__)
 
-
-class DesktopUnavailable(Exception):
-    """The desktop cannot be reached right now (an action that hits this did not run)."""
 
 
 class Desktop(ABC):

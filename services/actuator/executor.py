@@ -15,6 +15,14 @@ import time
 from collections import OrderedDict
 from typing import assert_never
 
+from selfagent.errors import (
+    ActionRejected,
+    DesktopUnavailable,
+    FileTooLarge,
+    SandboxExecError,
+    SandboxNotFound,
+    UnknownKey,
+)
 from selfagent.schemas import (
     ActionResult,
     ActRequest,
@@ -43,10 +51,10 @@ from selfagent.schemas import (
 )
 from selfagent.schemas.actions import Action
 
-from .backend import DesktopUnavailable, VncDesktop
+from .backend import VncDesktop
 from .config import Settings
-from .keys import UnknownKey, keysym, parse_combo
-from .sandbox_exec import FileTooLarge, SandboxExec, SandboxExecError, SandboxNotFound
+from .keys import keysym, parse_combo
+from .sandbox_exec import SandboxExec
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +80,6 @@ APPS: dict[str, str] = {
     "chromium": "chromium",
 }
 
-
-class ActionRejected(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _fail(action_id: str, code: ErrorCode, message: str, started: float) -> ActionResult:

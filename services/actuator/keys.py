@@ -7,6 +7,8 @@ case-insensitive; a single character maps to its own keysym.
 
 from __future__ import annotations
 
+from selfagent.errors import UnknownKey
+
 _NAMED: dict[str, int] = {
     "BackSpace": 0xFF08,
     "Tab": 0xFF09,
@@ -156,14 +158,6 @@ MODIFIER_KEYSYMS = frozenset(
     )
 )
 
-
-class UnknownKey(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"unknown key {name!r}: use X keysym names as xdotool does "
-            "(e.g. Return, Escape, ctrl, alt, shift, super, Tab, F5, Left, Page_Down, a)"
-        )
-        self.name = name
 
 
 def char_keysym(char: str) -> int:

@@ -26,6 +26,10 @@ import numpy.typing as npt
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from selfagent.errors import RFBError, VncAuthFailed
+
+AuthenticationFailed = VncAuthFailed
+
 log = logging.getLogger(__name__)
 
 ENCODING_RAW = 0
@@ -37,12 +41,6 @@ BUTTON_BITS = {"left": 1, "middle": 2, "right": 4}
 WHEEL_BITS = {"up": 8, "down": 16, "left": 32, "right": 64}
 
 
-class RFBError(Exception):
-    """The VNC connection failed or the server broke the protocol."""
-
-
-class AuthenticationFailed(RFBError):
-    pass
 
 
 def vnc_auth_response(password: str, challenge: bytes) -> bytes:

@@ -7,20 +7,7 @@ from typing import Any
 
 import httpx
 
-
-class SandboxExecError(Exception):
-    """The exec endpoint is missing, unreachable or refused the request."""
-
-
-class SandboxNotFound(SandboxExecError):
-    """The sandbox answered 404: no such file."""
-
-
-class FileTooLarge(SandboxExecError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"file of at least {size} bytes exceeds the {limit // (1024 * 1024)} MiB limit"
-        )
+from selfagent.errors import FileTooLarge, SandboxExecError, SandboxNotFound
 
 
 @dataclass

@@ -14,6 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from selfagent.bus import make_broker, sessions, start_with_retry, typed_handler
 from selfagent.bus.streams import ensure_streams
+from selfagent.errors import BusUnavailable
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
 from .config import Settings
@@ -23,9 +24,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
 
-
-class BusUnavailable(Exception):
-    """NATS is not connected (yet); the request can be retried."""
 
 
 @dataclass

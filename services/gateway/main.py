@@ -12,9 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from selfagent.errors import BusUnavailable
+
 from .api import router
 from .auth import TokenAuthMiddleware
-from .bus import BusUnavailable
 from .config import Settings
 from .deps import Gateway
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from selfagent.errors import RFBError, VncAuthFailed
+
 PROTOCOL_38 = b"RFB 003.008\n"
 
 SEC_INVALID = 0
@@ -47,12 +49,6 @@ MAX_FENCE_PAYLOAD = 64
 MAX_SCREENS = 16
 
 
-class RFBError(Exception):
-    """A protocol violation or a refusal by the VNC server, with a readable reason."""
-
-
-class VncAuthFailed(RFBError):
-    pass
 
 
 def vnc_auth_response(password: str, challenge: bytes) -> bytes:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from selfagent.errors import RFBError
+
 from .config import Settings
 from .hub import TakeoverState
-from .rfb import PROTOCOL_38, SEC_NONE, ClientMessageFilter, RFBError, client_handshake, refusal
+from .rfb import PROTOCOL_38, SEC_NONE, ClientMessageFilter, client_handshake, refusal
 
 log = logging.getLogger(__name__)
 

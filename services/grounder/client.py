@@ -8,19 +8,11 @@ replies carry.
 
 from __future__ import annotations
 
-from selfagent.bus import SelfagentError
+from selfagent.errors import VLMError
 from selfagent.llm import LLMClient, LLMError
 from selfagent.schemas import ErrorCode
 
 from .families import ChatMessage
-
-
-class VLMError(SelfagentError):
-    """The grounding model could not give an answer."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class VLMClient:

@@ -23,23 +23,19 @@ import time
 
 from PIL import Image, UnidentifiedImageError
 
-from selfagent.bus import SelfagentError
+from selfagent.errors import ImageError, OCRError, ResizeError, VLMError
 from selfagent.schemas import ErrorCode, ErrorInfo, GroundRequest, GroundResult
 
 from . import ocr
-from .client import VLMClient, VLMError
+from .client import VLMClient
 from .config import Settings
 from .families import Family, Point, Refusal, get_family, to_screen
-from .resize import ResizeError
 
 log = logging.getLogger(__name__)
 
 # Pillow refuses larger images anyway; a screenshot never comes close.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
-
-class ImageError(SelfagentError):
-    pass
 
 
 def decode_image(data_b64: str) -> tuple[bytes, Image.Image]:
@@ -147,7 +143,7 @@ class Grounder:
                 result = await self._ground_model(request, data, image, self.family, self.client)
         except ResizeError as exc:
             return self._failed(request, ErrorCode.INVALID_MESSAGE, str(exc))
-        except (VLMError, ocr.OCRError) as exc:
+        except (VLMError, OCRError) as exc:
             return self._failed(request, exc.code, str(exc))
         log.info(
             "ground %s %r -> %s in %.0f ms",

@@ -19,7 +19,7 @@ from difflib import SequenceMatcher
 
 from PIL import Image, ImageOps
 
-from selfagent.bus import SelfagentError
+from selfagent.errors import OCRError
 from selfagent.schemas import ErrorCode
 
 # Small UI fonts are below the glyph size Tesseract is trained on; doubling
@@ -33,11 +33,6 @@ _STOP = {
     "entry", "option", "window", "title", "top", "bottom", "left", "right", "corner", "screen",
 }  # fmt: skip
 
-
-class OCRError(SelfagentError):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from selfagent.errors import ResizeError
+
 QWEN2_FACTOR = 28
 QWEN3_FACTOR = 32
 DEFAULT_MIN_PIXELS = 56 * 56
@@ -19,9 +21,6 @@ DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 16384 * 28 * 28
 MAX_ASPECT_RATIO = 200
 
-
-class ResizeError(ValueError):
-    """The image cannot be mapped onto the model's grid."""
 
 
 def _round_to(value: float, factor: int) -> int:

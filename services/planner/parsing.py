@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
-from selfagent.bus.errors import SelfagentError
+from selfagent.errors import ActionParseError
 from selfagent.llm import ToolCall
 from selfagent.schemas import Action
 
@@ -78,19 +78,6 @@ _NO_ACTION: Final = (
     f"or write it as text like {_EXAMPLE_CALL}."
 )
 
-
-class ActionParseError(SelfagentError):
-    """The model's reply holds no valid action.
-
-    ``str(error)`` is one or two sentences addressed to the model, saying
-    exactly what was wrong; it is meant to be sent back to it on retry.
-    ``raw`` is the fragment that failed (possibly empty), for logs.
-    """
-
-    def __init__(self, message: str, *, raw: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.raw = raw[:2000]
 
 
 class ToolCallLike(Protocol):
