@@ -30,9 +30,10 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+
+from selfagent.modeltext import JSONProblem, json_values, loads_lenient
 
 from .resize import QWEN2_FACTOR, QWEN3_FACTOR, fit_within, smart_resize
 
@@ -67,8 +68,6 @@ _SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 _NUM = r"-?\d+(?:\.\d+)?"
 _PAIR = re.compile(rf"[\(\[]\s*({_NUM})\s*,\s*({_NUM})\s*[\)\]]")
 _QUAD = re.compile(rf"[\(\[]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\)\]]")
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 _REFUSAL_WORDS = re.compile(
     r"not\s+found|no\s+such|cannot\s+(?:find|locate)|can't\s+(?:find|locate)|"
     r"unable\s+to\s+(?:find|locate)|does\s+not\s+(?:exist|appear)|not\s+(?:visible|present)",
@@ -120,57 +119,6 @@ def first_tuple(text: str) -> ParseResult | None:
     return _point(float(first.group(1)), float(first.group(2)))
 
 
-def _balanced(text: str, start: int) -> str | None:
-    opener = text[start]
-    closer = "}" if opener == "{" else "]"
-    depth = 0
-    in_string = False
-    escaped = False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-            continue
-        if ch == '"':
-            in_string = True
-        elif ch == opener:
-            depth += 1
-        elif ch == closer:
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None
-
-
-def json_candidates(text: str) -> Iterator[Any]:
-    """JSON values in the order servers hide them: tool call, fence, first balanced."""
-    chunks = [m.group(1) for m in _TOOL_CALL.finditer(text)]
-    chunks += [m.group(1) for m in _FENCE.finditer(text)]
-    chunks.append(text)
-    for chunk in chunks:
-        stripped = chunk.strip()
-        try:
-            yield json.loads(stripped)
-            continue
-        except ValueError:
-            pass
-        for i, ch in enumerate(stripped):
-            if ch in "{[":
-                candidate = _balanced(stripped, i)
-                if candidate is None:
-                    continue
-                try:
-                    yield json.loads(candidate)
-                    break
-                except ValueError:
-                    continue
-
-
 def _numbers(value: Any, count: int) -> list[float] | None:
     if (
         isinstance(value, list | tuple)
@@ -198,8 +146,8 @@ def point_from_json(value: Any) -> ParseResult | None:
             inner = value.get(key)
             if isinstance(inner, str):
                 try:
-                    inner = json.loads(inner)
-                except ValueError:
+                    inner = loads_lenient(inner)
+                except JSONProblem:
                     inner = None
             if inner is not None:
                 found = point_from_json(inner)
@@ -240,7 +188,8 @@ def point_from_json(value: Any) -> ParseResult | None:
 
 
 def parse_json_answer(text: str) -> ParseResult | None:
-    for value in json_candidates(text):
+    """The first box or point in JSON the answer holds (tool call, fence, or bare)."""
+    for value in json_values(text):
         found = point_from_json(value)
         if found is not None:
             return found

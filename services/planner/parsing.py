@@ -24,18 +24,28 @@ model: the planner sends it back verbatim so the next attempt can fix it.
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
 from selfagent.errors import ActionParseError
 from selfagent.llm import ToolCall
+from selfagent.modeltext import (
+    BrokenJSON,
+    FunctionCall,
+    JSONProblem,
+    complete_truncated,
+    fenced_blocks,
+    function_calls,
+    loads_lenient,
+    scan_json,
+    tool_call_blocks,
+)
 from selfagent.schemas import Action
 
 from .tools import COMPUTER_TOOL_NAME, MODEL_ACTION_NAMES
@@ -77,7 +87,6 @@ _NO_ACTION: Final = (
     f"No action found: reply with one tool call to `{COMPUTER_TOOL_NAME}`, "
     f"or write it as text like {_EXAMPLE_CALL}."
 )
-
 
 
 class ToolCallLike(Protocol):
@@ -143,14 +152,6 @@ def parse_action(payload: Mapping[str, Any]) -> Action:
 
 # --------------------------------------------------------------------------- finding JSON
 
-_TOOL_CALL_RE: Final = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
-_FUNCTION_RE: Final = re.compile(
-    r"<function=([\w.\-]+)>(.*?)(?:</function>|</tool_call>|$)", re.DOTALL
-)
-_PARAMETER_RE: Final = re.compile(r"<parameter=([\w\-]+)>(.*?)(?:</parameter>|$)", re.DOTALL)
-_FENCE_RE: Final = re.compile(
-    r"```[ \t]*(?:json5?|JSON|javascript|js)?[ \t]*\n?(.*?)```", re.DOTALL
-)
 _ACTIONISH_KEYS: Final = frozenset(
     {"action", "name", "function", "type", "arguments", "parameters", "input", "tool"}
 )
@@ -162,29 +163,28 @@ def _locate(text: str) -> tuple[ReplySource, int, int, dict[str, Any]] | None:
     A source that is present but broken raises instead of falling through, so
     the model hears about its own mistake rather than a generic "no action".
     """
-    tag = _TOOL_CALL_RE.search(text)
+    tag = next(tool_call_blocks(text), None)
     if tag is not None:
-        inner = tag.group(1)
-        function = _FUNCTION_RE.search(inner)
+        function = next(function_calls(tag.body), None)
         if function is not None:
-            return "tool_call_tag", tag.start(), tag.end(), _function_tag_payload(function)
-        found = _first_object(inner, require_actionish=False)
+            return "tool_call_tag", tag.start, tag.end, _function_payload(function)
+        found = _first_object(tag.body, require_actionish=False)
         if found is None:
             raise ActionParseError(
                 "The <tool_call> block holds no JSON object: write "
                 f'<tool_call>{{"name": "{COMPUTER_TOOL_NAME}", "arguments": {{...}}}}</tool_call>.',
-                raw=inner,
+                raw=tag.body,
             )
-        return "tool_call_tag", tag.start(), tag.end(), found[2]
+        return "tool_call_tag", tag.start, tag.end, found[2]
 
-    function = _FUNCTION_RE.search(text)
+    function = next(function_calls(text), None)
     if function is not None:
-        return "function_tag", function.start(), function.end(), _function_tag_payload(function)
+        return "function_tag", function.start, function.end, _function_payload(function)
 
-    for fence in _FENCE_RE.finditer(text):
-        found = _first_object(fence.group(1), require_actionish=True)
+    for fence in fenced_blocks(text):
+        found = _first_object(fence.body, require_actionish=True)
         if found is not None:
-            return "json_fence", fence.start(), fence.end(), found[2]
+            return "json_fence", fence.start, fence.end, found[2]
 
     found = _first_object(text, require_actionish=True)
     if found is not None:
@@ -192,21 +192,12 @@ def _locate(text: str) -> tuple[ReplySource, int, int, dict[str, Any]] | None:
     return None
 
 
-def _function_tag_payload(match: re.Match[str]) -> dict[str, Any]:
-    name, body = match.group(1), match.group(2)
-    parameters = list(_PARAMETER_RE.finditer(body))
-    if not parameters:
-        found = _first_object(body, require_actionish=False)
-        arguments: dict[str, Any] = found[2] if found is not None else {}
-        return {"name": name, "arguments": arguments}
-    arguments = {}
-    for parameter in parameters:
-        raw = parameter.group(2).strip()
-        try:
-            arguments[parameter.group(1)] = json.loads(raw)
-        except ValueError:
-            arguments[parameter.group(1)] = raw
-    return {"name": name, "arguments": arguments}
+def _function_payload(call: FunctionCall) -> dict[str, Any]:
+    if call.parameters is not None:
+        return call.payload()
+    # Arguments written as one object: a broken one is explained like any other.
+    found = _first_object(call.body, require_actionish=False)
+    return {"name": call.name, "arguments": found[2] if found is not None else {}}
 
 
 def _first_object(text: str, *, require_actionish: bool) -> tuple[int, int, dict[str, Any]] | None:
@@ -217,47 +208,35 @@ def _first_object(text: str, *, require_actionish: bool) -> tuple[int, int, dict
     in prose must not hide the real action, but a broken action must not be
     reported as "no action" either.
     """
-    position = 0
     problem: ActionParseError | None = None
-    while (start := text.find("{", position)) >= 0:
-        position = start + 1
-        scan = _match_braces(text, start)
-        if scan.end is None:
-            fragment = text[start:]
+    for found in scan_json(text):
+        if isinstance(found, BrokenJSON):
+            if _might_be_action(found.fragment):
+                problem = problem or _problem(found.fragment, found.problem, found.detail)
+            continue
+        if found.repaired:
+            # A reply cut short only by its closing brackets is still complete.
+            fragment = text[found.start :]
             if not _might_be_action(fragment):
                 continue
-            if scan.closers:
-                # A reply cut short only by its closing brackets is still complete.
-                # Strict JSON only: leniency here would turn `"x": 1, ` into
-                # a complete-looking action that silently lost its tail.
-                try:
-                    value = json.loads(fragment + scan.closers)
-                except ValueError:
-                    value = None
-                if isinstance(value, dict):
-                    return start, len(text), value
-            problem = problem or _problem(fragment, scan, None)
+            if isinstance(found.value, dict):
+                return found.start, found.end, found.value
+            problem = problem or _problem(fragment, "truncated")
             continue
-        fragment = text[start : scan.end]
-        try:
-            value = _loads(fragment)
-        except _JSONProblem as error:
-            if _might_be_action(fragment):
-                problem = problem or _problem(fragment, scan, error)
-            continue
+        value = found.value
         if isinstance(value, dict) and (not require_actionish or _ACTIONISH_KEYS & value.keys()):
-            return start, scan.end, value
-        if isinstance(value, dict):
-            position = scan.end
+            return found.start, found.end, value
     if problem is not None:
         raise problem
     return None
 
 
-def _problem(fragment: str, scan: _BraceScan, error: _JSONProblem | None) -> ActionParseError:
-    if error is not None:
-        message = f"The action JSON is malformed ({error}): send one valid JSON object."
-    elif scan.state == "mismatch":
+def _problem(
+    fragment: str, kind: Literal["malformed", "mismatch", "truncated"], detail: str = ""
+) -> ActionParseError:
+    if kind == "malformed":
+        message = f"The action JSON is malformed ({detail}): send one valid JSON object."
+    elif kind == "mismatch":
         message = "The action JSON has mismatched brackets: send one valid JSON object."
     else:
         message = (
@@ -272,112 +251,6 @@ def _might_be_action(fragment: str) -> bool:
     return any(f'"{key}"' in head or f"'{key}'" in head for key in _ACTIONISH_KEYS)
 
 
-class _BraceScan(NamedTuple):
-    end: int | None
-    state: Literal["closed", "open", "string", "mismatch"]
-    closers: str = ""
-
-
-def _match_braces(text: str, start: int) -> _BraceScan:
-    """Find the end of the object opening at ``start``, skipping brackets in strings.
-
-    When the text runs out first, ``closers`` holds the brackets that would
-    close it (empty if the text ends inside a string: a cut that cannot be
-    repaired).
-    """
-    stack: list[str] = []
-    quote: str | None = None
-    escaped = False
-    for index in range(start, len(text)):
-        char = text[index]
-        if quote is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-            continue
-        if char in "\"'":
-            quote = char
-        elif char == "{":
-            stack.append("}")
-        elif char == "[":
-            stack.append("]")
-        elif char in "}]":
-            if not stack or stack.pop() != char:
-                return _BraceScan(None, "mismatch")
-            if not stack:
-                return _BraceScan(index + 1, "closed")
-    if quote is not None:
-        return _BraceScan(None, "string")
-    return _BraceScan(None, "open", "".join(reversed(stack)))
-
-
-class _JSONProblem(Exception):
-    pass
-
-
-_TRAILING_COMMA_RE: Final = re.compile(r",(\s*[}\]])")
-
-
-def _loads(text: str) -> Any:
-    """Strict JSON first, then the slips models make: trailing commas, Python literals."""
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        first = error
-    try:
-        return json.loads(_TRAILING_COMMA_RE.sub(r"\1", text))
-    except ValueError:
-        pass
-    try:
-        # literal_eval evaluates literals only, never code: single-quoted dicts
-        # and True/None are what models copy from Python examples.
-        return ast.literal_eval(_pythonize(text))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        pass
-    detail = first.msg if isinstance(first, json.JSONDecodeError) else str(first)
-    position = first.pos if isinstance(first, json.JSONDecodeError) else None
-    where = f" at character {position}" if position is not None else ""
-    raise _JSONProblem(f"{detail}{where}")
-
-
-_JSON_WORDS: Final = {"true": "True", "false": "False", "null": "None"}
-
-
-def _pythonize(text: str) -> str:
-    out: list[str] = []
-    quote: str | None = None
-    escaped = False
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if quote is not None:
-            out.append(char)
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-            index += 1
-            continue
-        if char in "\"'":
-            quote = char
-        elif char.isalpha():
-            word_end = index
-            while word_end < len(text) and (text[word_end].isalnum() or text[word_end] == "_"):
-                word_end += 1
-            word = text[index:word_end]
-            out.append(_JSON_WORDS.get(word, word))
-            index = word_end
-            continue
-        out.append(char)
-        index += 1
-    return "".join(out)
-
-
 def _load_arguments(name: str, arguments: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """Decode a native call's ``arguments`` (a JSON string by the API's contract)."""
     if isinstance(arguments, Mapping):
@@ -386,15 +259,9 @@ def _load_arguments(name: str, arguments: str | Mapping[str, Any] | None) -> dic
     if not text:
         return {}
     try:
-        value = _loads(text)
-    except _JSONProblem as problem:
-        value = None
-        scan = _match_braces(text, 0) if text.startswith("{") else None
-        if scan is not None and scan.closers:
-            try:
-                value = json.loads(text + scan.closers)
-            except ValueError:
-                value = None
+        value = loads_lenient(text)
+    except JSONProblem as problem:
+        value = complete_truncated(text)
         if value is None:
             raise ActionParseError(
                 f"The arguments of your `{name}` call are not valid JSON ({problem}): "

@@ -121,6 +121,10 @@ def refusal(family: str, text: str) -> Refusal:
         # Generic JSON.
         ("json", '{"x": 100, "y": 50}', (100, 50)),
         ("json", 'Sure!\n```json\n{"x": 100, "y": 50}\n```', (100, 50)),
+        # The shared finder's leniency: Python literals, a cut-off answer, braces in strings.
+        ("json", "{'x': 100, 'y': 50}", (100, 50)),
+        ("json", '{"x": 100, "y": 50', (100, 50)),
+        ("json", '{"note": "the } key", "x": 7, "y": 8}', (7, 8)),
     ],
 )
 def test_parses_point(family: str, text: str, expected: tuple[float, float]) -> None:
