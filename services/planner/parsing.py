@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, Protocol
 from pydantic import TypeAdapter, ValidationError
 
 from selfagent.errors import ActionParseError
+from selfagent.keys import canonical, is_modifier, split_chord
 from selfagent.llm import ToolCall
 from selfagent.modeltext import (
     BrokenJSON,
@@ -490,140 +491,17 @@ def _text(value: Any) -> str:
 
 # --------------------------------------------------------------------------- key names
 
-_MODIFIERS: Final = {
-    "ctrl": "ctrl",
-    "control": "ctrl",
-    "ctl": "ctrl",
-    "strg": "ctrl",
-    "lctrl": "ctrl",
-    "rctrl": "ctrl",
-    "alt": "alt",
-    "option": "alt",
-    "opt": "alt",
-    "lalt": "alt",
-    "ralt": "alt",
-    "shift": "shift",
-    "lshift": "shift",
-    "rshift": "shift",
-    "super": "super",
-    "win": "super",
-    "windows": "super",
-    "cmd": "super",
-    "command": "super",
-    "meta": "super",
-    "mod4": "super",
-    "os": "super",
-}
-
-_KEY_NAMES: Final = {
-    **_MODIFIERS,
-    "enter": "Return",
-    "return": "Return",
-    "ret": "Return",
-    "esc": "Escape",
-    "escape": "Escape",
-    "tab": "Tab",
-    "space": "space",
-    "spacebar": "space",
-    "backspace": "BackSpace",
-    "bksp": "BackSpace",
-    "delete": "Delete",
-    "del": "Delete",
-    "insert": "Insert",
-    "ins": "Insert",
-    "home": "Home",
-    "end": "End",
-    "pageup": "Page_Up",
-    "pgup": "Page_Up",
-    "prior": "Page_Up",
-    "pagedown": "Page_Down",
-    "pgdn": "Page_Down",
-    "pgdown": "Page_Down",
-    "next": "Page_Down",
-    "up": "Up",
-    "arrowup": "Up",
-    "uparrow": "Up",
-    "down": "Down",
-    "arrowdown": "Down",
-    "downarrow": "Down",
-    "left": "Left",
-    "arrowleft": "Left",
-    "leftarrow": "Left",
-    "right": "Right",
-    "arrowright": "Right",
-    "rightarrow": "Right",
-    "capslock": "Caps_Lock",
-    "numlock": "Num_Lock",
-    "scrolllock": "Scroll_Lock",
-    "printscreen": "Print",
-    "prtsc": "Print",
-    "print": "Print",
-    "pause": "Pause",
-    "menu": "Menu",
-    "contextmenu": "Menu",
-    "apps": "Menu",
-    "plus": "plus",
-    "minus": "minus",
-    "dash": "minus",
-    "hyphen": "minus",
-    "equal": "equal",
-    "equals": "equal",
-    "comma": "comma",
-    "period": "period",
-    "dot": "period",
-    "slash": "slash",
-    "backslash": "backslash",
-    "semicolon": "semicolon",
-    "apostrophe": "apostrophe",
-    "quote": "apostrophe",
-    "grave": "grave",
-    "backtick": "grave",
-}
-
-_SYMBOL_KEYS: Final = {
-    "+": "plus",
-    "-": "minus",
-    "=": "equal",
-    ",": "comma",
-    ".": "period",
-    "/": "slash",
-    "\\": "backslash",
-    ";": "semicolon",
-    "'": "apostrophe",
-    "`": "grave",
-    "[": "bracketleft",
-    "]": "bracketright",
-    " ": "space",
-}
-
-_FUNCTION_KEY_RE: Final = re.compile(r"f([1-9]|1\d|2[0-4])")
-
-
-def _key_name(token: str) -> str:
-    if token in _SYMBOL_KEYS:
-        return _SYMBOL_KEYS[token]
-    squashed = re.sub(r"[\s_\-]", "", token.lower())
-    if squashed in _KEY_NAMES:
-        return _KEY_NAMES[squashed]
-    if _FUNCTION_KEY_RE.fullmatch(squashed):
-        return squashed.upper()
-    if len(token) == 1 and token.isascii() and token.isalpha():
-        # A letter names a key, not a character: "S" in CTRL+S is the s key.
-        return token.lower()
-    return token
+# Names, aliases and the combo syntax are selfagent.keys' (the table the
+# actuator sends keysyms from); here only the looser spellings models use.
 
 
 def _combo(combo: str) -> str:
     combo = combo.strip()
-    if combo in _SYMBOL_KEYS:
-        return _SYMBOL_KEYS[combo]
+    if len(combo) == 1:
+        return canonical(combo)
     if "+" in combo:
-        # "ctrl++" means ctrl and the plus key: an empty part is the "+" itself.
-        parts = combo.split("+")
-        tokens = [part.strip() or "+" for part in parts]
-        if combo.endswith("++"):
-            tokens = [*tokens[:-2], "+"]
-    elif "-" in combo[1:] and combo.split("-")[0].strip().lower() in _MODIFIERS:
+        tokens = split_chord(combo)
+    elif "-" in combo[1:] and is_modifier(combo.split("-")[0].strip()):
         # "ctrl-s" / "ctrl-shift-t": a hyphen used where xdotool wants "+".
         tokens = combo.split("-")
         tokens = [token or "-" for token in tokens]
@@ -631,7 +509,7 @@ def _combo(combo: str) -> str:
             tokens = [*tokens[:-2], "-"]
     else:
         tokens = [combo]
-    return "+".join(_key_name(token) for token in tokens if token)
+    return "+".join(canonical(token) for token in tokens if token)
 
 
 def normalize_keys(keys: str | Sequence[str]) -> str:
@@ -652,7 +530,7 @@ def normalize_keys(keys: str | Sequence[str]) -> str:
 
 
 def _looks_like_combo(part: str) -> bool:
-    return "+" in part or _key_name(part) != part or len(part) == 1
+    return "+" in part or canonical(part) != part or len(part) == 1
 
 
 def _keys_value(value: Any, action: str) -> str:
@@ -733,7 +611,7 @@ def _build_click(name: str, args: dict[str, Any]) -> dict[str, Any]:
     text = args.get("text")
     if isinstance(text, str) and text.strip():
         combo = normalize_keys(text)
-        if all(part in _MODIFIERS.values() for part in combo.split("+")):
+        if all(is_modifier(part) for part in combo.split("+")):
             modifiers_value = modifiers_value or combo
         else:
             args.setdefault("target", text)
