@@ -38,14 +38,23 @@ EXPORTED: dict[str, Any] = {
 }
 
 
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of one exported message, as written to ``json/<name>.json``.
+
+    Raises:
+        KeyError: ``name`` is not an exported message.
+    """
+    schema = TypeAdapter(EXPORTED[name]).json_schema()
+    schema.setdefault("title", name)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
 def render() -> dict[str, str]:
-    files: dict[str, str] = {}
-    for name, model in EXPORTED.items():
-        schema = TypeAdapter(model).json_schema()
-        schema.setdefault("title", name)
-        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-        files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
-    return files
+    return {
+        f"{name}.json": json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n"
+        for name in EXPORTED
+    }
 
 
 # (channel id, address, message names, operation, description)
@@ -100,6 +109,9 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         "Messages a service rejected; kept in the AGENT_DEADLETTER stream.",
     ),
 ]
+_ID_PARAMETER = f"an id matching {subjects.ID_PATTERN}"
+# Only ids are subject-safe tokens; an event kind is itself dotted ("task.started").
+_PARAMETERS = {"kind": "the event kind, e.g. task.started (one or more tokens)"}
 _REPLIES = {"ground": "GroundResult", "sandboxAct": "ActionResult", "sandboxObserve": "Observation"}
 
 
@@ -116,7 +128,7 @@ def render_asyncapi() -> str:
     }
     for channel_id, address, names, action, description in _CHANNELS:
         parameters = {
-            part[1:-1]: {"description": f"{part[1:-1]}: [A-Za-z0-9_-]{{1,64}}"}
+            part[1:-1]: {"description": _PARAMETERS.get(part[1:-1], _ID_PARAMETER)}
             for part in address.split(".")
             if part.startswith("{")
         }

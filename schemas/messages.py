@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from .actions import Action
-from .subjects import check_token
+from .subjects import ID_PATTERN
 
 
 def _now() -> datetime:
@@ -19,6 +19,10 @@ def _now() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+SubjectId = Annotated[str, Field(pattern=ID_PATTERN)]
+"""An id that becomes a subject token or a KV key; its JSON Schema carries the pattern."""
 
 
 class Message(BaseModel):
@@ -65,24 +69,19 @@ class ErrorReply(Reply):
 
 
 class TaskSubmitted(Message):
-    task_id: str = Field(default_factory=new_id)
-    session_id: str = Field(default_factory=new_id)
+    task_id: SubjectId = Field(default_factory=new_id)
+    session_id: SubjectId = Field(default_factory=new_id)
     prompt: str = Field(min_length=1, max_length=20_000)
-    sandbox_id: str = "default"
+    sandbox_id: SubjectId = "default"
     max_steps: int | None = Field(default=None, ge=1, le=500)
     submitted_at: datetime = Field(default_factory=_now)
-
-    @field_validator("task_id", "session_id", "sandbox_id")
-    @classmethod
-    def _subject_safe(cls, value: str) -> str:
-        return check_token(value)
 
 
 ControlVerb = Literal["pause", "resume", "stop", "takeover", "release"]
 
 
 class ControlCommand(Message):
-    session_id: str
+    session_id: SubjectId
     command: ControlVerb
     sent_at: datetime = Field(default_factory=_now)
 
@@ -91,8 +90,8 @@ class ControlCommand(Message):
 
 
 class _Event(Message):
-    session_id: str
-    task_id: str
+    session_id: SubjectId
+    task_id: SubjectId
     at: datetime = Field(default_factory=_now)
 
 
@@ -264,9 +263,9 @@ class SessionState(Message):
     wants a session's status without replaying its events.
     """
 
-    session_id: str
-    task_id: str
-    sandbox_id: str = "default"
+    session_id: SubjectId
+    task_id: SubjectId
+    sandbox_id: SubjectId = "default"
     prompt: str
     status: SessionStatus
     steps: int = 0

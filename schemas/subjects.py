@@ -1,7 +1,7 @@
 """NATS subject names: the only place they are spelled out.
 
-Subject map (``<sid>`` is a session id, ``<box>`` a sandbox id; both are
-restricted to ``[A-Za-z0-9_-]`` so they never contain NATS wildcards or dots):
+Subject map (``<sid>`` is a session id, ``<box>`` a sandbox id; both match
+:data:`ID_PATTERN`, so they never contain NATS wildcards or dots):
 
 =================================  ==================  =====================================
 subject                            pattern             payload
@@ -19,6 +19,7 @@ subject                            pattern             payload
 from __future__ import annotations
 
 import re
+from typing import Final
 
 TASK_SUBMIT = "agent.task.submit"
 GROUND = "agent.ground"
@@ -43,13 +44,26 @@ DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
 # waits in the queue is seen by the planner that later takes it.
 CONTROLS_STREAM = "AGENT_CONTROLS"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+"""What an id that becomes a subject token (session, task, sandbox) may look like.
+
+The one spelling of the rule: the message schemas carry it as a JSON Schema
+``pattern``, the gateway validates paths and bodies with it, and the web page
+reads it from the served schema. Written so that Python and ECMA-262 (JSON
+Schema, the browser) read it alike.
+"""
+_ID: Final = re.compile(ID_PATTERN)
+
+
+def is_subject_id(value: str) -> bool:
+    # fullmatch: with match, "$" would also accept a trailing newline.
+    return _ID.fullmatch(value) is not None
 
 
 def check_token(value: str) -> str:
     """Reject ids that would change the shape of a subject."""
-    if not _TOKEN.match(value):
-        raise ValueError(f"id {value!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if not is_subject_id(value):
+        raise ValueError(f"id {value!r} must match {ID_PATTERN}")
     return value
 
 

@@ -265,3 +265,19 @@ async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: N
         assert await page.locator(tid("prompt")).input_value() == ""
     finally:
         await sub.unsubscribe()
+
+
+async def test_saved_session_ids_are_checked_with_the_schemas_rule(
+    page: Page, gateway: GatewayProcess
+) -> None:
+    await _signed_in(page, gateway)
+    # The page holds no copy of the id rule: it reads it from the served schema.
+    assert await page.evaluate("window.selfagent.idPattern") == subjects.ID_PATTERN
+
+    for saved, kept in (("kept-session_1", True), ("a.b", False), ("x" * 65, False)):
+        await page.evaluate("(sid) => localStorage.setItem('selfagent.session', sid)", saved)
+        await page.reload()
+        await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+        sid = await page.evaluate("window.selfagent.sessionId")
+        assert (sid == saved) is kept, (saved, sid)
+        assert subjects.is_subject_id(sid)

@@ -15,6 +15,7 @@ const state = {
   steps: new Map(),
   thoughts: new Set(),
   pendingPrompt: null,
+  idPattern: null,
 };
 window.selfagent = state; // for debugging from the console and for tests
 
@@ -372,7 +373,15 @@ async function submit(prompt) {
   }
 }
 
-function init() {
+// Session ids become NATS subject tokens; their rule is served from the
+// message schema (schemas/subjects.py) rather than copied here.
+async function loadIdPattern() {
+  const schema = await api('/api/schemas/TaskSubmitted.json');
+  state.idPattern = schema.properties.session_id.pattern;
+  return new RegExp(state.idPattern);
+}
+
+async function init() {
   const emptyTemplate = timeline().querySelector('.empty');
   emptyTemplate.querySelectorAll('.chip').forEach((chip) => chip.addEventListener('click', () => {
     $('#prompt').value = chip.textContent;
@@ -390,7 +399,15 @@ function init() {
     openSession(newId());
   });
   const saved = localStorage.getItem('selfagent.session');
-  openSession(saved && /^[A-Za-z0-9_-]{1,64}$/.test(saved) ? saved : newId());
+  let validId = () => false;
+  try {
+    const pattern = await loadIdPattern();
+    validId = (id) => pattern.test(id);
+  } catch (err) {
+    // Without the rule a saved id cannot be trusted; a fresh one always fits it.
+    console.warn('could not load the id pattern', err);
+  }
+  openSession(saved && validId(saved) ? saved : newId());
   connectDesktop();
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
@@ -14,16 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.websockets import WebSocketDisconnect
 
 from selfagent.schemas import ControlCommand, SessionState, TaskFinished, TaskSubmitted
-from selfagent.schemas.messages import ControlVerb, TaskStatus
+from selfagent.schemas.export import EXPORTED, json_schema
+from selfagent.schemas.messages import ControlVerb, SubjectId, TaskStatus
+from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 
 from .deps import GatewayDep
 from .hub import Listener
 from .vnc_bridge import bridge
 
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-SessionId = Annotated[
-    str, Path(pattern=ID_PATTERN, description="Session id: 1-64 of [A-Za-z0-9_-]")
-]
+# Ids become NATS subject tokens: the pattern is the schemas' own (subjects.ID_PATTERN).
+SessionId = Annotated[str, Path(pattern=ID_PATTERN, description=f"Session id: {ID_PATTERN}")]
 WS_BAD_REQUEST = 4400
 WS_TRY_AGAIN_LATER = 1013
 
@@ -36,10 +35,8 @@ class _Body(BaseModel):
 
 class TaskRequest(_Body):
     prompt: str = Field(min_length=1, max_length=20_000, description="The instruction")
-    session_id: str | None = Field(
-        default=None,
-        pattern=ID_PATTERN,
-        description="Continue this session; a new one is started when omitted",
+    session_id: SubjectId | None = Field(
+        default=None, description="Continue this session; a new one is started when omitted"
     )
     max_steps: int | None = Field(default=None, ge=1, le=500)
 
@@ -198,6 +195,17 @@ async def takeover_state(gateway: GatewayDep) -> TakeoverInfo:
     return TakeoverInfo(takeover=gateway.takeover.active, session_id=gateway.takeover.session_id)
 
 
+@router.get("/api/schemas/{name}.json", tags=["schemas"])
+async def message_schema(name: str) -> JSONResponse:
+    """The JSON Schema of a bus message, as in ``schemas/json/``.
+
+    The web page reads the id rule from here instead of keeping a copy.
+    """
+    if name not in EXPORTED:
+        raise HTTPException(404, detail=f"no schema {name!r}; one of {', '.join(EXPORTED)}")
+    return JSONResponse(json_schema(name))
+
+
 @router.get("/", include_in_schema=False)
 async def index(gateway: GatewayDep) -> FileResponse:
     page = gateway.settings.ui_dir / "index.html"
@@ -232,8 +240,8 @@ async def ws_events(ws: WebSocket, gateway: GatewayDep) -> None:
     """
     await ws.accept()
     session_id = ws.query_params.get("session_id")
-    if session_id is not None and not re.fullmatch(ID_PATTERN, session_id):
-        await ws.close(WS_BAD_REQUEST, "invalid session_id: use 1-64 of [A-Za-z0-9_-]")
+    if session_id is not None and not is_subject_id(session_id):
+        await ws.close(WS_BAD_REQUEST, f"invalid session_id: it must match {ID_PATTERN}")
         return
     with gateway.hub.listen(session_id=session_id) as listener:
         closed = asyncio.create_task(_wait_disconnect(ws))

@@ -30,6 +30,7 @@ from selfagent.schemas import (
     TaskSubmitted,
     subjects,
 )
+from selfagent.schemas.export import JSON_DIR
 from tests.harness.desktop import Desktop
 
 from .rfbclient import RefusedError, TcpRfbClient, WsRfbClient
@@ -83,7 +84,12 @@ async def test_unauthenticated_requests_are_refused(gateway: GatewayProcess) -> 
         assert 'data-testid="login-form"' in page.text
         assert "rfb.js" not in page.text and "app.js" not in page.text
 
-        for path in ("/ui/app.js", "/novnc/core/rfb.js", "/api/takeover"):
+        for path in (
+            "/ui/app.js",
+            "/novnc/core/rfb.js",
+            "/api/takeover",
+            "/api/schemas/TaskSubmitted.json",
+        ):
             assert (await client.get(path)).status_code == 401, path
 
         api = await client.post("/api/tasks", json={"prompt": "hi"})
@@ -202,6 +208,44 @@ async def test_invalid_control_is_422(gateway: GatewayProcess) -> None:
         assert bad_sid.status_code == 422
         assert "session_id" in bad_sid.json()["message"]
         assert (await client.get("/api/sessions/a%2Ab/events")).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/api/sessions/a.b", None, 422),
+        ("GET", "/api/sessions/a*b/events", None, 422),
+        ("GET", f"/api/sessions/{'x' * 65}", None, 422),
+        # A trailing newline passes re.match with "$"; the one rule refuses it everywhere.
+        ("GET", "/api/sessions/abc%0A/events", None, 422),
+        ("POST", "/api/sessions/a%20b/control", {"command": "stop"}, 422),
+        ("GET", "/api/sessions/a%2Fb/events", None, 404),
+        ("POST", "/api/tasks", {"prompt": "x", "session_id": "abc\n"}, 422),
+        ("POST", "/api/tasks", {"prompt": "x", "session_id": "x" * 65}, 422),
+    ],
+)
+async def test_bad_ids_are_refused(
+    gateway: GatewayProcess, method: str, path: str, body: object, status: int
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as client:
+        response = await client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert "session_id" in response.json()["message"]
+
+
+async def test_the_page_reads_the_id_rule_from_the_schema(gateway: GatewayProcess) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as client:
+        # What ui/app.js fetches at start.
+        served = (await client.get("/api/schemas/TaskSubmitted.json")).json()
+        assert served == json.loads((JSON_DIR / "TaskSubmitted.json").read_text())
+        for field in ("session_id", "task_id", "sandbox_id"):
+            assert served["properties"][field]["pattern"] == subjects.ID_PATTERN
+        assert (await client.get("/api/schemas/Nope.json")).status_code == 404
+    code, reason, _ = await _recv_close(
+        gateway.ws_url + "/ws/events?session_id=abc%0A", additional_headers=gateway.auth
+    )
+    assert code == 4400 and subjects.ID_PATTERN in reason
 
 
 async def test_chat_returns_the_reply(gateway: GatewayProcess, bus: NatsBroker) -> None:
