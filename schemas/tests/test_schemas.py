@@ -53,3 +53,24 @@ def test_ids_cannot_change_subject_shape() -> None:
     with pytest.raises(ValueError):
         subjects.session_event("a*", "message")
     assert subjects.sandbox_act("box-1") == "agent.sandbox.box-1.act"
+
+
+def test_one_id_rule_in_python_and_in_the_exported_schemas() -> None:
+    import json
+
+    for name, fields in (
+        ("TaskSubmitted", ("task_id", "session_id", "sandbox_id")),
+        ("ControlCommand", ("session_id",)),
+        ("SessionState", ("session_id", "task_id", "sandbox_id")),
+    ):
+        schema = json.loads((JSON_DIR / f"{name}.json").read_text())
+        for field in fields:
+            assert schema["properties"][field]["pattern"] == subjects.ID_PATTERN, (name, field)
+    assert subjects.is_subject_id("a" * 64) and not subjects.is_subject_id("a" * 65)
+    # "$" with re.match would let a newline into a subject; both checks refuse it.
+    with pytest.raises(ValueError):
+        subjects.check_token("abc\n")
+    with pytest.raises(ValidationError):
+        TaskSubmitted(prompt="x", session_id="abc\n")
+    with pytest.raises(ValidationError):
+        TaskSubmitted(prompt="x", sandbox_id="a b")
