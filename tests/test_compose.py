@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.harness import prebuild
 from tests.harness.docker import ROOT, compose_command, require_engine, run
 from tests.harness.fakellm import FakeLLM, tool_call
 
@@ -204,6 +205,9 @@ def stack(
     }
     env_file = _env_file(tmp_path_factory.mktemp("stack") / "env", **values)
     project = f"selfagent-e2e-{uuid.uuid4().hex[:8]}"
+    # The images were built in the background while other tests ran; compose
+    # reuses their layers.
+    prebuild.wait_all(timeout=1800)
     started = time.monotonic()
     try:
         _compose(env_file, "-p", project, "up", "-d", "--build", timeout=1800)
