@@ -23,7 +23,6 @@ import re
 TASK_SUBMIT = "agent.task.submit"
 GROUND = "agent.ground"
 
-PLANNER_QUEUE = "planner"
 GROUNDER_QUEUE = "grounder"
 
 SESSION_EVENTS_ALL = "agent.session.*.event.>"
