@@ -80,21 +80,21 @@ async def _serve(
         service = build(settings)
         life = asyncio.create_task(_live(service), name="service")
         stopper = asyncio.create_task(stop_requested.wait(), name="stop-signal")
-        try:
-            await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            life.cancel()
-            await asyncio.wait({life})
-            await service.stop()
-        if not life.cancelled():
-            # The service ended by itself: re-raise what ended it.
-            life.result()
-            raise RuntimeError("the service ended by itself")
-        log.info("stopped")
+        await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # From here on a second signal ends the process the default way, for
+        # whoever does not want to wait for a graceful stop.
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)
+    stopper.cancel()
+    life.cancel()
+    await asyncio.wait({life})
+    await service.stop()
+    if not life.cancelled():
+        # The service ended by itself: re-raise what ended it.
+        life.result()
+        raise RuntimeError("the service ended by itself")
+    log.info("stopped")
 
 
 async def _live(service: Service) -> None:

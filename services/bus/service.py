@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class Service(abc.ABC):
-    """Base of the four services.
+    """Base of every service (and of the gateway's bus side).
 
     Whatever a service acquires (a broker, a VNC link, an HTTP client, a
     background task) is registered on ``self.resources`` as it is created,
@@ -41,6 +41,8 @@ class Service(abc.ABC):
         """Connect and start; register each release on ``self.resources``."""
 
     async def start(self) -> None:
+        self._stopping = False
+        self._failure = None
         try:
             await self._start()
         except BaseException:
@@ -72,7 +74,7 @@ class Service(abc.ABC):
         service has failed instead, and :meth:`wait` raises that error.
         """
         task: asyncio.Task[object] = asyncio.create_task(coro, name=name)
-        self.resources.push_async_callback(cancel_and_wait, task)
+        self.resources.push_async_callback(_cancel_and_wait, task)
         task.add_done_callback(self._fatal_ended if errors_are_fatal else _log_failure)
         return task
 
@@ -97,7 +99,7 @@ def _log_failure(task: asyncio.Task[object]) -> None:
         log.error("background task %s failed", task.get_name(), exc_info=exc)
 
 
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """Cancel a task and wait until it has finished unwinding.
 
     What the task raised was already reported when it ended (see ``spawn``).

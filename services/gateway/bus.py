@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -85,7 +86,7 @@ class GatewayBus(Service):
             return False
         try:
             return bool(self.broker.connection.is_connected)
-        except Exception:
+        except IncorrectState:  # stopped since
             return False
 
     def _require(self) -> None:
