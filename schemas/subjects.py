@@ -24,7 +24,6 @@ from typing import Final
 TASK_SUBMIT = "agent.task.submit"
 GROUND = "agent.ground"
 
-PLANNER_QUEUE = "planner"
 GROUNDER_QUEUE = "grounder"
 
 SESSION_EVENTS_ALL = "agent.session.*.event.>"

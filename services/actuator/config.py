@@ -1,18 +1,16 @@
-"""Actuator settings (env prefix ``ACTUATOR_``; ``NATS_URL`` is shared by all services)."""
+"""Actuator settings (env prefix ``ACTUATOR_``; the NATS URL as for every service)."""
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from selfagent.bus.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ACTUATOR_", env_file=".env", extra="ignore")
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ACTUATOR_")
 
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("ACTUATOR_NATS_URL", "NATS_URL"),
-    )
     sandbox_id: str = "default"
 
     vnc_host: str = "127.0.0.1"

@@ -11,6 +11,9 @@ from .broker import (
     typed_handler,
 )
 from .errors import BusError, InvalidMessage, RemoteError, RequestTimeout, SelfagentError
+from .jetstream import jetstream
+from .service import Service
+from .settings import ServiceSettings
 
 __all__ = [
     "MAX_PAYLOAD",
@@ -19,7 +22,10 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "SelfagentError",
+    "Service",
+    "ServiceSettings",
     "error_reply",
+    "jetstream",
     "make_broker",
     "parse",
     "reject",

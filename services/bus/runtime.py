@@ -1,4 +1,12 @@
-"""What every service's ``main`` shares: logging set-up and waiting for a stop signal."""
+"""The one runner behind every ``python -m selfagent.<service>``.
+
+``run_service(build, Settings)`` configures logging, reads the settings,
+builds the service, starts it, waits for SIGINT or SIGTERM (or for the
+service to fail by itself), and stops it. A service that cannot start
+because of its configuration or its NATS credentials logs one line and
+exits with status 2: retrying cannot help, and a traceback would hide the
+reason.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,21 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from selfagent.errors import BusAuthError, ConfigError
+
+from .service import Service
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+EXIT_CANNOT_START = 2
+EXIT_FAILED = 1
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def configure_logging() -> None:
@@ -15,14 +38,65 @@ def configure_logging() -> None:
     )
 
 
-async def wait_for_shutdown() -> None:
-    """Return on SIGINT or SIGTERM, so the caller can drain and close cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+def load_settings(settings_type: type[SettingsT]) -> SettingsT:
+    """The settings from the environment and ``.env``; a bad value is a :class:`ConfigError`."""
     try:
-        await stop.wait()
+        return settings_type()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def run_service(build: Callable[[SettingsT], Service], settings_type: type[SettingsT]) -> int:
+    """Run one service until a stop signal; the process exit status."""
+    configure_logging()
+    # "selfagent.planner" for selfagent.planner.service.build.
+    log = logging.getLogger(build.__module__.rpartition(".")[0] or build.__module__)
+    try:
+        settings = load_settings(settings_type)
+        asyncio.run(_serve(build, settings, log))
+    except (ConfigError, BusAuthError) as exc:
+        log.error("cannot run: %s", exc)
+        return EXIT_CANNOT_START
+    except Exception:
+        log.exception("stopped by an unexpected error")
+        return EXIT_FAILED
+    return 0
+
+
+async def _serve(
+    build: Callable[[SettingsT], Service], settings: SettingsT, log: logging.Logger
+) -> None:
+    # Handlers first: a signal while start() still waits for NATS must stop
+    # the service cleanly too.
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        service = build(settings)
+        life = asyncio.create_task(_live(service), name="service")
+        stopper = asyncio.create_task(stop_requested.wait(), name="stop-signal")
+        await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # From here on a second signal ends the process the default way, for
+        # whoever does not want to wait for a graceful stop.
+        for sig in _SIGNALS:
             loop.remove_signal_handler(sig)
+    stopper.cancel()
+    life.cancel()
+    await asyncio.wait({life})
+    await service.stop()
+    if not life.cancelled():
+        # The service ended by itself: re-raise what ended it.
+        life.result()
+        raise RuntimeError("the service ended by itself")
+    log.info("stopped")
+
+
+async def _live(service: Service) -> None:
+    await service.start()
+    await service.wait()

@@ -12,6 +12,8 @@ from nats.js.kv import KeyValue
 
 from selfagent.schemas import SessionState, subjects
 
+from .jetstream import jetstream
+
 log = logging.getLogger(__name__)
 
 # Session state is best effort: a broker hiccup must never stall a task.
@@ -19,7 +21,7 @@ TIMEOUT = 2.0
 
 
 async def ensure_bucket(broker: NatsBroker) -> None:
-    js = broker.config.connection_state.stream
+    js = jetstream(broker)
     try:
         await js.key_value(subjects.SESSIONS_BUCKET)
     except BucketNotFoundError:
@@ -36,7 +38,7 @@ async def ensure_bucket(broker: NatsBroker) -> None:
 
 
 async def open_bucket(broker: NatsBroker) -> KeyValue:
-    js = broker.config.connection_state.stream
+    js = jetstream(broker)
     return await asyncio.wait_for(js.key_value(subjects.SESSIONS_BUCKET), TIMEOUT)
 
 

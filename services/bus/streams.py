@@ -10,6 +10,8 @@ from nats.js.errors import BadRequestError
 
 from selfagent.schemas import subjects
 
+from .jetstream import jetstream
+
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
@@ -53,7 +55,7 @@ STREAM_CONFIGS: tuple[StreamConfig, ...] = (
 
 async def ensure_streams(broker: NatsBroker) -> None:
     """Create the streams if missing; an existing stream is left as it is."""
-    js = broker.config.connection_state.stream
+    js = jetstream(broker)
     for config in STREAM_CONFIGS:
         assert config.name is not None
         try:

@@ -1,4 +1,8 @@
-"""The gateway's side of NATS: publishing tasks and commands, following events, history."""
+"""The gateway's side of NATS: publishing tasks and commands, following events, history.
+
+It has the shape of every service (``start``/``stop``, see ``selfagent.bus.service``);
+the web app's lifespan calls both.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from selfagent.bus import make_broker, sessions, start_with_retry, typed_handler
+from selfagent.bus import Service, jetstream, make_broker, sessions, start_with_retry, typed_handler
 from selfagent.bus.streams import ensure_streams
 from selfagent.errors import BusUnavailable
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
@@ -25,21 +30,21 @@ log = logging.getLogger(__name__)
 SERVICE = "gateway"
 
 
-
 @dataclass
 class History:
     events: list[dict[str, Any]]
     truncated: bool
 
 
-class GatewayBus:
+class GatewayBus(Service):
     def __init__(self, settings: Settings, hub: EventHub, takeover: TakeoverState) -> None:
+        super().__init__()
         self.settings = settings
         self.hub = hub
         self.takeover = takeover
         self.broker: NatsBroker = make_broker(settings.nats_url, name=SERVICE)
         self._ready = asyncio.Event()
-        self._starter: asyncio.Task[None] | None = None
+        self.resources.push_async_callback(self.broker.stop)
 
         @self.broker.subscriber(subjects.SESSION_EVENTS_ALL)
         @typed_handler(self.broker, SERVICE, SESSION_EVENT, subjects.SESSION_EVENTS_ALL)
@@ -53,9 +58,10 @@ class GatewayBus:
 
     # --- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Connect in the background: the page and /healthz work while NATS is still down."""
-        self._starter = asyncio.create_task(self._connect(), name="gateway-nats-connect")
+        # Refused credentials end the connecting, and the gateway with it.
+        self.spawn(self._connect(), name="gateway-nats-connect", errors_are_fatal=True)
 
     async def _connect(self) -> None:
         await start_with_retry(self.broker)
@@ -71,14 +77,6 @@ class GatewayBus:
         self._ready.set()
         log.info("connected to NATS at %s", self.settings.nats_url)
 
-    async def stop(self) -> None:
-        if self._starter is not None:
-            self._starter.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._starter
-        with contextlib.suppress(Exception):
-            await self.broker.stop()
-
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
@@ -88,7 +86,7 @@ class GatewayBus:
             return False
         try:
             return bool(self.broker.connection.is_connected)
-        except Exception:
+        except IncorrectState:  # stopped since
             return False
 
     def _require(self) -> None:
@@ -121,7 +119,7 @@ class GatewayBus:
     async def history(self, session_id: str, limit: int) -> History:
         """A session's events in order, read from the JetStream stream."""
         self._require()
-        js = self.broker.connection.jetstream()
+        js = jetstream(self.broker)
         psub = await js.pull_subscribe(
             subjects.session_events(session_id),
             stream=subjects.EVENTS_STREAM,

@@ -1,29 +1,27 @@
-"""Gateway settings, read from the environment (prefix ``GATEWAY_``)."""
+"""Gateway settings (env prefix ``GATEWAY_``; the NATS URL as for every service)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from selfagent.bus.settings import ServiceSettings
 
 # In a source checkout the page lives at the repository's top level; an
 # installed gateway points GATEWAY_UI_DIR at wherever the image copied it.
 _DEFAULT_UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
 
     token: SecretStr = Field(
         default=SecretStr(""),
         validate_default=True,
         validation_alias=AliasChoices("SELFAGENT_TOKEN", "GATEWAY_TOKEN"),
         description="Shared secret every request except /healthz must present.",
-    )
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("NATS_URL", "GATEWAY_NATS_URL"),
     )
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)

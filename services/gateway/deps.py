@@ -1,4 +1,4 @@
-"""What route handlers get injected: one ``Gateway`` per app, built by ``create_app``."""
+"""What route handlers get injected: the one ``Gateway`` of the app (see ``create_app``)."""
 
 from __future__ import annotations
 
@@ -34,14 +34,4 @@ def get_gateway(conn: HTTPConnection) -> Gateway:
     return gateway
 
 
-def get_settings(gateway: Annotated[Gateway, Depends(get_gateway)]) -> Settings:
-    return gateway.settings
-
-
-def get_bus(gateway: Annotated[Gateway, Depends(get_gateway)]) -> GatewayBus:
-    return gateway.bus
-
-
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-BusDep = Annotated[GatewayBus, Depends(get_bus)]

@@ -1,11 +1,13 @@
-"""Grounder settings, from ``GROUNDER_*`` environment variables (and ``NATS_URL``)."""
+"""Grounder settings (env prefix ``GROUNDER_``; the NATS URL as for every service)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from selfagent.bus.settings import ServiceSettings
 
 FamilyName = Literal[
     "auto",
@@ -25,13 +27,9 @@ FamilyName = Literal[
 ]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GROUNDER_", env_file=".env", extra="ignore")
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GROUNDER_")
 
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("NATS_URL", "GROUNDER_NATS_URL"),
-    )
     api_base_url: str = ""
     model: str = ""
     api_key: str = ""

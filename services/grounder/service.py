@@ -1,4 +1,4 @@
-"""Wiring the grounder onto the bus: ``agent.ground`` in the ``grounder`` queue group.
+"""The grounder as a service: ``agent.ground`` in the ``grounder`` queue group.
 
 Replicas share the work through the queue group; each replica also runs up
 to ``GROUNDER_CONCURRENCY`` requests at once (the work is waiting on the
@@ -7,34 +7,57 @@ model endpoint, not CPU), so one slow model call never blocks the others.
 
 from __future__ import annotations
 
-from faststream.nats import NatsBroker
+import logging
 
-from selfagent.bus import make_broker, typed_handler
+from selfagent.bus import Service, make_broker, start_with_retry, typed_handler
 from selfagent.schemas import GroundRequest, GroundResult, subjects
 
+from .canary import run_canary
 from .config import Settings
 from .grounder import Grounder
+
+log = logging.getLogger(__name__)
 
 SERVICE = "grounder"
 
 
-def attach(broker: NatsBroker, grounder: Grounder, concurrency: int) -> None:
-    subscriber = broker.subscriber(
-        subjects.GROUND,
-        queue=subjects.GROUNDER_QUEUE,
-        max_workers=concurrency,
-        title="ground",
-        description="GroundRequest -> GroundResult",
-    )
+class GrounderService(Service):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.broker = make_broker(settings.nats_url, SERVICE)
+        self.grounder = Grounder.from_settings(settings)
+        self.resources.push_async_callback(self.grounder.aclose)
+        self.resources.push_async_callback(self.broker.stop)
+        self._subscribe()
 
-    @subscriber
-    @typed_handler(broker, SERVICE, GroundRequest, subjects.GROUND)
-    async def ground(request: GroundRequest) -> GroundResult:
-        return await grounder.ground(request)
+    def _subscribe(self) -> None:
+        broker, grounder = self.broker, self.grounder
+        subscriber = broker.subscriber(
+            subjects.GROUND,
+            queue=subjects.GROUNDER_QUEUE,
+            max_workers=self.settings.concurrency,
+            title="ground",
+            description="GroundRequest -> GroundResult",
+        )
+
+        @subscriber
+        @typed_handler(broker, SERVICE, GroundRequest, subjects.GROUND)
+        async def ground(request: GroundRequest) -> GroundResult:
+            return await grounder.ground(request)
+
+    async def _start(self) -> None:
+        await start_with_retry(self.broker)
+        log.info(
+            "grounder ready: %s, concurrency %d, NATS %s",
+            self.grounder.method,
+            self.settings.concurrency,
+            self.settings.nats_url,
+        )
+        if self.settings.canary:
+            # In the background: the service answers while the model warms up.
+            self.spawn(run_canary(self.grounder), name="grounder-canary")
 
 
-def build(settings: Settings) -> tuple[NatsBroker, Grounder]:
-    broker = make_broker(settings.nats_url, SERVICE)
-    grounder = Grounder.from_settings(settings)
-    attach(broker, grounder, settings.concurrency)
-    return broker, grounder
+def build(settings: Settings) -> GrounderService:
+    return GrounderService(settings)

@@ -10,16 +10,13 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from selfagent.bus.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PLANNER_", env_file=".env", extra="ignore")
-
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("PLANNER_NATS_URL", "NATS_URL"),
-    )
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PLANNER_")
 
     llm_api_base_url: str = Field(
         default="http://127.0.0.1:8000/v1",

@@ -224,13 +224,13 @@ class TaskRunner:
 
     # --- the loop --------------------------------------------------------------
 
-    async def run(self, resume: SessionState | None = None, handover: bool = False) -> TaskFinished:
+    async def run(self, resume: SessionState | None = None) -> TaskFinished:
         """Run the task to its end.
 
         ``resume`` is the state an interrupted earlier run left (this task
-        was handed over); ``handover`` means that if this planner shuts down
-        mid-task, the task goes back to the queue for another replica rather
-        than ending.
+        was handed over). If this planner shuts down mid-task (cancellation),
+        the task is left for another replica rather than ended: the state
+        says so and the caller gives the task back to the queue.
         """
         started = time.monotonic()
         if resume is not None:
@@ -246,24 +246,15 @@ class TaskRunner:
         except _Finish as finish:
             return await self._finish(finish)
         except asyncio.CancelledError:
-            if handover:
-                await self._save_state("interrupted")
-                await self._emit(
-                    AgentMessage(
-                        role="system",
-                        text=f"The planner stopped after step {self.steps_taken}; "
-                        "another planner will continue this task.",
-                        **self._ids(),
-                    )
+            await self._save_state("interrupted")
+            await self._emit(
+                AgentMessage(
+                    role="system",
+                    text=f"The planner stopped after step {self.steps_taken}; "
+                    "another planner will continue this task.",
+                    **self._ids(),
                 )
-            else:
-                await self._finish(
-                    _Finish(
-                        "stopped",
-                        "The planner shut down during the task.",
-                        ErrorInfo(code=ErrorCode.STOPPED, message="shutdown"),
-                    )
-                )
+            )
             raise
         except Exception as exc:
             log.exception("task %s crashed", self.task.task_id)

@@ -1,19 +1,23 @@
-"""NATS wiring for the planner: take tasks from the queue group, follow controls."""
+"""The planner as a service: take tasks from the work queue, follow controls."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from typing import Literal
 
 from faststream import AckPolicy
 from faststream.nats import NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage as NatsMessageCtx
 from faststream.nats.message import NatsMessage
 from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from selfagent.bus import (
     InvalidMessage,
+    Service,
+    jetstream,
     make_broker,
     parse,
     reject,
@@ -32,8 +36,9 @@ log = logging.getLogger(__name__)
 SERVICE = "planner"
 
 
-class Planner:
+class PlannerService(Service):
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.settings = settings
         self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE)
         self.llm = LLMClient(
@@ -50,13 +55,23 @@ class Planner:
         self.sandboxes: dict[str, str] = {}
         self.running: set[asyncio.Task[object]] = set()
         self.accepting = True
-        self._wire()
+        # Released in reverse: running tasks go back to the queue first.
+        self.resources.push_async_callback(self.llm.close)
+        self.resources.push_async_callback(self.broker.stop)
+        self.resources.push_async_callback(self._give_back_tasks)
+        self._subscribe()
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
         await start_with_retry(self.broker, before_start=prepare)
+        log.info(
+            "planner ready: model %s at %s, %s mode",
+            self.settings.llm_model,
+            self.settings.llm_api_base_url,
+            self.settings.resolved_mode,
+        )
 
-    def _wire(self) -> None:
+    def _subscribe(self) -> None:
         broker = self.broker
 
         # A pull consumer on the tasks work queue: replicas share one durable,
@@ -128,10 +143,7 @@ class Planner:
                 control.apply(command.command)
 
     def start_task(
-        self,
-        task: TaskSubmitted,
-        delivery: NatsMessage | None = None,
-        resume: SessionState | None = None,
+        self, task: TaskSubmitted, delivery: NatsMessage, resume: SessionState | None = None
     ) -> asyncio.Task[object]:
         if task.session_id in self.controls:
             log.warning("session %s already has a running task; stopping it first", task.session_id)
@@ -142,27 +154,20 @@ class Planner:
         runner = TaskRunner(self.broker, self.llm, self.settings, task, control)
 
         async def run() -> object:
-            keep_alive = (
-                asyncio.create_task(self._keep_alive(delivery)) if delivery is not None else None
-            )
+            keep_alive = asyncio.create_task(self._keep_alive(delivery))
             try:
-                result = await runner.run(resume=resume, handover=delivery is not None)
+                result = await runner.run(resume=resume)
             except asyncio.CancelledError:
                 # This planner is shutting down mid-task: give the task back
                 # now, so another replica resumes it without waiting.
-                if delivery is not None:
-                    with contextlib.suppress(Exception):
-                        await delivery.nack()
+                await _settle_delivery(delivery, "nack", task)
                 raise
             finally:
-                if keep_alive is not None:
-                    keep_alive.cancel()
+                keep_alive.cancel()
                 if self.controls.get(task.session_id) is control:
                     del self.controls[task.session_id]
                     self.sandboxes.pop(task.session_id, None)
-            if delivery is not None:
-                with contextlib.suppress(Exception):
-                    await delivery.ack()
+            await _settle_delivery(delivery, "ack", task)
             return result
 
         handle: asyncio.Task[object] = asyncio.create_task(run(), name=f"task-{task.task_id}")
@@ -179,30 +184,62 @@ class Planner:
             except Exception as exc:
                 log.warning("could not extend the task's lease: %s", exc)
 
-    async def stop(self) -> None:
+    async def _give_back_tasks(self) -> None:
         # Stop taking tasks first, so a task given back below is not pulled
         # again by this same, dying replica.
         self.accepting = False
-        with contextlib.suppress(Exception):
+        try:
             await self._task_subscriber.stop()
+        except Exception as exc:
+            log.warning("could not stop the task subscriber cleanly: %s", exc)
         for handle in list(self.running):
             handle.cancel()
         if self.running:
             await asyncio.wait(self.running, timeout=5)
-        await self.broker.stop()
-        await self.llm.close()
+
+
+def build(settings: Settings) -> PlannerService:
+    return PlannerService(settings)
+
+
+async def _settle_delivery(
+    delivery: NatsMessage, how: Literal["ack", "nack"], task: TaskSubmitted
+) -> None:
+    """Acknowledge (done) or give back (nack) a task; a failure only delays that.
+
+    An ack that is lost makes the queue deliver the task again, and the
+    replica that gets it finds it ended in the session state.
+    """
+    try:
+        await (delivery.ack() if how == "ack" else delivery.nack())
+    except Exception as exc:
+        log.warning("could not %s task %s: %s", how, task.task_id, exc)
 
 
 async def stopped_while_queued(broker: NatsBroker, task: TaskSubmitted) -> bool:
-    """Whether the session's latest control, sent after this task, is a stop."""
+    """Whether the session's latest control, sent after this task, is a stop.
+
+    When that cannot be read, the task runs: a stop sent later still reaches it.
+    """
     try:
-        js = broker.config.connection_state.stream
         last = await asyncio.wait_for(
-            js.get_last_msg(subjects.CONTROLS_STREAM, subjects.session_control(task.session_id)),
+            jetstream(broker).get_last_msg(
+                subjects.CONTROLS_STREAM, subjects.session_control(task.session_id)
+            ),
             2.0,
         )
-        command = ControlCommand.model_validate_json(last.data or b"")
+    except NotFoundError:
+        return False  # no control was ever sent for this session
+    except TimeoutError:
+        log.warning("session %s: no answer about its controls in time", task.session_id)
+        return False
     except Exception:
+        log.exception("session %s: could not read its latest control", task.session_id)
+        return False
+    try:
+        command = ControlCommand.model_validate_json(last.data or b"")
+    except ValidationError as exc:
+        log.warning("session %s: unreadable latest control: %s", task.session_id, exc)
         return False
     return command.command == "stop" and command.sent_at >= task.submitted_at
 

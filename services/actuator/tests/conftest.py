@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from selfagent.actuator.config import Settings
-from selfagent.actuator.service import build
+from selfagent.actuator.service import ActuatorService, build
 from selfagent.bus import make_broker
 from selfagent.bus.natsd import EmbeddedNats, free_port
 from tests.harness.desktop import Desktop, start_desktop
@@ -17,7 +17,7 @@ from tests.harness.desktop import Desktop, start_desktop
 @dataclass
 class Running:
     settings: Settings
-    broker: object
+    service: ActuatorService
     client: object
 
 
@@ -46,15 +46,12 @@ async def actuator(nats_server: EmbeddedNats, desktop: Desktop) -> AsyncIterator
         exec_url=f"http://127.0.0.1:{desktop.exec_port}",
         exec_token=desktop.exec_token,
     )
-    broker, vnc, _executor, sandbox = build(settings)
-    await vnc.start()
-    await vnc.wait_ready(15)
-    await broker.start()
+    service = build(settings)
+    await service.start()
+    await service.desktop.wait_ready(15)
     client = make_broker(nats_server.url, "actuator-test-client")
     await client.start()
-    yield Running(settings, broker, client)
+    yield Running(settings, service, client)
     await client.stop()
-    await broker.stop()
-    await vnc.stop()
-    await sandbox.close()
+    await service.stop()
     await asyncio.sleep(0)

@@ -52,9 +52,8 @@ async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
         vnc_password="not-it",
         vnc_wait_for_link=0.5,
     )
-    broker, vnc, _executor, sandbox = build(settings)
-    await vnc.start()
-    await broker.start()
+    service = build(settings)
+    await service.start()
     client = make_broker(nats_server.url, "faults-client")
     await client.start()
     try:
@@ -74,9 +73,7 @@ async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
             assert "not executed" in str(act_error.value)
     finally:
         await client.stop()
-        await broker.stop()
-        await vnc.stop()
-        await sandbox.close()
+        await service.stop()
 
 
 async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> None:
@@ -88,10 +85,9 @@ async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> Non
         vnc_password=desktop.password,
         vnc_wait_for_link=0.5,
     )
-    broker, vnc, _executor, sandbox = build(settings)
-    await vnc.start()
-    await vnc.wait_ready(15)
-    await broker.start()
+    service = build(settings)
+    await service.start()
+    await service.desktop.wait_ready(15)
     client = make_broker(nats_server.url, "restart-client")
     await client.start()
     try:
@@ -132,7 +128,5 @@ async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> Non
         assert location.startswith("x:50 y:60"), location
     finally:
         await client.stop()
-        await broker.stop()
-        await vnc.stop()
-        await sandbox.close()
+        await service.stop()
         desktop.stop()

@@ -64,11 +64,10 @@ async def grounder_service(nats: EmbeddedNats, fake: FakeLLM) -> AsyncIterator[G
         canary=False,
         concurrency=4,
     )
-    broker, grounder = build(settings)
-    await broker.start()
-    yield grounder
-    await broker.stop()
-    await grounder.aclose()
+    service = build(settings)
+    await service.start()
+    yield service.grounder
+    await service.stop()
 
 
 async def ground(client: NatsBroker, **kwargs: Any) -> GroundResult:

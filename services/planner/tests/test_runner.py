@@ -27,7 +27,7 @@ from selfagent.bus.natsd import EmbeddedNats
 from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings
-from selfagent.planner.service import Planner
+from selfagent.planner.service import PlannerService, build
 from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
 from selfagent.schemas.subjects import SESSIONS_BUCKET
 from tests.harness.desktop import Desktop, start_desktop
@@ -83,7 +83,7 @@ def vlm() -> Iterator[FakeLLM]:
 async def services(
     nats_server: EmbeddedNats, desktop: Desktop, vlm: FakeLLM
 ) -> AsyncIterator[None]:
-    broker, vnc, _executor, sandbox = build_actuator(
+    actuator = build_actuator(
         ActuatorSettings(
             nats_url=nats_server.url,
             sandbox_id=SANDBOX,
@@ -91,10 +91,9 @@ async def services(
             vnc_password=desktop.password,
         )
     )
-    await vnc.start()
-    await vnc.wait_ready(15)
-    await broker.start()
-    grounder_broker, grounder = build_grounder(
+    await actuator.start()
+    await actuator.desktop.wait_ready(15)
+    grounder = build_grounder(
         GrounderSettings(
             nats_url=nats_server.url,
             api_base_url=vlm.base_url,
@@ -106,19 +105,16 @@ async def services(
             canary=False,
         )
     )
-    await grounder_broker.start()
+    await grounder.start()
     yield
-    await grounder_broker.stop()
-    await grounder.aclose()
-    await broker.stop()
-    await vnc.stop()
-    await sandbox.close()
+    await grounder.stop()
+    await actuator.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def planner(
     nats_server: EmbeddedNats, llm: FakeLLM, services: None
-) -> AsyncIterator[Planner]:
+) -> AsyncIterator[PlannerService]:
     settings = Settings(
         nats_url=nats_server.url,
         llm_api_base_url=llm.base_url,
@@ -132,21 +128,21 @@ async def planner(
         act_timeout=15.0,
         max_wall_seconds=120.0,
     )
-    service = Planner(settings)
+    service = build(settings)
     await service.start()
     yield service
     await service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def bus(nats_server: EmbeddedNats, planner: Planner) -> AsyncIterator[NatsClient]:
+async def bus(nats_server: EmbeddedNats, planner: PlannerService) -> AsyncIterator[NatsClient]:
     client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.3)
     yield client
     await client.close()
 
 
 @pytest.fixture
-def fresh(llm: FakeLLM, vlm: FakeLLM, planner: Planner) -> Iterator[Planner]:
+def fresh(llm: FakeLLM, vlm: FakeLLM, planner: PlannerService) -> Iterator[PlannerService]:
     """Clean scripts, and the planner's settings back as they were after the test."""
     llm.reset()
     vlm.reset(default=REFUSE)
@@ -277,7 +273,7 @@ async def wait_requests(fake: FakeLLM, count: int, timeout: float = 20.0) -> Non
 
 
 async def test_context_keeps_recent_screenshots_and_older_steps_as_text(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     keep = fresh.settings.keep_screenshots
     assert keep == 3
@@ -313,7 +309,7 @@ async def test_context_keeps_recent_screenshots_and_older_steps_as_text(
 
 
 async def test_429_with_retry_after_is_retried_then_succeeds(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     llm.push(
         {"status": 429, "headers": {"Retry-After": "0.5"}, "body": {"error": {"message": "slow"}}},
@@ -326,7 +322,7 @@ async def test_429_with_retry_after_is_retried_then_succeeds(
     await assert_serving(bus, llm)
 
 
-async def test_500_is_retried(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_500_is_retried(fresh: PlannerService, llm: FakeLLM, bus: NatsClient) -> None:
     llm.push(
         {"status": 500, "body": {"error": {"message": "model crashed"}}},
         computer(action="done", message="after the 500"),
@@ -338,7 +334,7 @@ async def test_500_is_retried(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> 
 
 
 async def test_500_every_time_fails_with_the_server_error(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     boom = {"status": 503, "body": {"error": {"message": "overloaded"}}}
     llm.push(boom, boom)
@@ -350,7 +346,7 @@ async def test_500_every_time_fails_with_the_server_error(
 
 
 async def test_hang_past_the_timeout_fails_naming_the_timeout(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     hang = {"delay": 4.0, **DONE}
     llm.push(hang, hang)
@@ -367,7 +363,9 @@ async def test_hang_past_the_timeout_fails_naming_the_timeout(
     await assert_serving(bus, llm)
 
 
-async def test_truncated_body_is_retried(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_truncated_body_is_retried(
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
+) -> None:
     llm.push(
         {"raw": b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"ind'},
         computer(action="done", message="after the truncation"),
@@ -383,7 +381,7 @@ async def test_truncated_body_is_retried(fresh: Planner, llm: FakeLLM, bus: Nats
 
 
 async def test_unknown_tool_and_action_are_told_to_the_model(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     llm.push(
         tool_call("frobnicate", {"level": 11}),
@@ -402,7 +400,7 @@ async def test_unknown_tool_and_action_are_told_to_the_model(
 
 
 async def test_off_screen_is_told_then_fails_after_max_invalid_replies(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     off = computer(action="click", x=5000, y=10)
     llm.push(off, off, off, DONE)
@@ -418,7 +416,7 @@ async def test_off_screen_is_told_then_fails_after_max_invalid_replies(
 
 
 async def test_grounder_not_found_is_told_to_the_model(
-    fresh: Planner, llm: FakeLLM, vlm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, vlm: FakeLLM, bus: NatsClient
 ) -> None:
     llm.push(
         computer(action="click", target="the purple unicorn button"),
@@ -438,7 +436,7 @@ async def test_grounder_not_found_is_told_to_the_model(
 # --- budgets ------------------------------------------------------------------
 
 
-async def test_step_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_step_budget(fresh: PlannerService, llm: FakeLLM, bus: NatsClient) -> None:
     llm.reset(default=computer(action="move", x=300, y=300))
     outcome = await run_task(bus, max_steps=2)
     assert outcome.finished["status"] == "failed"
@@ -448,7 +446,7 @@ async def test_step_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> Non
     await assert_serving(bus, llm)
 
 
-async def test_wall_time_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_wall_time_budget(fresh: PlannerService, llm: FakeLLM, bus: NatsClient) -> None:
     fresh.settings = fresh.settings.model_copy(update={"max_wall_seconds": 2.5})
     llm.reset(default={"delay": 0.8, **computer(action="move", x=300, y=300)})
     outcome = await run_task(bus)
@@ -460,7 +458,7 @@ async def test_wall_time_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -
 
 
 async def test_wall_time_budget_also_bounds_a_model_call(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     fresh.settings = fresh.settings.model_copy(update={"max_wall_seconds": 1.0})
     llm.push({"delay": 1.8, **DONE})
@@ -471,7 +469,7 @@ async def test_wall_time_budget_also_bounds_a_model_call(
     await assert_serving(bus, llm)
 
 
-async def test_token_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_token_budget(fresh: PlannerService, llm: FakeLLM, bus: NatsClient) -> None:
     # The scripted server reports 120 tokens per call; model_copy skips the
     # production floor on purpose so the budget runs out in three calls.
     fresh.settings = fresh.settings.model_copy(update={"max_tokens_per_task": 300})
@@ -491,7 +489,7 @@ async def test_token_budget(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> No
 
 
 async def test_stop_during_a_model_call_ends_the_task_without_acting(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     llm.push({"delay": 5.0, **computer(action="move", x=400, y=400)})
     running = await submit(bus)
@@ -508,7 +506,7 @@ async def test_stop_during_a_model_call_ends_the_task_without_acting(
 
 
 async def test_pause_and_resume_take_effect_between_steps(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
     llm.push(
         {"delay": 1.0, **computer(action="move", x=500, y=300)},
@@ -538,7 +536,7 @@ async def test_pause_and_resume_take_effect_between_steps(
     assert "paused or took over" in last_text(llm.requests[1])
 
 
-async def test_takeover_and_release(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_takeover_and_release(fresh: PlannerService, llm: FakeLLM, bus: NatsClient) -> None:
     llm.push(
         {"delay": 1.0, **computer(action="move", x=500, y=300)},
         computer(action="done", message="back in control"),
@@ -554,7 +552,7 @@ async def test_takeover_and_release(fresh: Planner, llm: FakeLLM, bus: NatsClien
     assert outcome.finished["reply"] == "back in control"
 
 
-async def test_stop_while_paused(fresh: Planner, llm: FakeLLM, bus: NatsClient) -> None:
+async def test_stop_while_paused(fresh: PlannerService, llm: FakeLLM, bus: NatsClient) -> None:
     llm.push({"delay": 1.0, **computer(action="move", x=500, y=300)}, DONE)
     running = await submit(bus)
     await wait_requests(llm, 1)
@@ -571,7 +569,7 @@ async def test_stop_while_paused(fresh: Planner, llm: FakeLLM, bus: NatsClient) 
 
 
 async def test_broker_restart_mid_task(
-    fresh: Planner, llm: FakeLLM, bus: NatsClient, nats_server: EmbeddedNats
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient, nats_server: EmbeddedNats
 ) -> None:
     llm.push(
         # Under the 2 s per-call timeout, so the reply is not retried.

@@ -1,0 +1,54 @@
+"""A minimal service for the runner's tests: ``PROBE_FAIL`` says how its start goes.
+
+Run as a script (``python runner_probe.py``), exactly as ``python -m
+selfagent.<service>`` runs a real one. Prints ``released`` when ``stop()``
+releases what it registered, and ``ready`` once started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from pydantic_settings import SettingsConfigDict
+
+from selfagent.bus import Service, ServiceSettings
+from selfagent.bus.runtime import run_service
+from selfagent.errors import BusAuthError, ConfigError
+
+
+class ProbeSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PROBE_")
+
+    fail: str = ""
+
+
+class Probe(Service):
+    def __init__(self, settings: ProbeSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.resources.callback(print, "released", flush=True)
+
+    async def _start(self) -> None:
+        match self.settings.fail:
+            case "auth":
+                raise BusAuthError("nats: authorization violation")
+            case "config":
+                raise ConfigError("PROBE_SOMETHING must be set")
+            case "bug":
+                raise ZeroDivisionError("a bug")
+            case "auth-later":
+                self.spawn(self._refused_later(), name="connect", errors_are_fatal=True)
+        print("ready", flush=True)
+
+    async def _refused_later(self) -> None:
+        await asyncio.sleep(0.5)
+        raise BusAuthError("nats: authorization violation")
+
+
+def build(settings: ProbeSettings) -> Probe:
+    return Probe(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(run_service(build, ProbeSettings))
