@@ -9,8 +9,14 @@ cd "$ROOT"
 scripts/setup.sh
 
 echo "== ruff"
-.venv/bin/ruff check schemas services tests bench
-echo "== mypy --strict (schemas, services)"
+.venv/bin/ruff check schemas services sandbox tests bench scripts
+echo "== mypy --strict (schemas, services, the sandbox's exec endpoint)"
 PYTHON=.venv/bin/python scripts/typecheck.sh
 echo "== pytest"
-exec .venv/bin/python -m pytest "$@"
+# Most tests wait on desktops, brokers and model replies rather than compute,
+# so several workers overlap those waits (SELFAGENT_TEST_WORKERS=0: none).
+WORKERS="${SELFAGENT_TEST_WORKERS:-3}"
+PARALLEL=""
+[ "$WORKERS" != "0" ] && PARALLEL="-n $WORKERS --dist loadgroup"
+# shellcheck disable=SC2086
+exec .venv/bin/python -m pytest $PARALLEL --durations=15 "$@"

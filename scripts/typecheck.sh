@@ -1,5 +1,8 @@
 #!/bin/sh
-# mypy --strict over schemas/ and services/ under their import names.
+# mypy over everything that ships and everything that tests it:
+#   --strict   schemas/ and services/ under their import names, and the
+#              sandbox's exec endpoint (standard library only);
+#   checked    the tests and benchmarks (less strict, see pyproject.toml).
 # The package-dir mapping (selfagent -> services, selfagent.schemas -> schemas)
 # is invisible to mypy, so present the same tree through symlinks.
 set -eu
@@ -11,4 +14,13 @@ for entry in "$ROOT"/services/*; do
 done
 ln -s "$ROOT/schemas" "$TREE/selfagent/schemas"
 cd "$ROOT"
-MYPYPATH="$TREE" exec "${PYTHON:-python}" -m mypy --config-file pyproject.toml -p selfagent "$@"
+PY="$(command -v "${PYTHON:-python}")"
+case "$PY" in /*) ;; *) PY="$ROOT/$PY" ;; esac
+MYPYPATH="$TREE" "$PY" -m mypy --config-file pyproject.toml -p selfagent "$@"
+"$PY" -m mypy --config-file pyproject.toml sandbox/exec_server.py
+# The tests of each service, under their import names, plus tests/ and bench/.
+TESTS="$(cd "$TREE" && find -L selfagent -path '*/tests/*.py' | sort)"
+# shellcheck disable=SC2086
+(cd "$TREE" && MYPYPATH="$ROOT" "$PY" -m mypy --config-file "$ROOT/pyproject.toml" \
+    --cache-dir "$ROOT/.mypy_cache" $TESTS)
+MYPYPATH="$TREE" "$PY" -m mypy --config-file pyproject.toml tests bench

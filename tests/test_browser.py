@@ -22,6 +22,7 @@ from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
 from selfagent.schemas import (
     AgentMessage,
     ControlCommand,
+    SessionEvent,
     ShellAction,
     StepExecuted,
     StepPlanned,
@@ -212,7 +213,7 @@ async def test_timeline_shows_events_live_and_after_reload(
     await _signed_in(page, gateway)
     sid = await page.evaluate("window.selfagent.sessionId")
     shell = ShellAction(command="df -h /")
-    events = [
+    events: list[SessionEvent] = [
         TaskStarted(session_id=sid, task_id="t1", prompt="How full is the disk?"),
         StepPlanned(session_id=sid, task_id="t1", step=1, action=shell, thought="Ask df."),
         StepExecuted(

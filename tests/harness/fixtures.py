@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -14,15 +15,48 @@ from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.docker import SKIP_ENV, engine_available
 
 
-@pytest.hookimpl(trylast=True)
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class _DockerLast:
+    """Without xdist, Docker tests run last so that the builds overlap the rest."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        docker = [item for item in items if item.get_closest_marker("docker")]
+        items[:] = [item for item in items if not item.get_closest_marker("docker")] + docker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") == "no":
+        config.pluginmanager.register(_DockerLast(), "selfagent-docker-last")
+    # One status directory for the whole run, made before xdist starts its
+    # workers so that they all inherit it.
+    if not _is_xdist_worker(config) and prebuild.DIR_ENV not in os.environ:
+        os.environ[prebuild.DIR_ENV] = tempfile.mkdtemp(prefix="selfagent-prebuild-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _is_xdist_worker(config):
+        prebuild.stop_builder()
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Docker tests last, with their images built in the background meanwhile
-    (see tests/harness/prebuild.py)."""
+    """Start the image builds as soon as a Docker test is collected. With
+    xdist (`--dist loadgroup`), keep each test file on one worker (its module
+    fixtures start a desktop or a stack once) and every Docker test on one
+    worker, which waits for the builds while the others run everything else."""
     docker = [item for item in items if item.get_closest_marker("docker")]
-    if not docker or os.environ.get(SKIP_ENV) == "1" or engine_available() is not None:
-        return
-    prebuild.start()
-    items[:] = [item for item in items if not item.get_closest_marker("docker")] + docker
+    if docker and os.environ.get(SKIP_ENV) != "1" and engine_available() is None:
+        prebuild.ensure_started()
+    if config.getoption("dist", "no") == "loadgroup":
+        for item in items:
+            if not item.get_closest_marker("xdist_group"):
+                docker_test = item.get_closest_marker("docker") is not None
+                group = "docker" if docker_test else item.nodeid.split("::")[0]
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from faststream.nats import NatsBroker
 
 from selfagent.actuator.config import Settings
 from selfagent.actuator.service import build
@@ -25,10 +26,10 @@ from tests.harness.desktop import Desktop, start_desktop
 pytestmark = pytest.mark.desktop
 
 
-async def _observe(client: object, sandbox: str, timeout: float = 10) -> Observation:
+async def _observe(client: NatsBroker, sandbox: str, timeout: float = 10) -> Observation:
     return await request(
         client,
-        subjects.sandbox_observe(sandbox),  # type: ignore[arg-type]
+        subjects.sandbox_observe(sandbox),
         ObserveRequest(),
         Observation,
         timeout=timeout,

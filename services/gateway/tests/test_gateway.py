@@ -124,7 +124,7 @@ async def test_ws_from_another_site_is_refused(gateway: GatewayProcess) -> None:
     code, _, data = await _recv_close(
         gateway.ws_url + "/ws/events",
         additional_headers=gateway.auth,
-        origin="http://evil.invalid",  # type: ignore[arg-type]
+        origin="http://evil.invalid",
     )
     assert code == 1008 and data == []
 

@@ -1,6 +1,7 @@
 import pytest
 
-from selfagent.grounder.resize import ResizeError, fit_within, smart_resize
+from selfagent.errors import ResizeError
+from selfagent.grounder.resize import fit_within, smart_resize
 
 
 def test_qwen25_defaults_full_hd() -> None:

@@ -203,7 +203,7 @@ class Running:
         return [e["kind"] for e in self.events]
 
     async def control(self, command: str) -> None:
-        message = ControlCommand(session_id=self.task.session_id, command=command)  # type: ignore[arg-type]
+        message = ControlCommand(session_id=self.task.session_id, command=command)
         await self.bus.publish(
             subjects.session_control(self.task.session_id), message.model_dump_json().encode()
         )
