@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from selfagent.errors import RFBError, VncAuthFailed, VncRefused
 
 from ._auth import CHALLENGE_SIZE, vnc_auth_response
-from ._caps import MAX_NAME, MAX_REASON, check_screen
+from ._caps import MAX_NAME, MAX_REASON, check, check_screen
 from ._protocol import (
     SEC_INVALID,
     SEC_NONE,
@@ -128,9 +128,10 @@ async def _handshake(
 
     writer.write(b"\x01" if shared else b"\x00")  # ClientInit
     await writer.drain()
-    head = await reader.readexactly(24)
+    head = await reader.readexactly(24)  # size, pixel format, name length
     width, height = check_screen(*struct.unpack(">HH", head[:4]))
-    name = await read_capped(reader, "desktop name", MAX_NAME)
+    (name_length,) = struct.unpack(">I", head[20:24])
+    name = await reader.readexactly(check("desktop name", name_length, MAX_NAME))
     return Handshake(
         server_version=server_version,
         version=version,
