@@ -104,6 +104,7 @@ async def _handshake(
         offered = tuple(await reader.readexactly(count))
         security = choose_security(offered, password)
         writer.write(bytes([security]))
+        await writer.drain()
     else:
         security = await read_u32(reader)
         if security == SEC_INVALID:
@@ -116,7 +117,7 @@ async def _handshake(
     if security == SEC_VNC_AUTH:
         challenge = await reader.readexactly(CHALLENGE_SIZE)
         writer.write(vnc_auth_response(password, challenge))
-    await writer.drain()
+        await writer.drain()
 
     # SecurityResult: always after VncAuth, after None only from 3.8 on.
     has_result = security == SEC_VNC_AUTH or version >= (3, 8)

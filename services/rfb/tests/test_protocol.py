@@ -46,10 +46,29 @@ def test_vnc_auth_response_rejects_a_short_challenge() -> None:
         vnc_auth_response("x", b"\0" * 8)
 
 
+class _SendOnDrain:
+    """A writer that sends only on drain, as the WebSocket adapters do.
+
+    Over it, a handshake that reads before draining what it wrote waits forever.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+
+    async def drain(self) -> None:
+        self.writer.write(bytes(self.pending))
+        self.pending.clear()
+        await self.writer.drain()
+
+
 async def _login(port: int, password: str | None) -> Handshake:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        return await asyncio.wait_for(client_handshake(reader, writer, password), 5)
+        return await asyncio.wait_for(client_handshake(reader, _SendOnDrain(writer), password), 5)
     finally:
         writer.close()
 
