@@ -25,7 +25,8 @@ anything else that escapes is a bug. The tree::
     │   └── OCRError                tesseract failed
     ├── DesktopError                the sandbox desktop and its servers
     │   ├── RFBError                the VNC connection failed or broke the protocol
-    │   │   └── VncAuthFailed       the VNC server refused the password
+    │   │   ├── VncAuthFailed       the VNC server refused the password
+    │   │   └── VncRefused          the VNC server turned the connection away, saying why
     │   ├── DesktopUnavailable      the desktop cannot be reached right now
     │   └── SandboxExecError        the exec/file endpoint failed or refused
     │       ├── SandboxNotFound     no such file
@@ -69,6 +70,7 @@ __all__ = [
     "UnknownKey",
     "VLMError",
     "VncAuthFailed",
+    "VncRefused",
 ]
 
 
@@ -209,6 +211,14 @@ class RFBError(DesktopError):
 
 class VncAuthFailed(RFBError):
     """The VNC server refused the password (or offered no security type we accept)."""
+
+
+class VncRefused(RFBError):
+    """The VNC server refused the connection before security; ``reason`` is its text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the VNC server refused the connection: {reason}")
+        self.reason = reason
 
 
 class DesktopUnavailable(DesktopError):

@@ -17,13 +17,12 @@ from abc import ABC, abstractmethod
 from PIL import Image
 
 from selfagent.errors import DesktopUnavailable, RFBError
+from selfagent.rfb import BUTTON_BITS, WHEEL_BITS, RFBClient
 from selfagent.schemas import ImageFormat
 
 from .keys import char_keysym
-from .rfb import BUTTON_BITS, WHEEL_BITS, RFBClient
 
 log = logging.getLogger(__name__)
-
 
 
 class Desktop(ABC):

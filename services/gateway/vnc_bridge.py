@@ -11,11 +11,17 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from selfagent.errors import RFBError
+from selfagent.errors import RFBError, VncAuthFailed
+from selfagent.rfb import (
+    PROTOCOL_38,
+    ClientMessageFilter,
+    client_handshake,
+    refusal,
+    server_handshake,
+)
 
 from .config import Settings
 from .hub import TakeoverState
-from .rfb import PROTOCOL_38, SEC_NONE, ClientMessageFilter, client_handshake, refusal
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +51,17 @@ class BridgeStats:
     started: float = field(default_factory=time.monotonic)
 
 
-class _BrowserReader:
-    """Reads exact byte counts from WebSocket messages, which noVNC may split or merge."""
+class _BrowserStream:
+    """The browser's WebSocket as the byte stream the RFB code reads and writes.
+
+    Reads take exact byte counts from messages, which noVNC may split or
+    merge; each drain sends what was written as one message.
+    """
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.buf = bytearray()
+        self._out = bytearray()
 
     async def message(self) -> bytes:
         msg = await self.ws.receive()
@@ -68,6 +79,13 @@ class _BrowserReader:
         del self.buf[:size]
         return out
 
+    def write(self, data: bytes) -> None:
+        self._out += data
+
+    async def drain(self) -> None:
+        data, self._out = bytes(self._out), bytearray()
+        await self.ws.send_bytes(data)
+
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     # A close reason may hold at most 123 bytes.
@@ -75,7 +93,7 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
         await ws.close(code, reason.encode()[:120].decode(errors="ignore"))
 
 
-async def _refuse(ws: WebSocket, reader: _BrowserReader, reason: str) -> None:
+async def _refuse(ws: WebSocket, reader: _BrowserStream, reason: str) -> None:
     """Tell noVNC why in its own protocol (it shows the reason), then close."""
     log.warning("VNC bridge refused: %s", reason)
     with contextlib.suppress(Exception):
@@ -89,7 +107,7 @@ async def bridge(
     ws: WebSocket, settings: Settings, takeover: TakeoverState, stats: BridgeStats
 ) -> None:
     await ws.accept()
-    browser = _BrowserReader(ws)
+    browser = _BrowserStream(ws)
     target = f"{settings.vnc_host}:{settings.vnc_port}"
     try:
         tcp_reader, tcp_writer = await asyncio.wait_for(
@@ -111,14 +129,14 @@ async def bridge(
             # Pointer and key messages are tiny; Nagle would hold them back.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            server_init = await asyncio.wait_for(
+            login = await asyncio.wait_for(
                 client_handshake(tcp_reader, tcp_writer, settings.vnc_password.get_secret_value()),
                 settings.vnc_connect_timeout,
             )
-        except (RFBError, asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
+        except (RFBError, OSError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
-            if isinstance(exc, asyncio.IncompleteReadError):
-                detail = "the VNC server closed the connection during the handshake"
+            if isinstance(exc, VncAuthFailed):
+                detail += " (check GATEWAY_VNC_PASSWORD)"
             elif isinstance(exc, TimeoutError):
                 detail = "the VNC server did not complete the handshake in time"
             stats.last_error = f"VNC server {target}: {detail}"
@@ -126,8 +144,9 @@ async def bridge(
             return
 
         try:
+            # No authentication towards the browser: the gateway token already admitted it.
             await asyncio.wait_for(
-                _serve_browser(ws, browser, server_init.encode()), BROWSER_HANDSHAKE_TIMEOUT
+                server_handshake(browser, browser, login.server_init), BROWSER_HANDSHAKE_TIMEOUT
             )
         except (RFBError, TimeoutError) as exc:
             await _close(ws, WS_PROTOCOL_ERROR, f"RFB handshake with the browser failed: {exc}")
@@ -143,29 +162,9 @@ async def bridge(
             await tcp_writer.wait_closed()
 
 
-async def _serve_browser(ws: WebSocket, browser: _BrowserReader, server_init: bytes) -> None:
-    """Play an RFB server with no authentication: the gateway token already admitted the browser."""
-    await ws.send_bytes(PROTOCOL_38)
-    version = await browser.readexactly(12)
-    if not version.startswith(b"RFB 003."):
-        raise RFBError(f"not an RFB client (greeting {version!r})")
-    minor = int(version[8:11]) if version[8:11].isdigit() else 0
-    if minor >= 7:
-        await ws.send_bytes(bytes([1, SEC_NONE]))
-        (choice,) = await browser.readexactly(1)
-        if choice != SEC_NONE:
-            raise RFBError(f"client chose security type {choice}, only None is offered")
-        if minor >= 8:
-            await ws.send_bytes(b"\x00\x00\x00\x00")
-    else:
-        await ws.send_bytes(SEC_NONE.to_bytes(4, "big"))
-    await browser.readexactly(1)  # ClientInit; the upstream connection is always shared
-    await ws.send_bytes(server_init)
-
-
 async def _relay(
     ws: WebSocket,
-    browser: _BrowserReader,
+    browser: _BrowserStream,
     tcp_reader: asyncio.StreamReader,
     tcp_writer: asyncio.StreamWriter,
     takeover: TakeoverState,

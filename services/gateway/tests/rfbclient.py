@@ -1,7 +1,8 @@
 """A minimal RFB client over the gateway's WebSocket, for tests.
 
-It speaks just enough RFB 3.8 (security None, Raw encoding, 32-bit pixels)
-to read real framebuffer pixels through ``/ws/vnc`` and send pointer events.
+It logs in with the package's own handshake (``selfagent.rfb``), asks for
+Raw encoding and 32-bit pixels, reads real framebuffer pixels through
+``/ws/vnc`` and sends pointer events.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from selfagent.gateway.rfb import client_handshake
-
-
-class RefusedError(Exception):
-    pass
+from selfagent.rfb import (
+    ENCODING_RAW,
+    SEC_NONE,
+    Handshake,
+    client_handshake,
+    pointer_event,
+    set_encodings,
+    set_pixel_format,
+    update_request,
+)
 
 
 @dataclass
@@ -28,6 +34,7 @@ class WsRfbClient:
     height: int = 0
     name: str = ""
     pixels: bytearray = field(default_factory=bytearray)
+    _out: bytearray = field(default_factory=bytearray)
 
     @classmethod
     async def open(cls, url: str, headers: dict[str, str], **kw: Any) -> WsRfbClient:
@@ -51,35 +58,33 @@ class WsRfbClient:
         del self.buf[:size]
         return out
 
-    async def _handshake(self) -> None:
-        await self._security()
-        head = await self.read(24)
-        self.width, self.height = struct.unpack(">HH", head[:4])
-        (name_len,) = struct.unpack(">I", head[20:24])
-        self.name = (await self.read(name_len)).decode(errors="replace")
-        self.pixels = bytearray(self.width * self.height * 4)
-        # 32 bpp, depth 24, little endian, true colour, BGRX byte order.
-        pixel_format = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
-        await self.send(b"\x00\x00\x00\x00" + pixel_format)
-        await self.send(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw only
+    # The byte-stream interface client_handshake reads and writes.
+    async def readexactly(self, size: int) -> bytes:
+        return await self.read(size)
 
-    async def _security(self) -> None:
-        version = await self.read(12)
-        assert version == b"RFB 003.008\n", version
-        await self.send(b"RFB 003.008\n")
-        (count,) = await self.read(1)
-        if count == 0:
-            (length,) = struct.unpack(">I", await self.read(4))
-            raise RefusedError((await self.read(length)).decode())
-        types = await self.read(count)
-        assert types == b"\x01", f"gateway should offer only None, offered {list(types)}"
-        await self.send(b"\x01")
-        (result,) = struct.unpack(">I", await self.read(4))
-        assert result == 0
-        await self.send(b"\x01")
+    def write(self, data: bytes) -> None:
+        self._out += data
+
+    async def drain(self) -> None:
+        data, self._out = bytes(self._out), bytearray()
+        await self.send(data)
+
+    async def _handshake(self) -> None:
+        init = (await self._login()).server_init
+        self.width, self.height = init.width, init.height
+        self.name = init.name.decode(errors="replace")
+        self.pixels = bytearray(self.width * self.height * 4)
+        await self.send(set_pixel_format())  # BGRX
+        await self.send(set_encodings([ENCODING_RAW]))
+
+    async def _login(self) -> Handshake:
+        login = await client_handshake(self, self, password=None)
+        assert login.server_version == (3, 8), login.server_version
+        assert login.offered == (SEC_NONE,), f"gateway should offer only None, offered {login}"
+        return login
 
     async def request_update(self, incremental: bool = False) -> None:
-        await self.send(struct.pack(">BBHHHH", 3, int(incremental), 0, 0, self.width, self.height))
+        await self.send(update_request(self.width, self.height, incremental))
 
     async def read_update(self) -> int:
         """Read server messages until one framebuffer update was applied; returns its rects."""
@@ -112,7 +117,7 @@ class WsRfbClient:
         return r, g, b
 
     async def pointer(self, x: int, y: int, buttons: int = 0) -> None:
-        await self.send(struct.pack(">BBHH", 5, buttons, x, y))
+        await self.send(pointer_event(x, y, buttons))
 
     async def close(self) -> None:
         await self.ws.close()
@@ -120,7 +125,7 @@ class WsRfbClient:
 
 @dataclass
 class TcpRfbClient(WsRfbClient):
-    """The same client straight to a VNC server, logging in with the gateway's own code.
+    """The same client straight to a VNC server (with its password).
 
     Gives tests a reference framebuffer that does not pass through the bridge.
     """
@@ -136,11 +141,8 @@ class TcpRfbClient(WsRfbClient):
         await client._handshake()
         return client
 
-    async def _security(self) -> None:
-        assert self.reader is not None and self.writer is not None
-        init = await client_handshake(self.reader, self.writer, self.password)
-        # Hand ServerInit back to the shared parser in _handshake.
-        self.buf[:0] = init.encode()
+    async def _login(self) -> Handshake:
+        return await client_handshake(self, self, self.password)
 
     async def _more(self) -> None:
         assert self.reader is not None

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from selfagent.bus.natsd import EmbeddedNats, free_port
+from selfagent.errors import VncRefused
 from selfagent.schemas import (
     AgentMessage,
     ClickAction,
@@ -33,7 +34,7 @@ from selfagent.schemas import (
 from selfagent.schemas.export import JSON_DIR
 from tests.harness.desktop import Desktop
 
-from .rfbclient import RefusedError, TcpRfbClient, WsRfbClient
+from .rfbclient import TcpRfbClient, WsRfbClient
 from .stack import GatewayProcess, start_gateway
 
 pytestmark = pytest.mark.desktop
@@ -457,7 +458,7 @@ async def test_vnc_bridge_wrong_password_is_a_clear_error(
 ) -> None:
     gw = start_gateway(nats_server.url, desktop.vnc_port, "not-the-password")
     try:
-        with pytest.raises(RefusedError, match="VNC authentication failed"):
+        with pytest.raises(VncRefused, match="VNC authentication failed"):
             await _open_vnc(gw)
         code, reason, _ = await _recv_close(gw.ws_url + "/ws/vnc", additional_headers=gw.auth)
         assert code == 1011 and "authentication failed" in reason
@@ -472,7 +473,7 @@ async def test_vnc_bridge_unreachable_server_is_a_clear_error(
 ) -> None:
     gw = start_gateway(nats_server.url, free_port(), "x")
     try:
-        with pytest.raises(RefusedError, match="cannot reach the sandbox VNC server"):
+        with pytest.raises(VncRefused, match="cannot reach the sandbox VNC server"):
             await _open_vnc(gw)
         assert gw.alive()
     finally:
