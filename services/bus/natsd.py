@@ -53,10 +53,14 @@ class EmbeddedNats:
             f"max_payload: {MAX_PAYLOAD}\n"
             f'jetstream {{ store_dir: "{self.store_dir / "js"}" }}\n'
         )
+        # Its own session, so the Ctrl-C that a terminal sends to the whole
+        # foreground group does not stop NATS under the services: whoever
+        # started it stops it, after them.
         self.process = subprocess.Popen(
             [find_binary(), "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
