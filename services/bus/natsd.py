@@ -56,6 +56,7 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir / "nats.conf"
         store = self.store_dir / "js"
         jetstream = f'jetstream {{ store_dir: "{store}" }}' if self.jetstream else ""
