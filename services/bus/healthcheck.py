@@ -43,18 +43,20 @@ async def check(url: str, timeout: float) -> None:
         # back-off, up to 60 times); a health check wants the first answer.
         raise exc
 
+    # nats-py takes whole seconds for these two.
+    seconds = max(1, round(timeout))
     client = await asyncio.wait_for(
         nats.connect(
             url,
             name="healthcheck",
-            connect_timeout=max(1, round(timeout)),
+            connect_timeout=seconds,
             allow_reconnect=False,
             error_cb=fail_now,
         ),
         timeout,
     )
     try:
-        await client.flush(timeout)
+        await client.flush(seconds)
     finally:
         await client.close()
 
