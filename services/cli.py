@@ -17,6 +17,7 @@ from dotenv import load_dotenv
 
 
 def _up(args: argparse.Namespace) -> int:
+    from selfagent.bus.runtime import EXIT_CANNOT_START
     from selfagent.errors import LocalModeError
     from selfagent.local import LocalStack
 
@@ -53,6 +54,15 @@ def _up(args: argparse.Namespace) -> int:
                     continue
                 if name == "sandbox":
                     print("selfagent: the sandbox desktop exited; stopping", file=sys.stderr)
+                    stopping.set()
+                    break
+                if process.returncode == EXIT_CANNOT_START:
+                    # A bad setting or refused credentials: restarting cannot help.
+                    print(
+                        f"selfagent: {name} cannot run (see {stack.run_dir}/logs/{name}.log); "
+                        "stopping",
+                        file=sys.stderr,
+                    )
                     stopping.set()
                     break
                 # Back off, so a service that cannot start does not spin.

@@ -7,6 +7,7 @@ the four services, each its own process as in production. Used by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -21,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfagent.bus.natsd import EmbeddedNats, free_port
+from selfagent.desktop import free_display, wait_for_panel
 from selfagent.errors import LocalModeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The environment the sandbox desktop inherits; nothing else crosses over.
 _SANDBOX_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
 SERVICES = ("actuator", "grounder", "planner", "gateway")
-
+# How long a stopping process may take to drain before it is killed.
+STOP_TIMEOUT = 10.0
 
 
 def _sandbox_script() -> Path:
@@ -39,16 +42,6 @@ def _sandbox_script() -> Path:
             "or set SELFAGENT_SANDBOX_DIR"
         )
     return script
-
-
-def _free_display() -> int:
-    for num in range(10, 99):
-        if Path(f"/tmp/.X11-unix/X{num}").exists() or Path(f"/tmp/.X{num}-lock").exists():
-            continue
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", 5900 + num)) != 0:
-                return num
-    raise LocalModeError("no free X display number")
 
 
 def _wait_port(port: int, timeout: float, process: subprocess.Popen[bytes], what: str) -> None:
@@ -118,7 +111,7 @@ class LocalStack:
 
     def _start_sandbox(self) -> None:
         assert self.run_dir is not None
-        self.display_num = _free_display()
+        self.display_num = free_display()
         self.vnc_port = 5900 + self.display_num
         self.exec_port = free_port()
         self.vnc_password = secrets.token_urlsafe(6)[:8]
@@ -143,23 +136,7 @@ class LocalStack:
         )
         process = self._spawn("sandbox", [str(_sandbox_script())], env)
         _wait_port(self.vnc_port, 30, process, "sandbox VNC server")
-        self._wait_for_panel(30)
-
-    def _wait_for_panel(self, timeout: float) -> None:
-        """Xfce's panel is the last part of the desktop to appear."""
-        env = {**os.environ, "DISPLAY": f":{self.display_num}"}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = subprocess.run(
-                ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"],
-                env=env,
-                capture_output=True,
-                timeout=10,
-            )
-            if found.stdout.strip():
-                time.sleep(1.0)
-                return
-            time.sleep(0.2)
+        wait_for_panel(f":{self.display_num}", 30)
 
     def service_env(self, name: str) -> dict[str, str]:
         env = {
@@ -219,22 +196,37 @@ class LocalStack:
 
     def stop_service(self, name: str) -> None:
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:
+            _terminate([process], STOP_TIMEOUT)
 
     def stop(self, remove: bool = False) -> None:
-        for name in reversed(list(self.processes)):
-            self.stop_service(name)
+        """Stop the services, then NATS, then the desktop.
+
+        The services go first and together, while NATS is still up, so each
+        drains its connection and exits cleanly; NATS stopping under them
+        would leave every service reconnecting while it drains.
+        """
+        services = [name for name in self.processes if name != "sandbox"]
+        _terminate([self.processes.pop(name) for name in services], STOP_TIMEOUT)
         if self.nats is not None:
             self.nats.stop()
+        self.stop_service("sandbox")
         if remove and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM each process group, wait up to ``timeout`` for all, then SIGKILL what is left."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        # A group that is already gone is already stopped.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -164,17 +164,40 @@ def test_nats_has_jetstream_and_a_screenshot_sized_payload(config: dict[str, Any
     assert "/data" in targets
 
 
-@pytest.mark.parametrize(
-    "dockerfile", ["services/planner", "services/actuator", "services/gateway"]
-)
-def test_service_dockerfiles(dockerfile: str) -> None:
-    text = (ROOT / dockerfile / "Dockerfile").read_text()
+SERVICE_IMAGES = ("planner", "grounder", "actuator", "gateway")
+
+
+@pytest.mark.parametrize("service", SERVICE_IMAGES)
+def test_service_dockerfiles(service: str) -> None:
+    text = (ROOT / "services" / service / "Dockerfile").read_text()
     assert re.search(r"(?m)^FROM debian:bookworm-slim$", text)
     user = re.findall(r"(?m)^USER (\S+)$", text)
     assert user and user[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text
-    service = dockerfile.rsplit("/", 1)[1]
+    if service != "gateway":  # the gateway checks its own /healthz
+        assert f'CMD ["python", "-m", "selfagent.bus.healthcheck", "{service}"]' in text
+    # Third-party dependencies are a layer of their own, before the source.
+    dependencies = text.index("pip install -r /tmp/requirements.txt")
+    assert text.index("COPY pyproject.toml ./") < dependencies < text.index("COPY services ")
     assert f'CMD ["python", "-m", "selfagent.{service}"]' in text
+
+
+def test_service_dockerfiles_share_one_shape() -> None:
+    """Up to USER, the four differ only in their name and their system packages."""
+
+    def shape(service: str) -> str:
+        text = (ROOT / "services" / service / "Dockerfile").read_text()
+        text = text[text.index("FROM ") : text.index("USER ")]
+        text = re.sub(r"apt-get install -y --no-install-recommends .*", "apt-get install", text)
+        return text.replace(service, "SERVICE")
+
+    shapes = {service: shape(service) for service in SERVICE_IMAGES}
+    assert len(set(shapes.values())) == 1, shapes
+
+
+def test_compose_does_not_repeat_the_images_health_checks(config: dict[str, Any]) -> None:
+    for name in SERVICE_IMAGES:
+        assert "healthcheck" not in config["services"][name], name
 
 
 # --- the real stack ---------------------------------------------------------------

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import nats.errors
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage as NatsMessageCtx
+from faststream.nats.broker.broker import UNRECOVERABLE_CONNECT_ERRORS
 from faststream.nats.message import NatsMessage
+from nats.aio.client import ErrorCallback
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from selfagent.schemas import DeadLetter, ErrorCode, ErrorInfo, ErrorReply, Reply, subjects
 
-from .errors import InvalidMessage, RemoteError, RequestTimeout
+from .errors import BusAuthError, BusError, InvalidMessage, RemoteError, RequestTimeout
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +34,158 @@ ReplyT = TypeVar("ReplyT", bound=Reply)
 MAX_PAYLOAD = 8 * 1024 * 1024
 
 
-def make_broker(url: str, name: str) -> NatsBroker:
+# What the server says (lower-cased) when it refuses who we are or what we
+# may do. Retrying cannot fix any of these.
+_REFUSALS = (
+    "authorization violation",
+    "authorization failed",
+    "authentication expired",
+    "authentication revoked",
+    "permissions violation",
+)
+_PERMISSIONS_VIOLATION = "permissions violation"
+# What nats-py raises when the connection is already gone (the server
+# stopped first, or is being restarted) by the time we drain it.
+_CONNECTION_GONE = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.FlushTimeoutError,
+    nats.errors.DrainTimeoutError,
+)
+
+
+def display_url(url: str) -> str:
+    """The server address without credentials: user, password or token never reach a log."""
+    shown = []
+    for server in url.split(","):
+        parts = urlsplit(server.strip())
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        shown.append(f"{parts.scheme}://{host}" if parts.scheme else host)
+    return ",".join(shown)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether NATS refused our credentials or a permission (as opposed to being unreachable)."""
+    if isinstance(exc, BusAuthError | nats.errors.AuthorizationError):
+        return True
+    if not isinstance(exc, nats.errors.Error):
+        return False
+    reason = str(exc).lower()
+    return any(refusal in reason for refusal in _REFUSALS)
+
+
+class Broker(NatsBroker):
+    """The NatsBroker every service uses, with three changes of behaviour.
+
+    * ``stop`` succeeds when the server is already gone: the draining that
+      FastStream does would raise ``connection reconnecting`` and end the
+      service with a traceback although nothing is wrong.
+    * A broken connection is logged as one warning line, not with the
+      exception attached (FastStream's hook, replaced below).
+    * A publish the server refuses is only reported to the error callback
+      (the request itself just times out); :meth:`guard` turns that report
+      into an immediate :class:`BusAuthError`.
+    """
+
+    def __init__(self, url: str, *, name: str) -> None:
+        # Set before NatsBroker.__init__, which installs the error callback.
+        self.address = display_url(url)
+        self._denied: dict[str, set[asyncio.Future[str]]] = {}
+        super().__init__(
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=2,
+            # FastStream logs every message at this level: DEBUG keeps the
+            # service logs about the service, not about each message.
+            log_level=logging.DEBUG,
+            graceful_timeout=5.0,
+        )
+
+    async def stop(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> None:
+        try:
+            await super().stop(exc_type, exc_val, exc_tb)
+        except* _CONNECTION_GONE as gone:
+            log.info("NATS connection already lost while stopping (%s)", gone.exceptions[0])
+        if self._connection is not None:
+            # Draining failed part-way: close without it.
+            await self._connection.close()
+            self._connection = None
+
+    def _log_connection_broken(self, error_cb: ErrorCallback | None = None) -> ErrorCallback:
+        async def on_error(err: Exception) -> None:
+            if error_cb is not None:
+                await error_cb(err)
+            if not isinstance(err, nats.errors.Error):
+                # Socket errors while the server is away: the reconnect loop
+                # handles them and they say nothing new.
+                return
+            reason = str(err).removeprefix("nats: ").strip("'").lower()
+            if reason.startswith(_PERMISSIONS_VIOLATION):
+                self._report_denied(reason)
+                log.warning("NATS at %s: %s", self.address, reason)
+                return
+            if reason in UNRECOVERABLE_CONNECT_ERRORS:
+                # As FastStream does: raising here ends nats-py's connect loop,
+                # which would otherwise retry bad credentials forever.
+                raise err
+            log.warning("NATS connection to %s broken (%s); reconnecting", self.address, reason)
+
+        return on_error
+
+    def _report_denied(self, reason: str) -> None:
+        # 'permissions violation for publish to "$js.api.stream.info.x"'
+        subject = reason.rpartition(" ")[2].strip('"')
+        for waiter in self._denied.get(subject, ()):
+            if not waiter.done():
+                waiter.set_result(reason)
+
+    async def guard(self, subject: str, operation: Awaitable[ModelT]) -> ModelT:
+        """Await ``operation`` (which publishes to ``subject``); fail at once if that is refused."""
+        key = subject.lower()
+        denied: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._denied.setdefault(key, set()).add(denied)
+        work = asyncio.ensure_future(operation)
+        try:
+            either: set[asyncio.Future[Any]] = {work, denied}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if denied.done() and not work.done():
+                raise BusAuthError(
+                    f"NATS at {self.address} does not allow this user to publish to {subject} "
+                    f"({denied.result()}); grant the service's user that permission"
+                )
+            return work.result()
+        finally:
+            waiters = self._denied.get(key, set())
+            waiters.discard(denied)
+            if not waiters:
+                self._denied.pop(key, None)
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+
+
+def make_broker(url: str, name: str) -> Broker:
     """A broker that never gives up on the server: a broker restart is a pause, not a crash."""
-    return NatsBroker(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        connect_timeout=2,
-        # FastStream logs every message at this level: DEBUG keeps the
-        # service logs about the service, not about each message.
-        log_level=logging.DEBUG,
-        graceful_timeout=5.0,
-    )
+    return Broker(url, name=name)
+
+
+async def guard(broker: NatsBroker, subject: str, operation: Awaitable[ModelT]) -> ModelT:
+    """:meth:`Broker.guard` for any broker (a plain NatsBroker cannot see refusals)."""
+    if isinstance(broker, Broker):
+        return await broker.guard(subject, operation)
+    return await operation
 
 
 async def start_with_retry(
@@ -51,10 +196,15 @@ async def start_with_retry(
 ) -> None:
     """Start the broker, waiting for the server if it is not up yet.
 
-    nats-py retries forever only once a first connection has succeeded; a
-    service started before its broker would otherwise exit. ``before_start``
-    runs once connected, before subscribers start (e.g. declaring streams).
+    nats-py keeps trying an unreachable server on its own (we never cap the
+    attempts); what fails here and is retried is a server that answers but is
+    not ready (JetStream still starting, a request timing out). A refusal
+    (bad credentials, a missing permission) raises :class:`BusAuthError`
+    instead: retrying cannot fix it. Anything else is a bug and propagates.
+    ``before_start`` runs once connected, before subscribers start (e.g.
+    declaring streams).
     """
+    url = broker.address if isinstance(broker, Broker) else "the NATS server"
     while True:
         try:
             if before_start is not None:
@@ -62,11 +212,18 @@ async def start_with_retry(
                 await before_start(broker)
             await broker.start()
             return
-        except (TimeoutError, OSError, Exception) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            log.warning("NATS not reachable (%s); retrying in %.1fs", exc, attempt_every)
+        except Exception as exc:
             await broker.stop()
+            if isinstance(exc, BusAuthError):
+                raise
+            if is_refusal(exc):
+                raise BusAuthError(
+                    f"NATS at {url} refused the connection ({exc}); check the user and "
+                    "password (or token) in the NATS URL"
+                ) from exc
+            if not isinstance(exc, OSError | nats.errors.Error | BusError):
+                raise
+            log.warning("NATS at %s not ready (%s); retrying in %.1fs", url, exc, attempt_every)
             await asyncio.sleep(attempt_every)
 
 

@@ -9,8 +9,9 @@ from nats.js import JetStreamContext
 from selfagent.errors import BusUnavailable
 
 
-def jetstream(broker: NatsBroker) -> JetStreamContext:
-    """The JetStream context of a connected broker.
+def jetstream(broker: NatsBroker, *, timeout: float | None = None) -> JetStreamContext:
+    """The JetStream context of a connected broker (with its own API
+    ``timeout`` when given, else the broker's).
 
     FastStream 0.7 offers no public accessor for it, so this is the only
     module that reaches into the broker's internals: a FastStream upgrade
@@ -18,7 +19,11 @@ def jetstream(broker: NatsBroker) -> JetStreamContext:
     :class:`BusUnavailable` rather than FastStream's own exception.
     """
     try:
-        context: JetStreamContext = broker.config.connection_state.stream
+        state = broker.config.connection_state
+        if timeout is None:
+            context: JetStreamContext = state.stream
+        else:
+            context = state.connection.jetstream(timeout=timeout)
     except IncorrectState as exc:
         raise BusUnavailable("not connected to NATS") from exc
     return context

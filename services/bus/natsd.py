@@ -36,10 +36,19 @@ def find_binary() -> str:
 
 
 class EmbeddedNats:
-    def __init__(self, store_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path | None = None,
+        port: int | None = None,
+        extra_config: str = "",
+        jetstream: bool = True,
+    ) -> None:
+        """``extra_config`` is added to the server configuration (an ``authorization`` block)."""
         self._own_store = store_dir is None
         self.store_dir = store_dir or Path(tempfile.mkdtemp(prefix="selfagent-nats-"))
         self.port = port or free_port()
+        self.extra_config = extra_config
+        self.jetstream = jetstream
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,16 +56,24 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir / "nats.conf"
+        store = self.store_dir / "js"
+        jetstream = f'jetstream {{ store_dir: "{store}" }}' if self.jetstream else ""
         config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {MAX_PAYLOAD}\n"
-            f'jetstream {{ store_dir: "{self.store_dir / "js"}" }}\n'
+            f"{jetstream}\n"
+            f"{self.extra_config}\n"
         )
+        # Its own session, so the Ctrl-C that a terminal sends to the whole
+        # foreground group does not stop NATS under the services: whoever
+        # started it stops it, after them.
         self.process = subprocess.Popen(
             [find_binary(), "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

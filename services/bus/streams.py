@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from faststream.nats import JStream, NatsBroker
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
 
+from selfagent.errors import RequestTimeout
 from selfagent.schemas import subjects
 
+from .broker import guard
 from .jetstream import jetstream
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DAY = 24 * 3600
+# How long a JetStream API call may take before the server counts as not ready.
+API_TIMEOUT = 5.0
+# JetStream API error codes (nats-server's errors.json).
+STREAM_NOT_FOUND = 10059
+STREAM_NAME_IN_USE = 10058
 
 # What the planner's subscriber names; the stream itself is declared from
 # STREAM_CONFIGS below, so FastStream must not declare it a second way.
@@ -54,18 +67,41 @@ STREAM_CONFIGS: tuple[StreamConfig, ...] = (
 
 
 async def ensure_streams(broker: NatsBroker) -> None:
-    """Create the streams if missing; an existing stream is left as it is."""
-    js = jetstream(broker)
+    """Create the streams if missing; an existing stream is left as it is.
+
+    Only "stream not found" means missing: a refused permission raises
+    :class:`BusAuthError` and a JetStream that does not answer raises
+    :class:`RequestTimeout`, rather than being mistaken for a missing stream.
+    """
+    js = jetstream(broker, timeout=API_TIMEOUT)
     for config in STREAM_CONFIGS:
         assert config.name is not None
-        try:
-            await js.stream_info(config.name)
+        if await _exists(broker, js, config.name):
             continue
-        except Exception:
-            pass
+        subject = f"{DEFAULT_PREFIX}.STREAM.CREATE.{config.name}"
         try:
-            await js.add_stream(config)
+            await _api(broker, subject, js.add_stream(config))
             log.info("created JetStream stream %s", config.name)
         except BadRequestError as exc:
-            # Another service created it between our check and our add.
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            # Another service created it (with other settings) between our
+            # look-up and our add; the first declaration wins.
             log.debug("stream %s: %s", config.name, exc)
+
+
+async def _exists(broker: NatsBroker, js: JetStreamContext, name: str) -> bool:
+    try:
+        await _api(broker, f"{DEFAULT_PREFIX}.STREAM.INFO.{name}", js.stream_info(name))
+    except NotFoundError as exc:
+        if exc.err_code != STREAM_NOT_FOUND:
+            raise
+        return False
+    return True
+
+
+async def _api(broker: NatsBroker, subject: str, call: Awaitable[T]) -> T:
+    try:
+        return await guard(broker, subject, call)
+    except NatsTimeoutError as exc:
+        raise RequestTimeout(subject, API_TIMEOUT) from exc

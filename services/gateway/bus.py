@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from selfagent.bus import Service, jetstream, make_broker, sessions, start_with_retry, typed_handler
 from selfagent.bus.streams import ensure_streams
-from selfagent.errors import BusUnavailable
+from selfagent.errors import BusAuthError, BusUnavailable
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
 from .config import Settings
@@ -69,6 +69,8 @@ class GatewayBus(Service):
             try:
                 await self.ensure_stream()
                 break
+            except BusAuthError:
+                raise  # a refused permission does not heal by waiting
             except Exception as exc:
                 log.warning(
                     "could not create the %s stream (%s); retrying", subjects.EVENTS_STREAM, exc

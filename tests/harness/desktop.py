@@ -12,17 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfagent.desktop import free_display, wait_for_panel
+
 ROOT = Path(__file__).resolve().parents[2]
 START_SCRIPT = ROOT / "sandbox" / "start.sh"
-
-
-def _free_display() -> int:
-    for num in range(20, 99):
-        if not Path(f"/tmp/.X11-unix/X{num}").exists() and not Path(f"/tmp/.X{num}-lock").exists():
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", 5900 + num)) != 0:
-                    return num
-    raise RuntimeError("no free X display")
+# Above the numbers `selfagent up` tries first, so a developer's running
+# stack and a test desktop do not race for the same display.
+FIRST_DISPLAY = 20
 
 
 @dataclass
@@ -98,7 +94,7 @@ def start_desktop(
     password: str | None = None,
 ) -> Desktop:
     """Start sandbox/start.sh; pass display_num and password to restart "the same" server."""
-    num = display_num if display_num is not None else _free_display()
+    num = display_num if display_num is not None else free_display(FIRST_DISPLAY)
     home = Path(tempfile.mkdtemp(prefix="selfagent-home-"))
     desktop = Desktop(
         display_num=num,
@@ -132,7 +128,6 @@ def start_desktop(
             if sock.connect_ex(("127.0.0.1", desktop.vnc_port)) == 0:
                 break
         time.sleep(0.1)
-    # The panel is the last part of Xfce to appear; tests want a full desktop.
-    desktop.wait_for_window("xfce4-panel", timeout=30)
-    time.sleep(1.0)
+    # Tests want a full desktop.
+    wait_for_panel(desktop.display, timeout=30)
     return desktop
