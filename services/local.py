@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfagent.bus.natsd import EmbeddedNats, free_port
-from selfagent.desktop import free_display, wait_for_panel
+from selfagent.desktop import free_display, release_display, wait_for_panel
 from selfagent.errors import LocalModeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -211,6 +211,8 @@ class LocalStack:
         if self.nats is not None:
             self.nats.stop()
         self.stop_service("sandbox")
+        if self.display_num:
+            release_display(self.display_num)
         if remove and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 

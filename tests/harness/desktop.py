@@ -94,6 +94,9 @@ def start_desktop(
     password: str | None = None,
 ) -> Desktop:
     """Start sandbox/start.sh; pass display_num and password to restart "the same" server."""
+    # The reservation is kept for this process's lifetime (it lapses when the
+    # process ends): tests restart "the same" display, and no other test
+    # worker may take it in between.
     num = display_num if display_num is not None else free_display(FIRST_DISPLAY)
     home = Path(tempfile.mkdtemp(prefix="selfagent-home-"))
     desktop = Desktop(
