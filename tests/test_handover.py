@@ -31,8 +31,11 @@ def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
             "LLM_MODEL": "fake-planner",
             "GROUNDER_FAMILY": "ocr",
             "GROUNDER_CANARY": "false",
-            # A dead planner's task returns to the queue after 3 s.
-            "PLANNER_TASK_ACK_WAIT": "3",
+            # A dead planner's task returns to the queue after 6 s: short for
+            # a test, yet longer than a replacement planner takes to start on
+            # a loaded machine (test_redelivered_task_does_not_override_a_newer_one
+            # needs the replacement to take the newer task first).
+            "PLANNER_TASK_ACK_WAIT": "6",
         },
     )
     local.start()
@@ -162,8 +165,8 @@ async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any
         stack.start_service("planner")
         await session.until("task.finished", task_id=second)
         # The first task comes back from the queue after its lease runs out
-        # (3 s here) and must be dropped, not started over.
-        await session.quiet(8)
+        # (6 s here) and must be dropped, not started over.
+        await session.quiet(10)
     return session.seen
 
 
