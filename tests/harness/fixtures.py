@@ -29,7 +29,7 @@ class _DockerLast:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("dist", "no") == "no":
+    if not _is_xdist_worker(config) and config.getoption("dist", "no") == "no":
         config.pluginmanager.register(_DockerLast(), "selfagent-docker-last")
     # One status directory for the whole run, made before xdist starts its
     # workers so that they all inherit it.
@@ -42,21 +42,36 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         prebuild.stop_builder()
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the image builds as soon as a Docker test is collected. With
-    xdist (`--dist loadgroup`), keep each test file on one worker (its module
-    fixtures start a desktop or a stack once) and every Docker test on one
-    worker, which waits for the builds while the others run everything else."""
+    """Start the image builds as soon as a Docker test is collected, and tell
+    the xdist scheduler (below) which tests need Docker."""
     docker = [item for item in items if item.get_closest_marker("docker")]
     if docker and os.environ.get(SKIP_ENV) != "1" and engine_available() is None:
         prebuild.ensure_started()
-    if config.getoption("dist", "no") == "loadgroup":
-        for item in items:
-            if not item.get_closest_marker("xdist_group"):
-                docker_test = item.get_closest_marker("docker") is not None
-                group = "docker" if docker_test else item.nodeid.split("::")[0]
-                item.add_marker(pytest.mark.xdist_group(group))
+    if _is_xdist_worker(config):
+        prebuild.record_docker_tests([item.nodeid for item in docker])
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """With `--dist loadgroup`: each test file on one worker (its module
+    fixtures start a desktop or a stack once), and every Docker test on one
+    worker, which waits for the image builds while the others run the rest.
+
+    (xdist's own `xdist_group` marks do not take effect under pytest 9, whose
+    items ignore the node-id suffix xdist writes, so the grouping is done
+    here, in the scheduler.)
+    """
+    if config.getoption("dist", "no") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrDockerScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid in prebuild.docker_tests():
+                return "docker"
+            return nodeid.split("::", 1)[0]
+
+    return FileOrDockerScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,32 @@ def ensure_started() -> None:
     os.close(fd)
 
 
+def record_docker_tests(nodeids: list[str]) -> None:
+    """Written by each xdist worker after collection (they all collect the same)."""
+    directory = _directory()
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f"docker-tests.{os.getpid()}"
+    partial.write_text("\n".join(nodeids))
+    partial.rename(directory / "docker-tests")
+
+
+_docker_tests: frozenset[str] | None = None
+
+
+def docker_tests() -> frozenset[str]:
+    """The node ids of the Docker tests, as the workers recorded them."""
+    global _docker_tests
+    if _docker_tests is None:
+        directory = _directory()
+        path = directory / "docker-tests" if directory is not None else None
+        if path is None or not path.exists():
+            return frozenset()
+        _docker_tests = frozenset(path.read_text().splitlines())
+    return _docker_tests
+
+
 def stop_builder() -> None:
     """At the end of the run: a builder still running has nobody left to serve."""
     directory = _directory()
