@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from faststream.nats import NatsBroker
 from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.gateway.tests.rfbclient import TcpRfbClient
@@ -104,8 +105,14 @@ async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
     response = await page.goto(f"{gateway.url}/?token={gateway.token}")
     assert response is not None and response.status == 200
     assert "token=" not in page.url, "the token must be stripped from the address bar"
-    await page.wait_for_selector(VNC_LIVE, timeout=20000)
-    await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+    try:
+        await page.wait_for_selector(VNC_LIVE, timeout=20000)
+        await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+    except PlaywrightTimeout as exc:
+        status = await page.locator(tid("vnc-status")).get_attribute("data-state")
+        raise AssertionError(
+            f"page not live (vnc-status {status!r}); gateway log:\n{gateway.log()[-4000:]}"
+        ) from exc
 
 
 async def _canvas_samples(page: Page, step: int) -> dict[str, Any]:
