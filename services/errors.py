@@ -18,6 +18,7 @@ anything else that escapes is a bug. The tree::
     ├── ModelError                  a model endpoint gave nothing usable
     │   ├── LLMError                the chat-completions call failed (after retries)
     │   └── VLMError                the grounding model gave no answer
+    ├── JSONProblem                 model text that should hold JSON does not
     ├── ActionParseError            the model's reply holds no valid action
     ├── GroundingError              grounding could not run
     │   ├── ImageError              the screenshot cannot be decoded
@@ -55,6 +56,7 @@ __all__ = [
     "GroundingError",
     "ImageError",
     "InvalidMessage",
+    "JSONProblem",
     "LLMError",
     "LLMReason",
     "LocalModeError",
@@ -161,6 +163,13 @@ class VLMError(ModelError):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class JSONProblem(SelfagentError, ValueError):
+    """Text that is not JSON even with the usual slips forgiven; the message says where.
+
+    Also a ``ValueError``, as ``json.loads`` raises one for the same thing.
+    """
 
 
 class ActionParseError(SelfagentError):

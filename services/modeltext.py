@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
 
+from selfagent.errors import JSONProblem
+
 __all__ = [
     "Block",
     "Brackets",
@@ -173,10 +175,6 @@ def match_brackets(text: str, start: int) -> Brackets:
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-class JSONProblem(ValueError):
-    """Text that is not JSON even with the usual slips forgiven; the message says where."""
 
 
 def loads_lenient(text: str) -> Any:

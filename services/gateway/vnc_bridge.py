@@ -34,7 +34,7 @@ STREAM_LIMIT = 1 << 21
 BROWSER_HANDSHAKE_TIMEOUT = 10.0
 
 
-class BrowserGone(Exception):
+class _BrowserGone(Exception):
     pass
 
 
@@ -66,7 +66,7 @@ class _BrowserStream:
     async def message(self) -> bytes:
         msg = await self.ws.receive()
         if msg["type"] == "websocket.disconnect":
-            raise BrowserGone
+            raise _BrowserGone
         data: bytes | None = msg.get("bytes")
         if data is None:
             raise RFBError("the VNC WebSocket carries binary frames only")
@@ -151,7 +151,7 @@ async def bridge(
         except (RFBError, TimeoutError) as exc:
             await _close(ws, WS_PROTOCOL_ERROR, f"RFB handshake with the browser failed: {exc}")
             return
-        except BrowserGone:
+        except _BrowserGone:
             return
 
         await _relay(ws, browser, tcp_reader, tcp_writer, takeover, stats)
@@ -194,7 +194,7 @@ async def _relay(
             try:
                 await ws.send_bytes(data)
             except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-                raise BrowserGone from exc
+                raise _BrowserGone from exc
 
     up = asyncio.create_task(upstream())
     down = asyncio.create_task(downstream())
@@ -209,7 +209,7 @@ async def _relay(
     if exc is None:
         code, reason = finished.result()
         await _close(ws, code, reason)
-    elif isinstance(exc, BrowserGone):
+    elif isinstance(exc, _BrowserGone):
         return
     elif isinstance(exc, RFBError):
         log.warning("VNC bridge: browser protocol error: %s", exc)
