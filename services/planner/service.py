@@ -125,7 +125,7 @@ class Planner:
                 return
             if control is not None:
                 log.info("session %s: %s", command.session_id, command.command)
-                control.apply(command.command)
+                control.apply(command.command, command.text)
 
     def start_task(
         self,
