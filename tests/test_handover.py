@@ -31,6 +31,7 @@ def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
             "LLM_MODEL": "fake-planner",
             "GROUNDER_FAMILY": "ocr",
             "GROUNDER_CANARY": "false",
+            "PLANNER_CANARY": "false",
             # A dead planner's task returns to the queue after 3 s.
             "PLANNER_TASK_ACK_WAIT": "3",
         },

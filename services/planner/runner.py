@@ -526,8 +526,9 @@ class TaskRunner:
         control.answer = None
         control.waiting = True
         try:
-            await self._emit(TaskStateChanged(state="needs_user", question=question, **self._ids()))
+            # Saved first: whoever sees the event can read the question from the state.
             await self._save_state("needs_user", question=question)
+            await self._emit(TaskStateChanged(state="needs_user", question=question, **self._ids()))
             while control.answer is None:
                 if control.stopped:
                     raise _stopped()
@@ -543,9 +544,9 @@ class TaskRunner:
         finally:
             control.waiting = False
             control.answer = None
+        await self._save_state("running")
         await self._emit(AgentMessage(role="user", text=answer, **self._ids()))
         await self._emit(TaskStateChanged(state="running", **self._ids()))
-        await self._save_state("running")
         return answer
 
     def _out_of_steps(self, max_steps: int) -> _Finish:
