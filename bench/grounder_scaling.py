@@ -65,7 +65,6 @@ def start_replicas(
         "GROUNDER_FAMILY": "ui-tars-1.5",
         "GROUNDER_CONCURRENCY": "1",
         "GROUNDER_CANARY": "false",
-        "PLANNER_CANARY": "false",
         "GROUNDER_TIMEOUT": "10",
         # INFO, for the "grounder ready" line the bench waits for.
         "LOG_LEVEL": "INFO",
