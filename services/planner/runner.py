@@ -401,6 +401,8 @@ class TaskRunner:
                 parsed = family.parse(
                     reply.content, reply.tool_calls, ParseContext(shot.width, shot.height, cursor)
                 )
+                if not parsed.actions and parsed.question is None:
+                    raise ActionParseError("the reply holds no action")
                 for planned in parsed.actions:
                     problem = off_screen_problem(planned, shot.width, shot.height, family.space)
                     if problem:
