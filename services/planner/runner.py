@@ -456,8 +456,7 @@ class TaskRunner:
                 failed_actions = 0
                 await self._save_state("running")
             if parsed.question is not None:
-                answer = await self._ask_user(parsed.question, started)
-                turn.outcome = f"The user answered: {answer}"
+                await self._ask_user(parsed.question, started, turn)
                 observation = await self._look()
                 continue
             # The action ran even when its screenshot did not come back; a
@@ -522,8 +521,12 @@ class TaskRunner:
         )
         return result
 
-    async def _ask_user(self, question: str, started: float) -> str:
-        """Hold the task in needs_user until the person answers (or stops it, or time runs out)."""
+    async def _ask_user(self, question: str, started: float, turn: Turn) -> str:
+        """Hold the task in needs_user until the person answers (or stops it, or time runs out).
+
+        The answer becomes the outcome of the turn that asked, so the model
+        reads it right after its own question, now and after a hand-over.
+        """
         control = self.control
         control.answer = None
         control.waiting = True
@@ -546,6 +549,7 @@ class TaskRunner:
         finally:
             control.waiting = False
             control.answer = None
+        turn.outcome = f"The user answered: {answer}"
         await self._save_state("running")
         await self._emit(AgentMessage(role="user", text=answer, **self._ids()))
         await self._emit(TaskStateChanged(state="running", **self._ids()))

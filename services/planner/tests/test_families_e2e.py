@@ -397,6 +397,8 @@ async def test_call_user_waits_and_an_answer_resumes_it(
     assert second[-2] == {"role": "user", "content": "The user answered: notes.txt"}
     final = await session_state(bus, running.task.session_id)
     assert final["status"] == "succeeded" and final["question"] is None
+    # A planner that resumed this task would find the answer in its history.
+    assert [h["outcome"] for h in final["history"]] == ["The user answered: notes.txt"]
 
 
 async def test_stop_while_waiting_for_the_user_ends_the_task(
