@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .actions import Action
 from .subjects import ID_PATTERN
@@ -77,13 +77,24 @@ class TaskSubmitted(Message):
     submitted_at: datetime = Field(default_factory=_now)
 
 
-ControlVerb = Literal["pause", "resume", "stop", "takeover", "release"]
+ControlVerb = Literal["pause", "resume", "stop", "takeover", "release", "answer"]
 
 
 class ControlCommand(Message):
     session_id: SubjectId
     command: ControlVerb
+    text: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="answer: the person's reply to the question the task is waiting on",
+    )
     sent_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _answer_has_text(self) -> ControlCommand:
+        if self.command == "answer" and not (self.text and self.text.strip()):
+            raise ValueError("answer needs a non-empty text")
+        return self
 
 
 # --- session events ---------------------------------------------------------
@@ -129,13 +140,22 @@ class StepExecuted(_Event):
 
 class AgentMessage(_Event):
     kind: Literal["message"] = "message"
-    role: Literal["agent", "system"] = "agent"
+    # "user": the person's answer to a question the task asked (see needs_user).
+    role: Literal["agent", "system", "user"] = "agent"
     text: str
 
 
 class TaskStateChanged(_Event):
+    """The task's state between steps.
+
+    ``needs_user``: the model asked the person something (UI-TARS
+    ``call_user()`` and the like); the task waits until a ``ControlCommand``
+    ``answer`` brings the reply, or a ``stop`` ends it.
+    """
+
     kind: Literal["task.state"] = "task.state"
-    state: Literal["running", "paused", "takeover"]
+    state: Literal["running", "paused", "takeover", "needs_user"]
+    question: str | None = Field(default=None, description="needs_user: what the model asks")
 
 
 TaskStatus = Literal["succeeded", "failed", "stopped"]
@@ -242,7 +262,7 @@ class GroundResult(Reply):
 # --- session state (JetStream KV) ---------------------------------------------
 
 SessionStatus = Literal[
-    "running", "paused", "takeover", "interrupted", "succeeded", "failed", "stopped"
+    "running", "paused", "takeover", "needs_user", "interrupted", "succeeded", "failed", "stopped"
 ]
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
 
@@ -271,6 +291,9 @@ class SessionState(Message):
     steps: int = 0
     tokens: int = 0
     reply: str | None = None
+    question: str | None = Field(
+        default=None, description="While the status is needs_user: the model's question"
+    )
     history: list[StepRecord] = Field(
         default_factory=list, description="The most recent steps, oldest first (at most 50)"
     )

@@ -114,6 +114,7 @@ def main() -> None:
             "LLM_API_KEY": "sk-demo",
             "GROUNDER_FAMILY": "ocr",
             "GROUNDER_CANARY": "false",
+            "PLANNER_CANARY": "false",
         },
     )
     try:

@@ -102,6 +102,11 @@ _TOOLS_REJECTED = re.compile(
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
+# Sampling parameters the chat-completions API names; others go in the body.
+_SAMPLING_PARAMETERS = frozenset(
+    {"temperature", "max_tokens", "top_p", "frequency_penalty", "presence_penalty", "seed", "stop"}
+)
+
 
 @dataclass
 class _Attempts:
@@ -178,6 +183,7 @@ class LLMClient:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         deadline: float | None = None,
+        sampling: Mapping[str, Any] | None = None,
     ) -> LLMReply:
         """One non-streamed chat completion, retried per the policy.
 
@@ -188,6 +194,9 @@ class LLMClient:
         prompt-only and the reply's tool call, if any, is in ``content``.
         ``deadline`` (seconds from now) bounds the whole call, retries and
         waits included; no attempt or wait is started that would overrun it.
+        ``sampling`` overrides this client's settings for the one call
+        (``temperature``, ``max_tokens``, ``top_p``, ...; a ``None`` value
+        leaves the parameter out); keys the API does not name go in the body.
 
         Raises:
             LLMError: no usable reply; see its ``reason``.
@@ -201,7 +210,9 @@ class LLMClient:
             state.total += 1
             per_attempt = self.timeout if remaining is None else min(self.timeout, remaining)
             try:
-                return await self._attempt(messages, tools, per_attempt, state.total)
+                return await self._attempt(
+                    messages, tools, per_attempt, state.total, sampling or {}
+                )
             except LLMError as fatal:
                 fatal.attempts = state.total
                 raise
@@ -256,6 +267,7 @@ class LLMClient:
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None,
         timeout: float,
+        sampling: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
@@ -270,8 +282,18 @@ class LLMClient:
         if tools and self._tools_supported:
             request["tools"] = [dict(tool) for tool in tools]
             request["tool_choice"] = "auto"
-        if self.extra_body:
-            request["extra_body"] = dict(self.extra_body)
+        extra = dict(self.extra_body)
+        for key, value in (sampling or {}).items():
+            # A model family's recommended settings, for this call only.
+            if key in _SAMPLING_PARAMETERS:
+                if value is None:
+                    request.pop(key, None)
+                else:
+                    request[key] = value
+            else:
+                extra[key] = value
+        if extra:
+            request["extra_body"] = extra
         return request
 
     async def _attempt(
@@ -280,8 +302,9 @@ class LLMClient:
         tools: Sequence[Mapping[str, Any]] | None,
         attempt_timeout: float,
         attempt: int,
+        sampling: Mapping[str, Any] | None = None,
     ) -> LLMReply:
-        request = self._request(messages, tools, attempt_timeout)
+        request = self._request(messages, tools, attempt_timeout, sampling)
         create = cast(Callable[..., Awaitable[object]], self._client.chat.completions.create)
         try:
             completion = await create(**request)

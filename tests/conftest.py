@@ -34,6 +34,7 @@ def stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
             "LLM_API_KEY": "sk-test",
             "GROUNDER_FAMILY": "ocr",
             "GROUNDER_CANARY": "false",
+            "PLANNER_CANARY": "false",
             "PLANNER_LLM_TIMEOUT": "5",
             "PLANNER_LLM_MAX_ATTEMPTS": "2",
         },

@@ -29,6 +29,7 @@ from selfagent.schemas import (
     StepPlanned,
     TaskFinished,
     TaskStarted,
+    TaskStateChanged,
     subjects,
 )
 from tests.harness.desktop import Desktop, start_desktop
@@ -289,3 +290,71 @@ async def test_saved_session_ids_are_checked_with_the_schemas_rule(
         sid = await page.evaluate("window.selfagent.sessionId")
         assert (sid == saved) is kept, (saved, sid)
         assert subjects.is_subject_id(sid)
+
+
+async def test_a_question_from_the_agent_is_answered_from_the_chat(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    sid = await page.evaluate("window.selfagent.sessionId")
+    question = "Which file should I open: report.pdf or notes.txt?"
+    controls: asyncio.Queue[bytes] = asyncio.Queue()
+    tasks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_control(msg: Any) -> None:
+        await controls.put(msg.data)
+
+    async def on_task(msg: Any) -> None:
+        await tasks.put(msg.data)
+
+    control_sub = await bus.connection.subscribe(subjects.SESSION_CONTROL_ALL, cb=on_control)
+    task_sub = await bus.connection.subscribe(subjects.TASK_SUBMIT, cb=on_task)
+    await bus.connection.flush()
+    try:
+        for event in (
+            TaskStarted(session_id=sid, task_id="t-ask", prompt="Open my file"),
+            TaskStateChanged(
+                session_id=sid, task_id="t-ask", state="needs_user", question=question
+            ),
+        ):
+            await bus.publish(event, subjects.session_event(sid, event.kind))
+        asked = page.locator(tid("question"))
+        await asked.wait_for(timeout=5000)
+        assert await asked.inner_text() == question
+        badge = page.locator(tid("status-badge"))
+        assert await badge.get_attribute("data-status") == "needs_user"
+        assert await badge.text_content() == "Needs you"
+        assert "Answer" in (await page.locator(tid("prompt")).get_attribute("placeholder") or "")
+        assert not await page.locator(tid("btn-stop")).is_disabled()
+
+        # The next chat message is the answer, not a new task.
+        await page.fill(tid("prompt"), "notes.txt")
+        await page.keyboard.press("Enter")
+        command = ControlCommand.model_validate_json(await asyncio.wait_for(controls.get(), 5))
+        assert (command.session_id, command.command, command.text) == (sid, "answer", "notes.txt")
+        await asyncio.sleep(0.5)
+        assert tasks.empty(), "the answer was sent as a new task"
+        answers = page.locator(tid("user-message") + '[data-answer="true"]')
+        assert await answers.count() == 1 and await answers.inner_text() == "notes.txt"
+
+        # The planner confirms the answer and resumes: shown once, status back to running.
+        resumed: tuple[SessionEvent, ...] = (
+            AgentMessage(session_id=sid, task_id="t-ask", role="user", text="notes.txt"),
+            TaskStateChanged(session_id=sid, task_id="t-ask", state="running"),
+        )
+        for update in resumed:
+            await bus.publish(update, subjects.session_event(sid, update.kind))
+        await page.wait_for_selector(tid("status-badge") + '[data-status="running"]', timeout=5000)
+        assert await answers.count() == 1
+        assert "Answer" not in (
+            await page.locator(tid("prompt")).get_attribute("placeholder") or ""
+        )
+
+        # After a reload the history shows the question and the answer once each.
+        await page.reload()
+        await page.locator(tid("question")).wait_for(timeout=10000)
+        assert await page.locator(tid("question")).count() == 1
+        assert await page.locator(tid("user-message") + '[data-answer="true"]').count() == 1
+    finally:
+        await control_sub.unsubscribe()
+        await task_sub.unsubscribe()

@@ -12,37 +12,22 @@ passes only if a terminal window really appears on the desktop.
 
 from __future__ import annotations
 
-import base64
-import io
-import subprocess
 import time
-import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
+from tests.harness import dock
 from tests.harness.api import chat, session_events
+from tests.harness.dock import Box, find_launcher, received_image, request_text
 from tests.harness.fakellm import FakeLLM, tool_call
 
 pytestmark = pytest.mark.desktop
 
-TERMINAL_LAUNCHER = "xfce4-terminal-emulator.desktop"
 TARGET = "the terminal icon in the dock"
-
-
-@dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    width: int
-    height: int
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +60,7 @@ def grounded_stack(planner_llm: FakeLLM, vlm: FakeLLM) -> Iterator[LocalStack]:
             "GROUNDER_MODEL": "UI-TARS-1.5-7B",
             "GROUNDER_FAMILY": "ui-tars-1.5",
             "GROUNDER_CANARY": "false",
+            "PLANNER_CANARY": "false",
         },
     )
     local.start()
@@ -82,119 +68,16 @@ def grounded_stack(planner_llm: FakeLLM, vlm: FakeLLM) -> Iterator[LocalStack]:
     local.stop(remove=True)
 
 
-# --- the desktop, measured ----------------------------------------------------
+# --- the desktop, measured (tests/harness/dock.py) -----------------------------
 
 
-def xdotool(stack: LocalStack, *args: str) -> str:
-    env = {"DISPLAY": f":{stack.display_num}", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True, timeout=20)
-    return done.stdout
-
-
-def dock_window(stack: LocalStack, timeout: float = 30.0) -> Box:
-    """The Xfce panel window that sits on the bottom edge of the screen."""
-    screen_h = stack.screen[1]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for wid in xdotool(stack, "search", "--onlyvisible", "--name", "xfce4-panel").split():
-            shell = xdotool(stack, "getwindowgeometry", "--shell", wid)
-            geometry = dict(line.split("=", 1) for line in shell.split() if "=" in line)
-            box = Box(
-                int(geometry["X"]),
-                int(geometry["Y"]),
-                int(geometry["WIDTH"]),
-                int(geometry["HEIGHT"]),
-            )
-            if box.width > 50 and box.height > 20 and box.y + box.height >= screen_h - 2:
-                return box
-        time.sleep(0.3)
-    raise AssertionError("no dock panel at the bottom of the screen")
+def dock_window(stack: LocalStack) -> Box:
+    return dock.dock_window(stack.display_num, stack.screen[1])
 
 
 def dock_items(stack: LocalStack) -> list[str]:
-    """The dock's plugins in order, from the panel configuration the sandbox uses.
-
-    A launcher is named by its first .desktop item, anything else by its type.
-    """
     assert stack.sandbox_home is not None
-    path = (
-        stack.sandbox_home / ".config" / "xfce4" / "xfconf" / "xfce-perchannel-xml"
-    ) / "xfce4-panel.xml"
-    root = ET.parse(path).getroot()
-    plugins: dict[int, str] = {}
-    for prop in root.iter("property"):
-        name = prop.get("name", "")
-        if name.startswith("plugin-") and name[7:].isdigit() and prop.get("value"):
-            kind = prop.get("value", "")
-            items = [v.get("value", "") for v in prop.iter("value")]
-            number = int(name[7:])
-            plugins[number] = (
-                launcher_source(stack, number, items[0]) if kind == "launcher" and items else kind
-            )
-    panels = [
-        [plugins.get(int(v.get("value", "-1")), "?") for v in ids.iter("value")]
-        for ids in root.iter("property")
-        if ids.get("name") == "plugin-ids"
-    ]
-    docks = [panel for panel in panels if TERMINAL_LAUNCHER in panel]
-    assert len(docks) == 1, panels
-    return docks[0]
-
-
-def launcher_source(stack: LocalStack, plugin: int, item: str) -> str:
-    """The .desktop file a launcher item stands for.
-
-    On first start the panel copies each launcher's item into its own config
-    directory under a generated name; the copy records where it came from.
-    """
-    assert stack.sandbox_home is not None
-    copy = stack.sandbox_home / ".config" / "xfce4" / "panel" / f"launcher-{plugin}" / item
-    if copy.exists():
-        for line in copy.read_text(errors="replace").splitlines():
-            if line.startswith("X-XFCE-Source="):
-                return line.rsplit("/", 1)[-1]
-    return item
-
-
-def icon_columns(pixels: np.ndarray[Any, Any], box: Box) -> list[tuple[int, int]]:
-    """Runs of columns inside ``box`` that differ from the dock's background."""
-    inset = 3
-    region = pixels[
-        box.y + inset : box.y + box.height - inset, box.x + inset : box.x + box.width - inset
-    ].astype(int)
-    counts = Counter(map(tuple, region.reshape(-1, 3)))
-    background = np.array(counts.most_common(1)[0][0])
-    inked = (np.abs(region - background).sum(axis=2) > 60).sum(axis=0) >= 3
-    runs: list[tuple[int, int]] = []
-    start: int | None = None
-    for i, on in enumerate([*inked.tolist(), False]):
-        if on and start is None:
-            start = i
-        elif not on and start is not None:
-            runs.append((box.x + inset + start, box.x + inset + i))
-            start = None
-    return runs
-
-
-def received_image(body: dict[str, Any]) -> Image.Image:
-    for message in body["messages"]:
-        if isinstance(message["content"], list):
-            for part in message["content"]:
-                if part.get("type") == "image_url":
-                    data = part["image_url"]["url"].split(",", 1)[1]
-                    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-    raise AssertionError("the grounder sent no image")
-
-
-def request_text(body: dict[str, Any]) -> str:
-    texts: list[str] = []
-    for message in body["messages"]:
-        content = message["content"]
-        if isinstance(content, str):
-            texts.append(content)
-        else:
-            texts.extend(part.get("text", "") for part in content)
-    return "\n".join(texts)
+    return dock.dock_items(stack.sandbox_home)
 
 
 class TarsStandIn:
@@ -212,23 +95,14 @@ class TarsStandIn:
         if "terminal" not in request_text(body).lower():
             return {"content": "Action: click(point='<point>-1 -1</point>')"}
         image = received_image(body)
-        w, h = image.size
-        self.image_sizes.append((w, h))
-        sx, sy = w / self.screen[0], h / self.screen[1]
-        dock = Box(
-            round(self.dock.x * sx),
-            round(self.dock.y * sy),
-            round(self.dock.width * sx),
-            round(self.dock.height * sy),
-        )
-        runs = icon_columns(np.asarray(image), dock)
-        # One run of inked columns per dock item (icons and separators alike);
-        # anything else means the dock is not what we measured.
-        if len(runs) != len(self.items):
+        self.image_sizes.append(image.size)
+        launcher = find_launcher(image, self.screen, self.dock, self.items)
+        # Anything but one icon per launcher in the dock means the dock is not
+        # what we measured.
+        if launcher is None:
             return {"content": "Action: click(point='<point>-1 -1</point>')"}
-        left, right = runs[self.items.index(TERMINAL_LAUNCHER)]
-        self.launcher_columns.append((left, right))
-        point = ((left + right) // 2, dock.y + dock.height // 2)
+        self.launcher_columns.append(launcher.columns)
+        point = launcher.centre
         self.answers.append(point)
         return {
             "content": "Thought: the terminal launcher is in the dock.\n"
@@ -240,7 +114,7 @@ class TarsStandIn:
 
 
 def terminal_windows(stack: LocalStack) -> set[str]:
-    return set(xdotool(stack, "search", "--onlyvisible", "--class", "xfce4-terminal").split())
+    return dock.terminal_windows(stack.display_num)
 
 
 # --- the test -----------------------------------------------------------------

@@ -31,6 +31,7 @@ def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
             "LLM_MODEL": "fake-planner",
             "GROUNDER_FAMILY": "ocr",
             "GROUNDER_CANARY": "false",
+            "PLANNER_CANARY": "false",
             # A dead planner's task returns to the queue after 6 s: short for
             # a test, yet longer than a replacement planner takes to start on
             # a loaded machine (test_redelivered_task_does_not_override_a_newer_one

@@ -14,6 +14,7 @@ const state = {
   seen: new Set(),
   steps: new Map(),
   thoughts: new Set(),
+  answers: new Set(),
   pendingPrompt: null,
   idPattern: null,
 };
@@ -103,19 +104,24 @@ export function summarize(a) {
 
 const STATUS_TEXT = {
   idle: 'Idle', running: 'Running', paused: 'Paused', takeover: 'You have control',
-  succeeded: 'Done', failed: 'Failed', stopped: 'Stopped',
+  needs_user: 'Needs you', succeeded: 'Done', failed: 'Failed', stopped: 'Stopped',
 };
+
+const PROMPT_HINT = 'Tell the agent what to do…  (Enter to send, Shift+Enter for a new line)';
+const ANSWER_HINT = 'Answer the agent’s question…  (Enter to send)';
 
 function setStatus(status) {
   state.status = status;
   const badge = $('#status-badge');
   badge.dataset.status = status;
   badge.textContent = STATUS_TEXT[status] || status;
+  // While the task waits for the person, the chat box answers its question.
+  $('#prompt').placeholder = status === 'needs_user' ? ANSWER_HINT : PROMPT_HINT;
   refreshControls();
 }
 
 function refreshControls() {
-  const active = ['running', 'paused', 'takeover'].includes(state.status);
+  const active = ['running', 'paused', 'takeover', 'needs_user'].includes(state.status);
   const buttons = Object.fromEntries(
     [...document.querySelectorAll('.controls button')].map((b) => [b.dataset.command, b]));
   buttons.pause.disabled = state.status !== 'running';
@@ -232,6 +238,12 @@ const render = {
     }
   },
   message(ev) {
+    // The person's answer to a question: shown as they sent it (once).
+    if (ev.role === 'user') {
+      if (state.answers.delete(ev.text)) return;
+      addUser(ev.text).dataset.answer = 'true';
+      return;
+    }
     // The planner repeats each step's thought as a message for clients that
     // read only messages; here the step card already shows it.
     if (ev.role !== 'system' && state.thoughts.has(`${ev.task_id}|${ev.text}`)) return;
@@ -241,7 +253,14 @@ const render = {
   },
   'task.state'(ev) {
     setStatus(ev.state);
-    append(el('li', 'state-line', ev.state === 'takeover' ? 'taken over' : ev.state));
+    const label = { takeover: 'taken over', needs_user: 'needs you' }[ev.state] || ev.state;
+    append(el('li', 'state-line', label));
+    if (ev.state === 'needs_user') {
+      const node = el('li', 'bubble agent question', ev.question || 'The agent needs your help.');
+      node.dataset.testid = 'question';
+      append(node);
+      $('#prompt').focus();
+    }
   },
   'task.finished'(ev) {
     setStatus(ev.status);
@@ -349,14 +368,34 @@ function openSession(sid) {
   state.seen.clear();
   state.steps.clear();
   state.thoughts.clear();
+  state.answers.clear();
   setStatus('idle');
   if (state.events) { const old = state.events; state.events = null; old.close(); }
   connectEvents();
 }
 
+async function answer(text) {
+  const bubble = addUser(text);
+  bubble.dataset.answer = 'true';
+  state.answers.add(text);
+  $('#prompt').value = '';
+  $('#send').disabled = true;
+  try {
+    await api(`/api/sessions/${state.sessionId}/control`, { command: 'answer', text });
+  } catch (err) {
+    bubble.remove();
+    state.answers.delete(text);
+    $('#prompt').value = text;
+    addError(`Answer not sent: ${err.message}`);
+  } finally {
+    $('#send').disabled = false;
+  }
+}
+
 async function submit(prompt) {
   const text = prompt.trim();
   if (!text) return;
+  if (state.status === 'needs_user') { await answer(text); return; }
   const bubble = addUser(text);
   $('#prompt').value = '';
   $('#send').disabled = true;

@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.websockets import WebSocketDisconnect
 
 from selfagent.schemas import ControlCommand, SessionState, TaskFinished, TaskSubmitted
@@ -64,6 +71,18 @@ class ChatReply(BaseModel):
 
 class ControlRequest(_Body):
     command: ControlVerb
+    text: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20_000,
+        description="answer: the reply to the question the task is waiting on (needs_user)",
+    )
+
+    @model_validator(mode="after")
+    def _answer_has_text(self) -> ControlRequest:
+        if self.command == "answer" and not (self.text and self.text.strip()):
+            raise ValueError("answer needs a non-empty text")
+        return self
 
 
 class ControlAccepted(BaseModel):
@@ -161,7 +180,7 @@ async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
 async def control(
     session_id: SessionId, body: ControlRequest, gateway: GatewayDep
 ) -> ControlAccepted:
-    command = ControlCommand(session_id=session_id, command=body.command)
+    command = ControlCommand(session_id=session_id, command=body.command, text=body.text)
     await gateway.bus.control(command)
     # Applied here too, so the person who clicked "Take over" gets control
     # without waiting for the command's round trip through NATS.

@@ -38,6 +38,15 @@ class Settings(ServiceSettings):
     # grounding model is configured.
     mode: Literal["auto", "grounded", "direct"] = "auto"
     native_tools: bool = True
+    # How the model is prompted and read (services/planner/families): tools is
+    # our JSON computer tool; the others are computer-use models in their own
+    # format. auto picks from LLM_MODEL; unknown names get tools.
+    family: Literal[
+        "auto", "tools", "uitars", "uitars-1.0", "qwen", "qwen2.5", "qwen3", "opencua", "seed"
+    ] = "auto"
+    # At start, one request with a small synthetic screenshot checks that the
+    # family and the model's answer agree and that the endpoint takes images.
+    canary: bool = True
 
     llm_timeout: float = Field(default=120.0, gt=0, description="Per LLM call, seconds")
     llm_max_attempts: int = Field(default=4, ge=1)

@@ -38,6 +38,7 @@ from selfagent.schemas import (
     MoveAction,
     Observation,
     ObserveRequest,
+    Screenshot,
     ScrollAction,
     StepExecuted,
     StepGrounded,
@@ -60,8 +61,10 @@ from selfagent.schemas.messages import (
 
 from .config import Settings
 from .coords import CoordinateMap, off_screen_problem
-from .parsing import ActionParseError, parse_reply
-from .tools import computer_tool, system_prompt
+from .families import Family, FamilyReply, ParseContext, Turn, View, for_settings, sampling_for
+from .families.images import fit
+from .parsing import ActionParseError
+from .vision import NO_IMAGES, images_rejected
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -74,16 +77,27 @@ _LOOK_RETRY_DELAY = 0.5
 
 
 class Control:
-    """Pause/stop/takeover flags for one running task, set from the control subject."""
+    """Pause/stop/takeover flags for one running task, set from the control subject.
+
+    ``answer`` carries the person's reply while the task waits for one
+    (``waiting``); an answer nobody asked for is ignored.
+    """
 
     def __init__(self) -> None:
         self.stopped = False
         self.paused = False
         self.takeover = False
+        self.waiting = False
+        self.answer: str | None = None
         self.changed = asyncio.Event()
 
-    def apply(self, verb: ControlVerb) -> None:
-        if verb == "stop":
+    def apply(self, verb: ControlVerb, text: str | None = None) -> None:
+        if verb == "answer":
+            if not self.waiting or not text:
+                log.info("ignoring an answer: the task is not waiting for one")
+                return
+            self.answer = text
+        elif verb == "stop":
             self.stopped = True
         elif verb == "pause":
             self.paused = True
@@ -101,14 +115,6 @@ class Control:
 
 
 @dataclass
-class _Step:
-    number: int
-    action_json: str
-    outcome: str
-    screenshot_uri: str | None = None
-
-
-@dataclass
 class _Finish(Exception):
     status: TaskStatus
     reply: str
@@ -122,10 +128,18 @@ class TaskRunner:
     settings: Settings
     task: TaskSubmitted
     control: Control = field(default_factory=Control)
+    # How the model is prompted and read; from the settings when not given.
+    family: Family | None = None
     steps_taken: int = 0
     tokens_used: int = 0
-    _history: list[_Step] = field(default_factory=list)
+    _history: list[Turn] = field(default_factory=list)
     _feedback: str | None = None
+
+    @property
+    def _family(self) -> Family:
+        if self.family is None:
+            self.family = for_settings(self.settings)
+        return self.family
 
     # --- bus helpers -----------------------------------------------------------
 
@@ -138,7 +152,9 @@ class TaskRunner:
             # end the task, but it must be visible.
             log.exception("could not publish %s event", kind)
 
-    async def _save_state(self, status: SessionStatus, reply: str | None = None) -> None:
+    async def _save_state(
+        self, status: SessionStatus, reply: str | None = None, question: str | None = None
+    ) -> None:
         """Record the session's progress in the KV bucket, for other replicas and the gateway.
 
         Best effort and bounded: a broker hiccup must neither end nor stall the task.
@@ -149,10 +165,11 @@ class TaskRunner:
                 "steps": self.steps_taken,
                 "tokens": self.tokens_used,
                 "reply": reply,
+                "question": question,
                 "history": [
                     StepRecord(
-                        step=past.number,
-                        action=past.action_json[:2000],
+                        step=past.step,
+                        action=past.reply[:2000],
                         outcome=past.outcome[:2000],
                     )
                     for past in self._history[-_HISTORY_KEPT:]
@@ -215,12 +232,22 @@ class TaskRunner:
         )
 
     def _observe_request(self) -> ObserveRequest:
+        if self._family.resize:
+            # Full size: the planner puts it on the model's own grid (_model_image).
+            return ObserveRequest(format="jpeg", quality=self.settings.image_quality)
         return ObserveRequest(
             format="jpeg",
             quality=self.settings.image_quality,
             max_width=self.settings.model_image_max_width,
             max_height=self.settings.model_image_max_height,
         )
+
+    async def _model_image(self, shot: Screenshot) -> Screenshot:
+        """The screenshot at the size the family wants it sent at."""
+        size = self._family.image_size(shot.width, shot.height)
+        if size == (shot.width, shot.height):
+            return shot
+        return await asyncio.to_thread(fit, shot, size, self.settings.image_quality)
 
     # --- the loop --------------------------------------------------------------
 
@@ -277,7 +304,7 @@ class TaskRunner:
         """Pick up an interrupted run; a TaskFinished if there is nothing left to do."""
         self.steps_taken, self.tokens_used = state.steps, state.tokens
         # The text of the earlier steps comes back; their screenshots do not.
-        self._history = [_Step(r.step, r.action, r.outcome) for r in state.history]
+        self._history = [Turn(r.step, r.action, r.outcome, None, r.action) for r in state.history]
         if state.status in FINISHED_STATUSES:
             # It ended but the planner died before acknowledging: done already.
             return TaskFinished(
@@ -325,8 +352,8 @@ class TaskRunner:
 
     async def _loop(self, started: float) -> None:
         settings = self.settings
+        family = self._family
         max_steps = self.task.max_steps or settings.max_steps
-        mode = settings.resolved_mode
         observation = await self._look()
         invalid_replies = 0
         failed_actions = 0
@@ -334,18 +361,15 @@ class TaskRunner:
         while True:
             await self._checkpoint(started)
             if self.steps_taken >= max_steps:
-                raise _Finish(
-                    "failed",
-                    f"Stopped after the step budget of {max_steps} steps.",
-                    ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="steps"),
-                )
-            shot = observation.screenshot
-            assert shot is not None  # _look guarantees it
+                raise self._out_of_steps(max_steps)
+            raw_shot = observation.screenshot
+            assert raw_shot is not None  # _look guarantees it
+            shot = await self._model_image(raw_shot)
             screen = (observation.screen_width, observation.screen_height)
-            coords = CoordinateMap((shot.width, shot.height), screen)
+            coords = CoordinateMap((shot.width, shot.height), screen, family.space)
 
-            messages = self._messages(mode, shot.width, shot.height, shot.data_uri())
-            reply = await self._ask(messages, mode, started)
+            messages = self._messages(shot.width, shot.height, shot.data_uri())
+            reply = await self._ask(messages, started)
             self.tokens_used += reply.total_tokens
             if self.tokens_used > settings.max_tokens_per_task:
                 raise _Finish(
@@ -363,15 +387,20 @@ class TaskRunner:
                 continue
             await self._checkpoint(started)
 
+            cursor = coords.from_screen(*observation.cursor) if observation.cursor else None
             try:
-                parsed = parse_reply(reply.content, reply.tool_calls)
-                action = parsed.action
-                problem = off_screen_problem(action, shot.width, shot.height)
-                if problem:
-                    raise ActionParseError(problem)
+                parsed = family.parse(
+                    reply.content, reply.tool_calls, ParseContext(shot.width, shot.height, cursor)
+                )
+                if not parsed.actions and parsed.question is None:
+                    raise ActionParseError("the reply holds no action")
+                for planned in parsed.actions:
+                    problem = off_screen_problem(planned, shot.width, shot.height, family.space)
+                    if problem:
+                        raise ActionParseError(problem)
             except ActionParseError as exc:
                 invalid_replies += 1
-                self._feedback = f"Your last reply was not a valid action: {exc}"
+                self._feedback = family.correction(str(exc))
                 await self._emit(AgentMessage(role="system", text=self._feedback, **self._ids()))
                 if invalid_replies >= settings.max_invalid_replies:
                     raise _Finish(
@@ -383,93 +412,175 @@ class TaskRunner:
                 continue
             invalid_replies = 0
 
-            self.steps_taken += 1
-            step = self.steps_taken
-            await self._emit(
-                StepPlanned(step=step, action=action, thought=parsed.thought, **self._ids())
-            )
-            if parsed.thought:
+            turn = Turn(self.steps_taken + 1, parsed.reply, "ok", shot.data_uri(), parsed.summary)
+            outcomes: list[str] = []
+            result: ActionResult | None = None
+            failed: _StepFailed | None = None
+            for index, action in enumerate(parsed.actions):
+                if index and self.steps_taken >= max_steps:
+                    # The rest of a multi-action reply does not fit the budget.
+                    self._record(turn, outcomes)
+                    raise self._out_of_steps(max_steps)
+                try:
+                    result = await self._step(action, parsed, index == 0, coords, shot, screen)
+                except _StepFailed as failure:
+                    outcomes.append(f"FAILED: {failure.error.message}")
+                    failed = failure
+                    # What the model planned after a failed action no longer holds.
+                    break
+                outcomes.append(_outcome(result))
+            if not parsed.actions and parsed.thought and parsed.thought != parsed.question:
                 await self._emit(AgentMessage(text=parsed.thought, **self._ids()))
-            if isinstance(action, DoneAction):
-                # An empty final answer would leave the chat without a reply.
-                reply_text = action.message.strip() or (parsed.thought or "").strip()
-                raise _Finish("succeeded", reply_text or "Done.")
-            if isinstance(action, FailAction):
-                raise _Finish(
-                    "failed",
-                    action.reason,
-                    ErrorInfo(code=ErrorCode.INVALID_ACTION, message=action.reason),
-                )
+            self._record(turn, outcomes)
 
-            action_json = action.model_dump_json(exclude={"id"}, exclude_none=True)
-            try:
-                screen_action = await self._ground(step, coords.to_screen(action), shot, screen)
-                result = await self._act(screen_action)
-            except _StepFailed as failure:
+            if failed is not None:
                 failed_actions += 1
-                await self._emit(
-                    StepExecuted(
-                        step=step, action=action, ok=False, error=failure.error, **self._ids()
-                    )
-                )
-                self._record(step, action_json, f"FAILED: {failure.error.message}", shot.data_uri())
                 if failed_actions >= settings.max_failed_actions:
                     raise _Finish(
                         "failed",
-                        f"{failed_actions} actions in a row failed. Last: {failure.error.message}",
-                        failure.error,
-                    ) from failure
+                        f"{failed_actions} actions in a row failed. Last: {failed.error.message}",
+                        failed.error,
+                    ) from failed
                 observation = await self._look()
                 continue
-            failed_actions = 0
-            await self._emit(
-                StepExecuted(
-                    step=step,
-                    action=screen_action,
-                    ok=True,
-                    output=result.output,
-                    settle_ms=result.settle_ms,
-                    duration_ms=result.duration_ms,
-                    **self._ids(),
-                )
-            )
-            outcome = "ok"
-            if result.output:
-                outcome += f"; output:\n{result.output[:4000]}"
-            if result.exit_code is not None:
-                outcome += f"\nexit code {result.exit_code}"
-            if result.data and "data_b64" not in result.data:
-                outcome += f"; {json.dumps(result.data)}"
-            self._record(step, action_json, outcome, shot.data_uri())
-            await self._save_state("running")
+            if parsed.actions:
+                failed_actions = 0
+                await self._save_state("running")
+            if parsed.question is not None:
+                await self._ask_user(parsed.question, started, turn)
+                observation = await self._look()
+                continue
             # The action ran even when its screenshot did not come back; a
             # separate look is then still worth one try before giving up.
             observation = (
                 result.observation
-                if result.observation is not None and result.observation.screenshot is not None
+                if result is not None
+                and result.observation is not None
+                and result.observation.screenshot is not None
                 else await self._look()
             )
 
-    async def _ask(
+    async def _step(
         self,
-        messages: list[dict[str, Any]],
-        mode: Literal["grounded", "direct"],
-        started: float,
-    ) -> LLMReply:
+        action: Action,
+        parsed: FamilyReply,
+        first: bool,
+        coords: CoordinateMap,
+        shot: Screenshot,
+        screen: tuple[int, int],
+    ) -> ActionResult:
+        """Run one planned action as one step: events, done/fail, grounding, the actuator.
+
+        Raises:
+            _Finish: the action ends the task (done, fail).
+            _StepFailed: the action could not be carried out.
+        """
+        self.steps_taken += 1
+        step = self.steps_taken
+        thought = parsed.thought if first else ""
+        await self._emit(StepPlanned(step=step, action=action, thought=thought, **self._ids()))
+        if thought:
+            await self._emit(AgentMessage(text=thought, **self._ids()))
+        if isinstance(action, DoneAction):
+            # An empty final answer would leave the chat without a reply.
+            reply_text = action.message.strip() or (parsed.thought or "").strip()
+            raise _Finish("succeeded", reply_text or "Done.")
+        if isinstance(action, FailAction):
+            raise _Finish(
+                "failed",
+                action.reason,
+                ErrorInfo(code=ErrorCode.INVALID_ACTION, message=action.reason),
+            )
+        try:
+            screen_action = await self._ground(step, coords.to_screen(action), shot, screen)
+            result = await self._act(screen_action)
+        except _StepFailed as failure:
+            await self._emit(
+                StepExecuted(step=step, action=action, ok=False, error=failure.error, **self._ids())
+            )
+            raise
+        await self._emit(
+            StepExecuted(
+                step=step,
+                action=screen_action,
+                ok=True,
+                output=result.output,
+                settle_ms=result.settle_ms,
+                duration_ms=result.duration_ms,
+                **self._ids(),
+            )
+        )
+        return result
+
+    async def _ask_user(self, question: str, started: float, turn: Turn) -> str:
+        """Hold the task in needs_user until the person answers (or stops it, or time runs out).
+
+        The answer becomes the outcome of the turn that asked, so the model
+        reads it right after its own question, now and after a hand-over.
+        """
+        control = self.control
+        control.answer = None
+        control.waiting = True
+        try:
+            # Saved first: whoever sees the event can read the question from the state.
+            await self._save_state("needs_user", question=question)
+            await self._emit(TaskStateChanged(state="needs_user", question=question, **self._ids()))
+            while control.answer is None:
+                if control.stopped:
+                    raise _stopped()
+                remaining = self.settings.max_wall_seconds - (time.monotonic() - started)
+                if remaining <= 0:
+                    raise self._out_of_time()
+                control.changed.clear()
+                if control.answer is not None or control.stopped:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(control.changed.wait(), remaining)
+            answer = control.answer
+        finally:
+            control.waiting = False
+            control.answer = None
+        turn.outcome = f"The user answered: {answer}"
+        await self._save_state("running")
+        await self._emit(AgentMessage(role="user", text=answer, **self._ids()))
+        await self._emit(TaskStateChanged(state="running", **self._ids()))
+        return answer
+
+    def _out_of_steps(self, max_steps: int) -> _Finish:
+        return _Finish(
+            "failed",
+            f"Stopped after the step budget of {max_steps} steps.",
+            ErrorInfo(code=ErrorCode.BUDGET_EXHAUSTED, message="steps"),
+        )
+
+    async def _ask(self, messages: list[dict[str, Any]], started: float) -> LLMReply:
         """One model call, bounded by what is left of the wall-time budget.
 
         A model call is the longest wait of a step, so a stop must not sit
         behind it: the call is abandoned as soon as a stop arrives.
         """
+        family = self._family
         remaining = self.settings.max_wall_seconds - (time.monotonic() - started)
-        tools = [computer_tool(mode)] if self.settings.native_tools else None
+        tools = family.tools() if family.sends_tools and self.settings.native_tools else None
         try:
             return await self._unless_stopped(
-                self.llm.complete(messages, tools=tools, deadline=max(remaining, 0.001))
+                self.llm.complete(
+                    messages,
+                    tools=tools,
+                    deadline=max(remaining, 0.001),
+                    sampling=sampling_for(family, self.settings),
+                )
             )
         except LLMError as exc:
             if time.monotonic() - started >= self.settings.max_wall_seconds:
                 raise self._out_of_time() from exc
+            if images_rejected(str(exc), messages):
+                log.warning("the model endpoint refused the screenshot: %s", exc)
+                raise _Finish(
+                    "failed",
+                    f"The language model cannot be used: {NO_IMAGES}.",
+                    ErrorInfo(code=ErrorCode.LLM_ERROR, message=NO_IMAGES),
+                ) from exc
             raise _Finish(
                 "failed",
                 f"The language model failed ({exc.reason}): {exc}",
@@ -612,57 +723,31 @@ class TaskRunner:
 
     # --- context -------------------------------------------------------------
 
-    def _messages(
-        self, mode: Literal["grounded", "direct"], width: int, height: int, screenshot_uri: str
-    ) -> list[dict[str, Any]]:
-        """Instruction, past steps (recent ones with the screenshot they were
-        chosen on, older ones as text only), then the current screenshot.
-
-        History is plain text rather than replayed tool-call structures: that
-        works on every OpenAI-compatible server, with or without tool support.
-        """
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system_prompt(mode, width, height)},
-            {"role": "user", "content": f"Task: {self.task.prompt}"},
-        ]
-        for past in self._history:
-            if past.screenshot_uri:
-                messages.append(
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": f"Screenshot before step {past.number}:"},
-                            {"type": "image_url", "image_url": {"url": past.screenshot_uri}},
-                        ],
-                    }
-                )
-            messages.append({"role": "assistant", "content": past.action_json})
-            messages.append(
-                {"role": "user", "content": f"Step {past.number} result: {past.outcome}"}
-            )
-        current = "Current screenshot. Reply with exactly one action."
-        if self._feedback:
-            current = f"{self._feedback}\n{current}"
-            self._feedback = None
-        messages.append(
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": current},
-                    {"type": "image_url", "image_url": {"url": screenshot_uri}},
-                ],
-            }
+    def _messages(self, width: int, height: int, screenshot_uri: str) -> list[dict[str, Any]]:
+        """The family's rendering of the task, the earlier turns and the current screenshot."""
+        view = View(
+            task=self.task.prompt,
+            turns=self._history,
+            screenshot=screenshot_uri,
+            width=width,
+            height=height,
+            feedback=self._feedback,
         )
-        return messages
+        self._feedback = None
+        return self._family.render(view)
 
-    def _record(self, step: int, action_json: str, outcome: str, uri: str | None) -> None:
-        self._history.append(_Step(step, action_json, outcome, uri))
-        # Only the newest screenshots stay as images (the current one counts
-        # as one); older steps keep their text, which bounds the context.
-        images_kept = self.settings.keep_screenshots - 1
-        with_image = [s for s in self._history if s.screenshot_uri]
-        for old in with_image[: max(len(with_image) - images_kept, 0)]:
-            old.screenshot_uri = None
+    def _record(self, turn: Turn, outcomes: list[str]) -> None:
+        if not outcomes or all(outcome == "ok" for outcome in outcomes):
+            turn.outcome = "ok"
+        elif len(outcomes) == 1:
+            turn.outcome = outcomes[0]
+        else:
+            turn.outcome = "\n".join(f"action {n}: {o}" for n, o in enumerate(outcomes, 1))
+        self._history.append(turn)
+        # Only the screenshots the family sends again are kept (the current
+        # one counts as one); older turns keep their text.
+        for old in self._history[: self._family.shown(self._history)]:
+            old.screenshot = None
 
 
 def _stopped() -> _Finish:
@@ -671,6 +756,17 @@ def _stopped() -> _Finish:
         "Stopped by the user.",
         ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
     )
+
+
+def _outcome(result: ActionResult) -> str:
+    outcome = "ok"
+    if result.output:
+        outcome += f"; output:\n{result.output[:4000]}"
+    if result.exit_code is not None:
+        outcome += f"\nexit code {result.exit_code}"
+    if result.data and "data_b64" not in result.data:
+        outcome += f"; {json.dumps(result.data)}"
+    return outcome
 
 
 class _StepFailed(Exception):

@@ -29,7 +29,9 @@ from selfagent.bus.streams import TASKS, ensure_streams
 from selfagent.llm import LLMClient
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
 
+from .canary import run_canary
 from .config import Settings
+from .families import for_settings
 from .runner import Control, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,15 @@ class PlannerService(Service):
     async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
         await start_with_retry(self.broker, before_start=prepare)
+        if self.settings.canary:
+            # In the background: tasks are served while the model answers it.
+            self.spawn(run_canary(self.settings, self.llm), name="planner-canary")
         log.info(
-            "planner ready: model %s at %s, %s mode",
+            "planner ready: model %s at %s, %s mode, family %s",
             self.settings.llm_model,
             self.settings.llm_api_base_url,
             self.settings.resolved_mode,
+            for_settings(self.settings).name,
         )
 
     def _subscribe(self) -> None:
@@ -140,7 +146,7 @@ class PlannerService(Service):
                 return
             if control is not None:
                 log.info("session %s: %s", command.session_id, command.command)
-                control.apply(command.command)
+                control.apply(command.command, command.text)
 
     def start_task(
         self, task: TaskSubmitted, delivery: NatsMessage, resume: SessionState | None = None

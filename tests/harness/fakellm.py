@@ -8,15 +8,24 @@ The real ``openai`` client talks to it over HTTP. Each POST to
     {"status": 429, "headers": {...}, "body": {...}}   an HTTP error
     {"delay": 5.0, ...}                         sleep first (timeouts)
     {"raw": b"..."}                             raw response bytes (truncated JSON)
+    {"usage": {"prompt_tokens": ..}, ...}       what the reply reports as usage
 
 or a callable taking the request JSON and returning such a dict. When the
 script runs out, ``default`` is used (if set) or the server answers 500.
+
+Usage is 100 prompt + 20 completion tokens per call, unless the reply says
+otherwise or the server was made with ``usage=estimate_usage``, which counts
+like a Qwen-style vision model would: text at 4 characters a token, each
+image at one token per 28x28 patch.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
+import math
 import threading
 import time
 import uuid
@@ -26,6 +35,37 @@ from typing import Any
 
 Reply = dict[str, Any]
 ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
+Usage = Callable[[dict[str, Any], Reply], dict[str, int]]
+
+PATCH = 28
+CHARS_PER_TOKEN = 4
+
+
+def estimate_usage(request: dict[str, Any], reply: Reply) -> dict[str, int]:
+    """Plausible token counts for a request and its reply, from their size."""
+    from PIL import Image
+
+    text = 0
+    image_tokens = 0
+    for message in request.get("messages", []):
+        content = message.get("content")
+        parts: list[dict[str, Any]] = (
+            [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        )
+        for part in parts:
+            if part.get("type") == "image_url":
+                data = part["image_url"]["url"].split(",", 1)[1]
+                with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+                    w, h = image.size
+                image_tokens += math.ceil(w / PATCH) * math.ceil(h / PATCH)
+            else:
+                text += len(str(part.get("text", "")))
+    for tool in request.get("tools") or []:
+        text += len(json.dumps(tool))
+    said = len(str(reply.get("content") or "")) + len(json.dumps(reply.get("arguments") or ""))
+    prompt = math.ceil(text / CHARS_PER_TOKEN) + image_tokens
+    completion = max(1, math.ceil(said / CHARS_PER_TOKEN))
+    return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 
 def tool_call(name: str, arguments: dict[str, Any]) -> Reply:
@@ -33,9 +73,12 @@ def tool_call(name: str, arguments: dict[str, Any]) -> Reply:
 
 
 class FakeLLM:
-    def __init__(self, default: ScriptItem | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, default: ScriptItem | None = None, host: str = "127.0.0.1", usage: Usage | None = None
+    ) -> None:
         self.script: list[ScriptItem] = []
         self.default = default
+        self.usage = usage
         self.requests: list[dict[str, Any]] = []
         # How many requests were being answered at once, at most: lets tests
         # check concurrency without timing anything.
@@ -129,6 +172,8 @@ class FakeLLM:
                 if "status" in reply:
                     self._send(int(reply["status"]), reply.get("body", {}), reply.get("headers"))
                     return
+                if "usage" not in reply and fake.usage is not None:
+                    reply = {**reply, "usage": fake.usage(request, reply)}
                 self._send(200, completion(request, reply))
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -160,11 +205,15 @@ def completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
             }
         ]
         finish = "tool_calls"
+    counted = reply.get("usage") or {}
+    prompt = int(counted.get("prompt_tokens", 100))
+    answer = int(counted.get("completion_tokens", 20))
+    usage = {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.get("model", "fake"),
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        "usage": usage,
     }

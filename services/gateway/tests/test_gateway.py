@@ -366,6 +366,29 @@ async def test_control_publishes_command(gateway: GatewayProcess, bus: NatsBroke
             assert (command.session_id, command.command) == ("ctl-1", verb)
 
 
+async def test_answer_is_published_with_its_text(gateway: GatewayProcess, bus: NatsBroker) -> None:
+    """The reply to a task waiting in needs_user goes to the planner as an answer control."""
+    async with (
+        _Subscription(bus, subjects.session_control("ask-1")) as sub,
+        httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as client,
+    ):
+        response = await client.post(
+            "/api/sessions/ask-1/control", json={"command": "answer", "text": "notes.txt"}
+        )
+        assert response.status_code == 202, response.text
+        command = ControlCommand.model_validate_json(await sub.next())
+        assert (command.session_id, command.command, command.text) == (
+            "ask-1",
+            "answer",
+            "notes.txt",
+        )
+        for body in ({"command": "answer"}, {"command": "answer", "text": "  "}):
+            refused = await client.post("/api/sessions/ask-1/control", json=body)
+            assert refused.status_code == 422, body
+            assert "answer needs a non-empty text" in refused.json()["message"]
+        assert sub.messages.empty(), "a refused answer was published"
+
+
 async def test_invalid_event_on_the_bus_does_not_break_the_relay(
     gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
