@@ -225,6 +225,8 @@ def stack(
     values = _complete_values() | {
         "GATEWAY_PORT": str(_free_port()),
         "LLM_API_BASE_URL": f"http://host.docker.internal:{compose_llm.port}/v1",
+        # The start-up canary would take the first scripted reply.
+        "PLANNER_CANARY": "false",
     }
     env_file = _env_file(tmp_path_factory.mktemp("stack") / "env", **values)
     project = f"selfagent-e2e-{uuid.uuid4().hex[:8]}"

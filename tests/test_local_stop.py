@@ -47,6 +47,7 @@ def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None
         "LLM_API_KEY": "sk-test",
         "GROUNDER_FAMILY": "ocr",
         "GROUNDER_CANARY": "false",
+        "PLANNER_CANARY": "false",
         "SELFAGENT_TOKEN": token,
         "PYTHONUNBUFFERED": "1",
     }

@@ -127,6 +127,8 @@ async def planner(
         ground_timeout=10.0,
         act_timeout=15.0,
         max_wall_seconds=120.0,
+        # The canary would take the first scripted reply.
+        canary=False,
     )
     service = build(settings)
     await service.start()
