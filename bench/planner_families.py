@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import math
@@ -36,14 +37,13 @@ from typing import Any
 import nats
 from PIL import Image
 
-from selfagent.actuator.config import Settings as ActuatorSettings
-from selfagent.actuator.service import build as build_actuator
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.planner.config import Settings
 from selfagent.planner.families import get_family
 from selfagent.planner.service import PlannerService
 from selfagent.planner.service import build as build_planner
 from selfagent.schemas import TaskSubmitted, subjects
+from tests.harness.actuator import running_actuator
 from tests.harness.desktop import start_desktop
 from tests.harness.fakellm import CHARS_PER_TOKEN, PATCH, FakeLLM, estimate_usage
 
@@ -217,14 +217,6 @@ async def main(steps: int, width: int, height: int) -> None:
     desktop = start_desktop(width, height)
     recorder = Recorder()
     llm = FakeLLM(usage=recorder).start()
-    actuator = build_actuator(
-        ActuatorSettings(
-            nats_url=nats_server.url,
-            sandbox_id=SANDBOX,
-            vnc_port=desktop.vnc_port,
-            vnc_password=desktop.password,
-        )
-    )
     planner = build_planner(
         Settings(
             nats_url=nats_server.url,
@@ -235,9 +227,9 @@ async def main(steps: int, width: int, height: int) -> None:
             canary=False,
         )
     )
+    stack = contextlib.AsyncExitStack()
     try:
-        await actuator.start()
-        await actuator.desktop.wait_ready(15)
+        await stack.enter_async_context(running_actuator(nats_server.url, desktop, SANDBOX))
         await planner.start()
         bus = await nats.connect(nats_server.url)
         summary = []
@@ -259,7 +251,7 @@ async def main(steps: int, width: int, height: int) -> None:
         print(f"  (text at {CHARS_PER_TOKEN} chars/token, images at {PATCH}x{PATCH} px/token)")
     finally:
         await planner.stop()
-        await actuator.stop()
+        await stack.aclose()
         llm.stop()
         desktop.stop()
         nats_server.cleanup()

@@ -29,8 +29,6 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 
-from selfagent.actuator.config import Settings as ActuatorSettings
-from selfagent.actuator.service import build as build_actuator
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.grounder.resize import smart_resize
 from selfagent.planner.config import Settings
@@ -40,6 +38,7 @@ from selfagent.planner.service import build as build_planner
 from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
 from selfagent.schemas.subjects import SESSIONS_BUCKET
 from tests.harness import dock
+from tests.harness.actuator import running_actuator
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM
 
@@ -79,33 +78,23 @@ def llm() -> Iterator[FakeLLM]:
 async def planner(
     nats_server: EmbeddedNats, desktop: Desktop, llm: FakeLLM
 ) -> AsyncIterator[PlannerService]:
-    actuator = build_actuator(
-        ActuatorSettings(
-            nats_url=nats_server.url,
-            sandbox_id=SANDBOX,
-            vnc_port=desktop.vnc_port,
-            vnc_password=desktop.password,
+    async with running_actuator(nats_server.url, desktop, SANDBOX):
+        service = build_planner(
+            Settings(
+                nats_url=nats_server.url,
+                llm_api_base_url=llm.base_url,
+                llm_model="native-model",
+                llm_timeout=5.0,
+                llm_max_attempts=2,
+                observe_timeout=10.0,
+                act_timeout=20.0,
+                max_wall_seconds=120.0,
+                canary=False,
+            )
         )
-    )
-    await actuator.start()
-    await actuator.desktop.wait_ready(15)
-    service = build_planner(
-        Settings(
-            nats_url=nats_server.url,
-            llm_api_base_url=llm.base_url,
-            llm_model="native-model",
-            llm_timeout=5.0,
-            llm_max_attempts=2,
-            observe_timeout=10.0,
-            act_timeout=20.0,
-            max_wall_seconds=120.0,
-            canary=False,
-        )
-    )
-    await service.start()
-    yield service
-    await service.stop()
-    await actuator.stop()
+        await service.start()
+        yield service
+        await service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -21,8 +21,6 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 
-from selfagent.actuator.config import Settings as ActuatorSettings
-from selfagent.actuator.service import build as build_actuator
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
@@ -30,6 +28,7 @@ from selfagent.planner.config import Settings
 from selfagent.planner.service import PlannerService, build
 from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
 from selfagent.schemas.subjects import SESSIONS_BUCKET
+from tests.harness.actuator import running_actuator
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM, tool_call
 
@@ -83,32 +82,22 @@ def vlm() -> Iterator[FakeLLM]:
 async def services(
     nats_server: EmbeddedNats, desktop: Desktop, vlm: FakeLLM
 ) -> AsyncIterator[None]:
-    actuator = build_actuator(
-        ActuatorSettings(
-            nats_url=nats_server.url,
-            sandbox_id=SANDBOX,
-            vnc_port=desktop.vnc_port,
-            vnc_password=desktop.password,
+    async with running_actuator(nats_server.url, desktop, SANDBOX):
+        grounder = build_grounder(
+            GrounderSettings(
+                nats_url=nats_server.url,
+                api_base_url=vlm.base_url,
+                model="UI-TARS-1.5-7B",
+                family="ui-tars-1.5",
+                timeout=3.0,
+                retries=0,
+                deadline=5.0,
+                canary=False,
+            )
         )
-    )
-    await actuator.start()
-    await actuator.desktop.wait_ready(15)
-    grounder = build_grounder(
-        GrounderSettings(
-            nats_url=nats_server.url,
-            api_base_url=vlm.base_url,
-            model="UI-TARS-1.5-7B",
-            family="ui-tars-1.5",
-            timeout=3.0,
-            retries=0,
-            deadline=5.0,
-            canary=False,
-        )
-    )
-    await grounder.start()
-    yield
-    await grounder.stop()
-    await actuator.stop()
+        await grounder.start()
+        yield
+        await grounder.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
