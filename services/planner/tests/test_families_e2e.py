@@ -35,12 +35,12 @@ from selfagent.planner.config import Settings
 from selfagent.planner.families import get_family
 from selfagent.planner.service import PlannerService
 from selfagent.planner.service import build as build_planner
-from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
-from selfagent.schemas.subjects import SESSIONS_BUCKET
+from selfagent.schemas import TaskSubmitted
 from tests.harness import dock
 from tests.harness.actuator import running_actuator
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM
+from tests.harness.tasks import RunningTask, session_state
 
 pytestmark = [pytest.mark.desktop, pytest.mark.asyncio(loop_scope="session")]
 
@@ -137,63 +137,8 @@ def clear_the_dock(desktop: Desktop) -> None:
 # --- driving a task --------------------------------------------------------------------
 
 
-class Running:
-    def __init__(self, bus: NatsClient, prompt: str) -> None:
-        self.bus = bus
-        self.task = TaskSubmitted(prompt=prompt, sandbox_id=SANDBOX)
-        self.events: list[dict[str, Any]] = []
-        self.arrived = asyncio.Event()
-
-    async def start(self) -> Running:
-        async def collect(msg: Any) -> None:
-            self.events.append(json.loads(msg.data))
-            self.arrived.set()
-
-        self._sub = await self.bus.subscribe(
-            subjects.session_events(self.task.session_id), cb=collect
-        )
-        await self.bus.jetstream().publish(
-            subjects.TASK_SUBMIT, self.task.model_dump_json().encode()
-        )
-        return self
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] == kind]
-
-    async def wait_for(self, test: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + TASK_BOUND
-        while not test():
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, (
-                f"no {what} within {TASK_BOUND}s: {[e['kind'] for e in self.events]}"
-            )
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                continue
-
-    async def control(self, command: str, text: str | None = None) -> None:
-        message = ControlCommand(session_id=self.task.session_id, command=command, text=text)
-        await self.bus.publish(
-            subjects.session_control(self.task.session_id), message.model_dump_json().encode()
-        )
-        await self.bus.flush()
-
-    async def finished(self) -> dict[str, Any]:
-        await self.wait_for(lambda: bool(self.of("task.finished")), "task.finished")
-        await asyncio.sleep(0.5)
-        await self._sub.unsubscribe()
-        ends = self.of("task.finished")
-        assert len(ends) == 1, [e["kind"] for e in self.events]
-        return ends[0]
-
-
-async def session_state(bus: NatsClient, session_id: str) -> dict[str, Any]:
-    entry = await (await bus.jetstream().key_value(SESSIONS_BUCKET)).get(session_id)
-    assert entry.value is not None
-    state: dict[str, Any] = json.loads(entry.value)
-    return state
+def running_task(bus: NatsClient, prompt: str) -> RunningTask:
+    return RunningTask(bus, TaskSubmitted(prompt=prompt, sandbox_id=SANDBOX), bound=TASK_BOUND)
 
 
 # --- a model that answers natively ---------------------------------------------------------
@@ -288,8 +233,8 @@ async def test_native_reply_clicks_the_dock_terminal(
     as_family(name)
     llm.push(stand_in, {"content": native_done(name)})
 
-    running = await Running(bus, "open a terminal from the dock").start()
-    finished = await running.finished()
+    running = await running_task(bus, "open a terminal from the dock").start()
+    finished = (await running.outcome()).finished
 
     assert finished["status"] == "succeeded", (finished, running.events)
     assert finished["reply"] == "A terminal is open."
@@ -339,8 +284,8 @@ async def test_a_malformed_native_reply_gets_the_family_correction(
         {"content": "I would click the terminal icon now."},
         {"content": "Thought: fine.\nAction: finished(content='corrected')"},
     )
-    running = await Running(bus, "anything").start()
-    finished = await running.finished()
+    running = await running_task(bus, "anything").start()
+    finished = (await running.outcome()).finished
     assert finished["status"] == "succeeded" and finished["reply"] == "corrected"
     told = llm.requests[1]["messages"][-1]["content"][-1]["text"]
     assert "no 'Action:' line" in told and "Action: click(start_box=" in told
@@ -358,8 +303,8 @@ async def test_call_user_waits_and_an_answer_resumes_it(
         {"content": f"Thought: {question}\nAction: call_user()"},
         {"content": "Thought: The user chose notes.\nAction: finished(content='notes.txt it is')"},
     )
-    running = await Running(bus, "open the file").start()
-    await running.wait_for(
+    running = await running_task(bus, "open the file").start()
+    await running.until(
         lambda: any(e.get("state") == "needs_user" for e in running.of("task.state")),
         "needs_user",
     )
@@ -373,7 +318,7 @@ async def test_call_user_waits_and_an_answer_resumes_it(
     assert not running.of("task.finished")
 
     await running.control("answer", "notes.txt")
-    finished = await running.finished()
+    finished = (await running.outcome()).finished
     assert finished["status"] == "succeeded" and finished["reply"] == "notes.txt it is"
     assert [e["state"] for e in running.of("task.state")] == ["needs_user", "running"]
     said = [e for e in running.of("message") if e["role"] == "user"]
@@ -393,13 +338,13 @@ async def test_stop_while_waiting_for_the_user_ends_the_task(
 ) -> None:
     as_family("uitars")
     llm.push({"content": "Thought: I need the password.\nAction: call_user()"})
-    running = await Running(bus, "log in").start()
-    await running.wait_for(
+    running = await running_task(bus, "log in").start()
+    await running.until(
         lambda: any(e.get("state") == "needs_user" for e in running.of("task.state")),
         "needs_user",
     )
     await running.control("stop")
-    finished = await running.finished()
+    finished = (await running.outcome()).finished
     assert finished["status"] == "stopped" and finished["error"]["code"] == "stopped"
     assert len(llm.requests) == 1
     assert (await session_state(bus, running.task.session_id))["status"] == "stopped"

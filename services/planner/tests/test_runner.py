@@ -13,7 +13,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -26,11 +25,11 @@ from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings
 from selfagent.planner.service import PlannerService, build
-from selfagent.schemas import ControlCommand, TaskSubmitted, subjects
-from selfagent.schemas.subjects import SESSIONS_BUCKET
+from selfagent.schemas import TaskSubmitted
 from tests.harness.actuator import running_actuator
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM, tool_call
+from tests.harness.tasks import Outcome, RunningTask, session_state
 
 pytestmark = [pytest.mark.desktop, pytest.mark.asyncio(loop_scope="session")]
 
@@ -148,72 +147,9 @@ def fresh(llm: FakeLLM, vlm: FakeLLM, planner: PlannerService) -> Iterator[Plann
 # --- driving tasks ------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    finished: dict[str, Any]
-    events: list[dict[str, Any]]
-
-    def kinds(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] == kind]
-
-
-class Running:
-    """A submitted task whose events are being collected."""
-
-    def __init__(self, bus: NatsClient, task: TaskSubmitted) -> None:
-        self.bus = bus
-        self.task = task
-        self.events: list[dict[str, Any]] = []
-        self.arrived = asyncio.Event()
-
-    async def start(self) -> Running:
-        async def collect(msg: Any) -> None:
-            self.events.append(json.loads(msg.data))
-            self.arrived.set()
-
-        self._sub = await self.bus.subscribe(
-            subjects.session_events(self.task.session_id), cb=collect
-        )
-        await self.bus.jetstream().publish(
-            subjects.TASK_SUBMIT, self.task.model_dump_json().encode()
-        )
-        return self
-
-    async def wait_for(self, kind: str, timeout: float = TASK_BOUND, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while sum(e["kind"] == kind for e in self.events) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no {kind} event within {timeout}s: {self.kinds()}"
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                continue
-
-    def kinds(self) -> list[str]:
-        return [e["kind"] for e in self.events]
-
-    async def control(self, command: str) -> None:
-        message = ControlCommand(session_id=self.task.session_id, command=command)
-        await self.bus.publish(
-            subjects.session_control(self.task.session_id), message.model_dump_json().encode()
-        )
-        await self.bus.flush()
-
-    async def outcome(self) -> Outcome:
-        await self.wait_for("task.finished")
-        # Anything published after the end (a second task.finished, a late
-        # step) would arrive within this grace period.
-        await asyncio.sleep(0.5)
-        await self._sub.unsubscribe()
-        finished = [e for e in self.events if e["kind"] == "task.finished"]
-        assert len(finished) == 1, f"task.finished {len(finished)} times: {self.kinds()}"
-        assert self.events[-1]["kind"] == "task.finished", self.kinds()
-        return Outcome(finished[0], self.events)
-
-
-async def submit(bus: NatsClient, prompt: str = "do it", **fields: Any) -> Running:
-    return await Running(bus, TaskSubmitted(prompt=prompt, sandbox_id=SANDBOX, **fields)).start()
+async def submit(bus: NatsClient, prompt: str = "do it", **fields: Any) -> RunningTask:
+    task = TaskSubmitted(prompt=prompt, sandbox_id=SANDBOX, **fields)
+    return await RunningTask(bus, task, bound=TASK_BOUND).start()
 
 
 async def run_task(bus: NatsClient, prompt: str = "do it", **fields: Any) -> Outcome:
@@ -227,13 +163,6 @@ async def assert_serving(bus: NatsClient, llm: FakeLLM) -> None:
     outcome = await run_task(bus, "are you still there?")
     assert outcome.finished["status"] == "succeeded", outcome.finished
     assert outcome.finished["reply"] == "ok again"
-
-
-async def session_state(bus: NatsClient, session_id: str) -> dict[str, Any]:
-    entry = await (await bus.jetstream().key_value(SESSIONS_BUCKET)).get(session_id)
-    assert entry.value is not None
-    state: dict[str, Any] = json.loads(entry.value)
-    return state
 
 
 def images_in(request: dict[str, Any]) -> int:
