@@ -104,6 +104,7 @@ def _arguments(text: str, name: str, position: int) -> tuple[Call, int]:
             raise ActionParseError(f"{name}( is never closed with ')'")
         if text[position] == ")":
             return Call(name, kwargs, tuple(args)), position + 1
+        started = position
         key: str | None = None
         match = _NAME.match(text, position)
         if match is not None:
@@ -119,6 +120,9 @@ def _arguments(text: str, name: str, position: int) -> tuple[Call, int]:
         position = _skip(text, position, " \t\r\n")
         if position < len(text) and text[position] == ",":
             position += 1
+        elif position == started:
+            # Nothing was read: going round again would read nothing forever.
+            raise ActionParseError(f"unexpected {text[position]!r} in {name}(...)")
 
 
 def _value(text: str, name: str, position: int) -> tuple[str, int]:
@@ -132,6 +136,9 @@ def _value(text: str, name: str, position: int) -> tuple[str, int]:
             depth += 1
         elif char in ")]":
             if depth == 0:
+                if char == "]":
+                    # Nothing opened it, and no argument can start with it.
+                    raise ActionParseError(f"unexpected ']' in {name}(...)")
                 break
             depth -= 1
         elif char == "," and depth == 0:

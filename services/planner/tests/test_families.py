@@ -32,6 +32,7 @@ from selfagent.planner.families import (
     get_family,
     sampling_for,
 )
+from selfagent.planner.families.calls import calls
 from selfagent.planner.vision import NO_IMAGES, images_rejected
 from selfagent.schemas import ClickAction
 from tests.harness.fakellm import FakeLLM, tool_call
@@ -688,3 +689,19 @@ def test_images_rejected_recognises_text_only_endpoints() -> None:
     assert not images_rejected("maximum context length is 1024 tokens", messages)
     assert not images_rejected("rate limited", messages)
     assert "vision projector" in NO_IMAGES
+
+
+# --- replies that once hung or crashed a parser --------------------------------------------
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("text", ["click(])", "click(x=])", "click(x=5])", "click(x=[1]])"])
+def test_a_stray_bracket_is_an_error_not_a_hang(text: str) -> None:
+    with pytest.raises(ActionParseError, match=r"unexpected '\]' in click\(\.\.\.\)"):
+        calls(text)
+
+
+@pytest.mark.timeout(5)
+def test_uitars_stray_bracket_after_a_point_is_told_to_the_model() -> None:
+    with pytest.raises(ActionParseError, match="unexpected"):
+        family("uitars").parse("Action: click(start_box=(100,200)])", [], ParseContext(1288, 728))
