@@ -42,7 +42,11 @@ class Service(abc.ABC):
 
     async def start(self) -> None:
         self._stopping = False
-        self._failure = None
+        if self._failure is not None and self._failure.done():
+            # A failure from an earlier run; one still pending may already
+            # have a waiter (wait() can begin before start(), as the gateway
+            # does), so it is kept.
+            self._failure = None
         try:
             await self._start()
         except BaseException:
