@@ -149,6 +149,9 @@ def _sections(text: str) -> dict[str, str]:
     found: dict[str, str] = {}
     # A heading needs its hashes or its colon: "Action" opening a sentence is prose.
     marks = [m for m in _SECTION.finditer(text) if m.group(1) or m.group(3)]
+    if not marks:
+        # A bare code block or a plain sentence: no sections to read.
+        return found
     for mark, following in zip(marks, [*marks[1:], None], strict=True):
         end = following.start() if following is not None else len(text)
         found.setdefault(mark.group(2).lower(), text[mark.end() : end].strip())

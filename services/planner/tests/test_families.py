@@ -705,3 +705,18 @@ def test_a_stray_bracket_is_an_error_not_a_hang(text: str) -> None:
 def test_uitars_stray_bracket_after_a_point_is_told_to_the_model() -> None:
     with pytest.raises(ActionParseError, match="unexpected"):
         family("uitars").parse("Action: click(start_box=(100,200)])", [], ParseContext(1288, 728))
+
+
+@pytest.mark.timeout(5)
+def test_opencua_reply_of_only_a_code_block_is_read() -> None:
+    parsed = family("opencua").parse(
+        "```python\npyautogui.click(x=900, y=470)\n```", [], ParseContext(1288, 728)
+    )
+    assert parsed.actions == (ClickAction(x=900, y=470, id=parsed.actions[0].id),)
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("reply", ["I cannot help with that.", "pyautogui.click(x=900, y=470)", ""])
+def test_opencua_reply_without_sections_or_fence_asks_for_code(reply: str) -> None:
+    with pytest.raises(ActionParseError, match="no ## Code: block"):
+        family("opencua").parse(reply, [], ParseContext(1288, 728))
