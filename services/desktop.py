@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -17,19 +18,34 @@ def _reservation(num: int) -> Path:
     return _RESERVATIONS / f".selfagent-display-{num}"
 
 
-def _holder_alive(path: Path) -> bool:
+# Display number -> the open, locked claim file that holds it.
+_held: dict[int, int] = {}
+
+
+def _claim(num: int) -> bool:
+    """Hold display ``num`` with an exclusive lock on its claim file.
+
+    The kernel drops the lock when the holder exits, however it exits, so a
+    claim never goes stale. After locking, the path must still name the file
+    we locked: a holder that released in between unlinked it.
+    """
+    path = _reservation(num)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        pid = int(path.read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return False
-    if pid <= 0:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
         return False
-    except PermissionError:
-        return True
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())  # for people, not for the lock
+    _held[num] = fd
     return True
 
 
@@ -40,36 +56,30 @@ def free_display(first: int = 10) -> int:
     Checking is not enough when several processes start desktops at once
     (test workers, a provisioner's pool): two could pick the same number
     before either X server takes its lock, and one would then talk to the
-    other's desktop. So the pick is claimed atomically with an O_EXCL file
-    holding our pid; a claim whose process is gone is stale and reused.
+    other's desktop. So the pick is claimed with an exclusive ``flock`` on a
+    claim file, held until released or until this process ends.
     """
     for num in range(first, 99):
+        if num in _held:
+            continue
         if Path(f"/tmp/.X11-unix/X{num}").exists() or Path(f"/tmp/.X{num}-lock").exists():
             continue
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", 5900 + num)) == 0:
                 continue
-        claim = _reservation(num)
-        if claim.exists() and not _holder_alive(claim):
-            claim.unlink(missing_ok=True)
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return num
+        if _claim(num):
+            return num
     raise LocalModeError(f"no free X display number from :{first} to :98")
 
 
 def release_display(num: int) -> None:
     """Give back a display number reserved by :func:`free_display` in this process."""
-    claim = _reservation(num)
-    try:
-        if int(claim.read_text() or 0) == os.getpid():
-            claim.unlink()
-    except (FileNotFoundError, ValueError):
-        pass
+    fd = _held.pop(num, None)
+    if fd is None:
+        return
+    # Unlink while still locked, so that nobody locks a path we are leaving.
+    _reservation(num).unlink(missing_ok=True)
+    os.close(fd)
 
 
 def wait_for_panel(display: str, timeout: float = 30.0) -> None:
