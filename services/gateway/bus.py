@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from faststream.exceptions import IncorrectState
-from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -42,7 +41,7 @@ class GatewayBus(Service):
         self.settings = settings
         self.hub = hub
         self.takeover = takeover
-        self.broker: NatsBroker = make_broker(settings.nats_url, name=SERVICE)
+        self.broker = make_broker(settings.nats_url, name=SERVICE)
         self._ready = asyncio.Event()
         self.resources.push_async_callback(self.broker.stop)
 
@@ -77,7 +76,7 @@ class GatewayBus(Service):
                 )
                 await asyncio.sleep(1.0)
         self._ready.set()
-        log.info("connected to NATS at %s", self.settings.nats_url)
+        log.info("connected to NATS at %s", self.broker.address)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()

@@ -52,7 +52,7 @@ class GrounderService(Service):
             "grounder ready: %s, concurrency %d, NATS %s",
             self.grounder.method,
             self.settings.concurrency,
-            self.settings.nats_url,
+            self.broker.address,
         )
         if self.settings.canary:
             # In the background: the service answers while the model warms up.

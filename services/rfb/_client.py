@@ -151,8 +151,9 @@ class RFBClient:
                     # request until something changes, so our copy stays live.
                     self._request_update(incremental=True)
                 elif kind == SET_COLOUR_MAP_ENTRIES:
-                    # Never used with true colour; the u16 count bounds it.
-                    (count,) = struct.unpack(">xxH", await reader.readexactly(5))
+                    # Never used with true colour; skipped. After the type: one
+                    # byte of padding, u16 first colour, u16 count (6 bytes each).
+                    _first, count = struct.unpack(">xHH", await reader.readexactly(5))
                     await reader.readexactly(count * 6)
                 elif kind == BELL:
                     pass

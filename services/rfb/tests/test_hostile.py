@@ -167,3 +167,32 @@ async def test_a_live_connection_drops_on_a_huge_cut_text_and_says_why() -> None
                 client.pointer(1, 1)
         finally:
             await client.close()
+
+
+async def test_a_colour_map_message_is_skipped_and_the_link_stays_up() -> None:
+    """SetColourMapEntries (padding, first colour, count) is read whole and ignored."""
+    frame = b"\x00\x00\x00\x01" + rect_header(0, 0, 64, 48, 0) + bytes(range(256)) * 48
+    colours = b"\x01\x00" + struct.pack(">HH", 7, 2) + bytes(12)
+    sent = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _after_first_request(reader, writer, colours + b"\x02" + frame)
+        await writer.drain()
+        sent.set()
+        await asyncio.sleep(5)
+
+    async with fake_server(script) as port:
+        client = RFBClient("127.0.0.1", port, None)
+        await client.connect(timeout=5)
+        try:
+            await asyncio.wait_for(sent.wait(), PROMPT)
+            # The frame came after the colour map and a bell: once it is in,
+            # the reader has read past both.
+            deadline = time.monotonic() + PROMPT
+            while client.framebuffer != bytes(range(256)) * 48:
+                assert client.connected, client.error
+                assert time.monotonic() < deadline, "the frame after the colour map never arrived"
+                await asyncio.sleep(0.01)
+            assert client.connected, client.error
+        finally:
+            await client.close()
