@@ -10,11 +10,14 @@ mapping from the family's coordinate space to the screen.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
+
+from pydantic import ValidationError
 
 from selfagent.errors import ActionParseError
 from selfagent.grounder.resize import QWEN2_FACTOR, smart_resize
@@ -24,6 +27,8 @@ from selfagent.schemas.actions import Action
 from ..coords import CoordSpace
 
 ChatMessage = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 # The Qwen2.5-VL processor's own pixel budget: the grid the absolute-pixel
 # families (UI-TARS-1.5, Qwen2.5-VL, OpenCUA-7B/32B) answer on.
@@ -135,11 +140,40 @@ class Family(ABC):
     def render(self, view: View) -> list[ChatMessage]:
         """The chat messages for this turn."""
 
-    @abstractmethod
     def parse(
         self, content: str | None, tool_calls: Sequence[ToolCall], context: ParseContext
     ) -> FamilyReply:
-        """Read the reply.
+        """Read the reply; anything a reply can make a parser raise becomes ActionParseError.
+
+        A model's reply is input from outside: whatever in it a parser did not
+        foresee (an over-long text, a number too large, a list where a point
+        belongs) must come back to the model as a correction, never end the
+        task as an internal error. The runner and the canary both call this.
+
+        Raises:
+            ActionParseError: nothing usable; the message is for the model.
+        """
+        try:
+            return self.read(content, tool_calls, context)
+        except ActionParseError:
+            raise
+        except ValidationError as exc:
+            raise ActionParseError(_validation_problem(exc)) from None
+        except OverflowError:
+            raise ActionParseError("a number in the action is too large") from None
+        except (ValueError, TypeError, LookupError) as exc:
+            # Not the model's fault alone: the parser missed a case, so keep a trace.
+            log.warning("the %s parser could not read a reply", self.name, exc_info=True)
+            raise ActionParseError(
+                f"the action's arguments could not be read ({type(exc).__name__}: {exc}); "
+                "give each argument as a plain number or string"
+            ) from None
+
+    @abstractmethod
+    def read(
+        self, content: str | None, tool_calls: Sequence[ToolCall], context: ParseContext
+    ) -> FamilyReply:
+        """Read the reply (the family's own parser; callers use :meth:`parse`).
 
         Raises:
             ActionParseError: nothing usable; the message is for the model.
@@ -162,6 +196,15 @@ def note_for(turn: Turn) -> str | None:
     if turn.ok:
         return None
     return turn.outcome
+
+
+def _validation_problem(error: ValidationError) -> str:
+    """What was out of bounds, e.g. ``text: String should have at most 20000 characters``."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return f"the action is out of bounds: {'; '.join(problems)}"
 
 
 def require_actions(actions: Sequence[Action], question: str | None, what: str) -> None:

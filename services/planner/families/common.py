@@ -37,6 +37,9 @@ MAX_WAIT: Final = 60.0
 # models trained on pyautogui mostly say clicks (-5), but some say pixels (-500).
 _NOTCH_LIMIT: Final = 25
 _PIXELS_PER_NOTCH: Final = 100
+# No coordinate, amount or duration a model means comes near this; past it a
+# number only overflows (round(inf)) somewhere downstream.
+_LARGEST: Final = 1_000_000.0
 
 
 def coordinate(value: object, what: str) -> tuple[int, int]:
@@ -45,7 +48,7 @@ def coordinate(value: object, what: str) -> tuple[int, int]:
     if isinstance(value, list | tuple):
         numbers = [number(v, what) for v in value]
     elif isinstance(value, str):
-        numbers = [float(n) for n in _NUMBER.findall(_TOKENS.sub(" ", value))]
+        numbers = [_bounded(n, what) for n in _NUMBER.findall(_TOKENS.sub(" ", value))]
     else:
         raise ActionParseError(f"{what} must be a point (x, y), got {value!r}")
     if len(numbers) == 4:
@@ -60,11 +63,21 @@ def coordinate(value: object, what: str) -> tuple[int, int]:
 def number(value: object, what: str) -> float:
     if isinstance(value, bool):
         raise ActionParseError(f"{what} must be a number, got {value!r}")
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int | float):
+        return _bounded(value, what)
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return float(value.strip())
+        return _bounded(value.strip(), what)
     raise ActionParseError(f"{what} must be a number, got {value!r}")
+
+
+def _bounded(value: str | float, what: str) -> float:
+    # An int is compared as an int: float() of a huge one overflows.
+    if isinstance(value, int):
+        if abs(value) <= _LARGEST:
+            return float(value)
+    elif math.isfinite(as_float := float(value)) and abs(as_float) <= _LARGEST:
+        return as_float
+    raise ActionParseError(f"{what} must be a number between -{_LARGEST:.0f} and {_LARGEST:.0f}")
 
 
 def click(point: tuple[int, int], button: MouseButton = "left", clicks: int = 1) -> ClickAction:

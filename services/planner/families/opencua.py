@@ -122,7 +122,7 @@ class OpenCUA(Family):
         )
         return messages
 
-    def parse(
+    def read(
         self, content: str | None, tool_calls: Sequence[ToolCall], context: ParseContext
     ) -> FamilyReply:
         text = re.sub(r"</?think>", "", content or "", flags=re.IGNORECASE)
@@ -226,6 +226,8 @@ def _call(node: ast.Call, pointer: _Pointer, context: ParseContext, thought: str
     def point(required: bool = True) -> tuple[int, int] | None:
         x, y = args.get("x"), args.get("y")
         if isinstance(x, list | tuple) and y is None:
+            if len(x) != 2:
+                raise ActionParseError(f"{name} needs one point: x= and y=, or (x, y)")
             x, y = x[0], x[1]
         if x is None or y is None:
             if required and pointer.at is None:
@@ -354,7 +356,8 @@ def _arguments(node: ast.Call, key: str, name: str) -> dict[str, Any]:
 def _literal(node: ast.expr, name: str) -> Any:
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError):
+        # TypeError: a literal that cannot be built, e.g. {[1]: 2} (unhashable key).
         raise ActionParseError(
             f"the arguments of {name} must be plain values (numbers, strings)"
         ) from None

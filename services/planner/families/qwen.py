@@ -160,7 +160,7 @@ class _Qwen(Family):
         w, h = self.display_size(width, height)
         return tools_system_prompt(computer_use_tool(self.actions_offered, w, h))
 
-    def parse(
+    def read(
         self, content: str | None, tool_calls: Sequence[ToolCall], context: ParseContext
     ) -> FamilyReply:
         text = _THINK.sub("", content or "")

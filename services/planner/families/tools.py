@@ -67,7 +67,7 @@ class ToolsFamily(Family):
         )
         return messages
 
-    def parse(
+    def read(
         self, content: str | None, tool_calls: Sequence[ToolCall], context: ParseContext
     ) -> FamilyReply:
         parsed = parse_reply(content, tool_calls)

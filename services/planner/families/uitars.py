@@ -212,7 +212,7 @@ class UITars15(Family):
         messages.append({"role": "user", "content": current})
         return messages
 
-    def parse(
+    def read(
         self, content: str | None, tool_calls: Sequence[ToolCall], context: ParseContext
     ) -> FamilyReply:
         text = content or ""

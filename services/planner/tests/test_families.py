@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from selfagent.planner.families import (
 )
 from selfagent.planner.families.calls import calls
 from selfagent.planner.vision import NO_IMAGES, images_rejected
-from selfagent.schemas import ClickAction
+from selfagent.schemas import ClickAction, TypeAction
 from tests.harness.fakellm import FakeLLM, tool_call
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -720,3 +720,83 @@ def test_opencua_reply_of_only_a_code_block_is_read() -> None:
 def test_opencua_reply_without_sections_or_fence_asks_for_code(reply: str) -> None:
     with pytest.raises(ActionParseError, match="no ## Code: block"):
         family("opencua").parse(reply, [], ParseContext(1288, 728))
+
+
+def qwen_text(arguments: dict[str, Any]) -> str:
+    call = {"name": "computer_use", "arguments": arguments}
+    return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+
+
+# Each of these once escaped the parser as a ValidationError, OverflowError,
+# IndexError, TypeError or ValueError and ended the task as an internal error.
+UNREADABLE: list[tuple[str, str, str]] = [
+    ("uitars", "Action: type(content='" + "a" * 20001 + "')", "at most 20000 characters"),
+    ("uitars", "Action: hotkey(key='" + "a " * 150 + "')", "at most 200 characters"),
+    ("uitars", "Action: click(start_box='(" + "9" * 400 + ",5)')", "number between"),
+    ("seed", "Action: click(point='<point>" + "9" * 400 + " 5</point>')", "number between"),
+    ("opencua", cua("pyautogui.click([5])")["content"], "needs one point"),
+    ("opencua", cua("pyautogui.click(x={[1]: 2})")["content"], "plain values"),
+    ("opencua", cua("pyautogui.click(x=" + "9" * 400 + ", y=5)")["content"], "number between"),
+    ("opencua", cua("pyautogui.scroll(1e999)")["content"], "number between"),
+    ("qwen2.5", qwen_text({"action": "left_click", "coordinate": [1e999, 5]}), "number"),
+]
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize(("name", "text", "problem"), UNREADABLE)
+def test_replies_no_parser_foresaw_are_action_parse_errors(
+    name: str, text: str, problem: str
+) -> None:
+    with pytest.raises(ActionParseError, match=problem):
+        family(name).parse(text, [], ParseContext(1288, 728))
+
+
+class _Breaks(Family):
+    """A family whose own reader fails the way an unforeseen reply makes one fail."""
+
+    name = "breaks"
+    title = "breaks"
+
+    def __init__(self, fail: Callable[[], object]) -> None:
+        self.fail = fail
+
+    def render(self, view: View) -> list[dict[str, Any]]:
+        return []
+
+    def read(self, content: str | None, tool_calls: Sequence[Any], context: ParseContext) -> Any:
+        return self.fail()
+
+
+def _raise(error: Exception) -> Callable[[], object]:
+    def fail() -> object:
+        raise error
+
+    return fail
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize(
+    ("error", "problem"),
+    [
+        (IndexError("list index out of range"), "could not be read"),
+        (TypeError("unhashable type: 'dict'"), "could not be read"),
+        (ValueError("bad"), "could not be read"),
+        (KeyError("arguments"), "could not be read"),
+        (OverflowError("cannot convert float infinity to integer"), "too large"),
+    ],
+)
+def test_family_parse_turns_any_parser_failure_into_a_correction(
+    error: Exception, problem: str
+) -> None:
+    with pytest.raises(ActionParseError, match=problem):
+        _Breaks(_raise(error)).parse("anything", [], ParseContext(1288, 728))
+
+
+@pytest.mark.timeout(5)
+def test_family_parse_reports_which_bound_an_action_broke() -> None:
+    too_long = _Breaks(lambda: TypeAction(text="a" * 20001))
+    with pytest.raises(ActionParseError) as caught:
+        too_long.parse("", [], ParseContext(1288, 728))
+    assert str(caught.value) == (
+        "the action is out of bounds: text: String should have at most 20000 characters"
+    )
