@@ -195,7 +195,8 @@ def loads_lenient(text: str) -> Any:
         # literal_eval evaluates literals only, never code: single-quoted dicts
         # and True/None are what models copy from Python examples.
         return ast.literal_eval(_pythonize(text))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        # TypeError: a literal Python cannot build, e.g. {{"a": 1}} (a set of dicts).
         pass
     detail = first.msg if isinstance(first, json.JSONDecodeError) else str(first)
     position = first.pos if isinstance(first, json.JSONDecodeError) else None

@@ -70,6 +70,13 @@ def test_lenient_loads_never_runs_code() -> None:
         loads_lenient('{"a": __import__("os").getcwd()}')
 
 
+@pytest.mark.timeout(5)
+def test_lenient_loads_of_a_literal_python_cannot_build_is_a_json_problem() -> None:
+    # {{...}} reads as a set holding a dict: literal_eval raises TypeError (unhashable).
+    with pytest.raises(JSONProblem):
+        loads_lenient('{{"action": "click"}}')
+
+
 def test_truncated_value_is_completed_only_when_strict() -> None:
     assert complete_truncated('{"a": {"b": [1, 2') == {"a": {"b": [1, 2]}}
     assert complete_truncated('{"a": 1, ') is None

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from selfagent.planner.families import ParseContext, get_family
 from selfagent.planner.parsing import (
     PIXELS_PER_SCROLL_NOTCH,
     ActionParseError,
@@ -22,7 +23,7 @@ from selfagent.planner.tools import (
     computer_tool,
     system_prompt,
 )
-from selfagent.schemas import Action
+from selfagent.schemas import Action, ClickAction
 
 
 def fields(content: str | None, calls: list[ToolCall] | None = None) -> dict[str, Any]:
@@ -529,6 +530,23 @@ def test_error_keeps_the_raw_fragment_for_logs() -> None:
     with pytest.raises(ActionParseError) as caught:
         parse_reply('x {"action": "type", "text": "unterminated', [])
     assert caught.value.raw.startswith('{"action": "type"')
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize(
+    "content",
+    [
+        '<tool_call>{{"action": "click", "x": 5, "y": 6}}</tool_call>',
+        'Clicking. {{"action": "click", "x": 5, "y": 6}}',
+    ],
+)
+def test_doubled_braces_through_the_tools_family_read_the_inner_action(content: str) -> None:
+    # Models copying a format string write {{...}}; Python reads that as a set of
+    # dicts, which must not break the scan before it finds the object inside.
+    parsed = get_family("tools").parse(content, [], ParseContext(1288, 728))
+    assert [a.model_dump(exclude={"id"}) for a in parsed.actions] == [
+        ClickAction(x=5, y=6).model_dump(exclude={"id"})
+    ]
 
 
 # --------------------------------------------------------------------------- keys
