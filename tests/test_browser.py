@@ -17,6 +17,7 @@ from faststream.nats import NatsBroker
 from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from selfagent.bus import sessions
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.gateway.tests.rfbclient import TcpRfbClient
 from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
@@ -24,12 +25,14 @@ from selfagent.schemas import (
     AgentMessage,
     ControlCommand,
     SessionEvent,
+    SessionState,
     ShellAction,
     StepExecuted,
     StepPlanned,
     TaskFinished,
     TaskStarted,
     TaskStateChanged,
+    TaskSubmitted,
     subjects,
 )
 from tests.harness.desktop import Desktop, start_desktop
@@ -310,6 +313,13 @@ async def test_a_question_from_the_agent_is_answered_from_the_chat(
     control_sub = await bus.connection.subscribe(subjects.SESSION_CONTROL_ALL, cb=on_control)
     task_sub = await bus.connection.subscribe(subjects.TASK_SUBMIT, cb=on_task)
     await bus.connection.flush()
+    # The planner records the question in the session state too: the gateway
+    # accepts an answer only while the session waits for one.
+    waiting = SessionState.fresh(
+        TaskSubmitted(session_id=sid, task_id="t-ask", prompt="Open my file")
+    ).model_copy(update={"status": "needs_user", "question": question})
+    await sessions.ensure_bucket(bus)
+    await (await sessions.open_bucket(bus)).put(sid, waiting.model_dump_json().encode())
     try:
         for event in (
             TaskStarted(session_id=sid, task_id="t-ask", prompt="Open my file"),

@@ -19,7 +19,13 @@ from pydantic import (
 )
 from starlette.websockets import WebSocketDisconnect
 
-from selfagent.schemas import ControlCommand, SessionState, TaskFinished, TaskSubmitted
+from selfagent.schemas import (
+    ControlCommand,
+    SessionState,
+    TaskFinished,
+    TaskStateChanged,
+    TaskSubmitted,
+)
 from selfagent.schemas.export import EXPORTED, json_schema
 from selfagent.schemas.messages import ControlVerb, SubjectId, TaskStatus
 from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
@@ -62,7 +68,10 @@ class TaskAccepted(BaseModel):
 
 class ChatReply(BaseModel):
     reply: str
-    status: TaskStatus
+    status: TaskStatus | Literal["needs_user"] = Field(
+        description="needs_user: the task waits for an answer; `reply` is the model's question. "
+        "Answer with POST /api/sessions/<sid>/control {command: answer, text}."
+    )
     task_id: str
     session_id: str
     steps: int
@@ -146,11 +155,26 @@ async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
     task = _task(body, gateway.settings.sandbox_id)
     timeout = gateway.settings.chat_timeout
     # Listen before publishing: a fast planner could otherwise finish unseen.
-    with gateway.hub.listen(task_id=task.task_id, kinds=frozenset({"task.finished"})) as listener:
+    kinds = frozenset({"task.finished", "task.state"})
+    with gateway.hub.listen(task_id=task.task_id, kinds=kinds) as listener:
         await gateway.bus.submit(task)
         try:
             async with asyncio.timeout(timeout):
-                frame = await listener.queue.get()
+                while True:
+                    frame = await listener.queue.get()
+                    event = frame.event
+                    if isinstance(event, TaskStateChanged) and event.state == "needs_user":
+                        # A question is an answer to this request too: waiting
+                        # for the end would wait for a person who is not asked.
+                        return ChatReply(
+                            reply=event.question or "",
+                            status="needs_user",
+                            task_id=event.task_id,
+                            session_id=event.session_id,
+                            steps=0,
+                        )
+                    if isinstance(event, TaskFinished):
+                        break
         except TimeoutError:
             raise HTTPException(
                 504,
@@ -181,6 +205,15 @@ async def control(
     session_id: SessionId, body: ControlRequest, gateway: GatewayDep
 ) -> ControlAccepted:
     command = ControlCommand(session_id=session_id, command=body.command, text=body.text)
+    if command.command == "answer":
+        state = await gateway.bus.session_state(session_id)
+        if state is None or state.status != "needs_user":
+            # Otherwise the planner would drop it and the person's words vanish.
+            raise HTTPException(
+                409,
+                detail=f"session {session_id!r} is not waiting for an answer "
+                f"(status: {state.status if state else 'unknown'})",
+            )
     await gateway.bus.control(command)
     # Applied here too, so the person who clicked "Take over" gets control
     # without waiting for the command's round trip through NATS.

@@ -18,16 +18,19 @@ from faststream.nats import NatsBroker
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from selfagent.bus import sessions
 from selfagent.bus.natsd import EmbeddedNats, free_port
 from selfagent.errors import VncRefused
 from selfagent.schemas import (
     AgentMessage,
     ClickAction,
     ControlCommand,
+    SessionState,
     StepExecuted,
     StepPlanned,
     TaskFinished,
     TaskStarted,
+    TaskStateChanged,
     TaskSubmitted,
     subjects,
 )
@@ -280,6 +283,38 @@ async def test_chat_returns_the_reply(gateway: GatewayProcess, bus: NatsBroker) 
     assert body["task_id"] and body["session_id"]
 
 
+async def test_chat_returns_the_question_of_a_task_that_asks(
+    gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    """A task that waits for the person answers the request with its question, at once."""
+
+    async def planner() -> None:
+        async with _Subscription(bus, subjects.TASK_SUBMIT) as sub:
+            ready.set()
+            task = TaskSubmitted.model_validate_json(await sub.next())
+            await bus.publish(
+                TaskStateChanged(
+                    session_id=task.session_id,
+                    task_id=task.task_id,
+                    state="needs_user",
+                    question="Which file: report.pdf or notes.txt?",
+                ),
+                subjects.session_event(task.session_id, "task.state"),
+            )
+
+    ready = asyncio.Event()
+    fake = asyncio.create_task(planner())
+    await ready.wait()
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as client:
+        response = await client.post("/api/chat", json={"prompt": "open my file"})
+    await fake
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["status"], body["reply"]) == ("needs_user", "Which file: report.pdf or notes.txt?")
+    assert time.monotonic() - started < 2.5, "it waited for the end instead of returning"
+
+
 async def test_chat_times_out_with_504(gateway: GatewayProcess) -> None:
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as client:
@@ -366,12 +401,35 @@ async def test_control_publishes_command(gateway: GatewayProcess, bus: NatsBroke
             assert (command.session_id, command.command) == ("ctl-1", verb)
 
 
+async def _record_state(bus: NatsBroker, session_id: str, status: str) -> None:
+    """Write a session's state as a planner would (the gateway reads it back)."""
+    task = TaskSubmitted(session_id=session_id, prompt="open my file")
+    state = SessionState.fresh(task).model_copy(update={"status": status})
+    await sessions.ensure_bucket(bus)
+    bucket = await sessions.open_bucket(bus)
+    await bucket.put(session_id, state.model_dump_json().encode())
+
+
 async def test_answer_is_published_with_its_text(gateway: GatewayProcess, bus: NatsBroker) -> None:
     """The reply to a task waiting in needs_user goes to the planner as an answer control."""
     async with (
         _Subscription(bus, subjects.session_control("ask-1")) as sub,
         httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as client,
     ):
+        # Nobody is asking yet: an answer would vanish, so it is refused.
+        await _record_state(bus, "ask-1", "running")
+        early = await client.post(
+            "/api/sessions/ask-1/control", json={"command": "answer", "text": "notes.txt"}
+        )
+        assert early.status_code == 409, early.text
+        assert "not waiting for an answer" in early.text
+        unknown = await client.post(
+            "/api/sessions/nobody-asked/control", json={"command": "answer", "text": "x"}
+        )
+        assert unknown.status_code == 409, unknown.text
+        assert sub.messages.empty(), "a refused answer was published"
+
+        await _record_state(bus, "ask-1", "needs_user")
         response = await client.post(
             "/api/sessions/ask-1/control", json={"command": "answer", "text": "notes.txt"}
         )
