@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from selfagent.errors import ActionParseError
+from selfagent.keys import split_chord
 from selfagent.schemas import (
     ClickAction,
     DoneAction,
@@ -31,6 +32,7 @@ from ..parsing import normalize_keys
 
 _NUMBER: Final = re.compile(r"-?\d+(?:\.\d+)?")
 _TOKENS: Final = re.compile(r"<\|[a-z_]+\|>|</?point>|</?bbox>")
+_SPACED_PLUS: Final = re.compile(r"\s*\+\s*(?=\S)")
 MAX_NOTCHES: Final = 50
 MAX_WAIT: Final = 60.0
 # A scroll amount above this is read as pixels rather than wheel notches:
@@ -119,9 +121,11 @@ def typing(text: str) -> list[Action]:
 def hotkey(keys: str | Sequence[str]) -> KeyAction:
     """One chord: ``'ctrl c'`` (UI-TARS, space-separated), ``'ctrl+c'`` or ``['ctrl', 'c']``."""
     if isinstance(keys, str):
-        parts = [part for part in re.split(r"[\s+]+", keys.strip()) if part]
-        if keys.strip() == "+":
-            parts = ["+"]
+        # Spaces separate keys, and so does a "+" with a key after it ("ctrl + c");
+        # a "+" with none after it is the plus key ("ctrl +", "ctrl++"): split_chord
+        # reads each token that way.
+        joined = _SPACED_PLUS.sub("+", keys.strip())
+        parts = [name for token in joined.split() for name in split_chord(token)]
     else:
         parts = [str(part).strip() for part in keys if str(part).strip()]
     if not parts:

@@ -800,3 +800,25 @@ def test_family_parse_reports_which_bound_an_action_broke() -> None:
     assert str(caught.value) == (
         "the action is out of bounds: text: String should have at most 20000 characters"
     )
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("ctrl +", "ctrl+plus"),
+        ("ctrl shift +", "ctrl+shift+plus"),
+        ("ctrl++", "ctrl+plus"),
+        ("+", "plus"),
+        ("ctrl c", "ctrl+c"),
+        ("ctrl+c", "ctrl+c"),
+        ("ctrl + c", "ctrl+c"),
+    ],
+)
+def test_uitars_hotkey_keeps_the_plus_key(key: str, expected: str) -> None:
+    parsed = family("uitars").parse(
+        f"Thought: zoom in\nAction: hotkey(key='{key}')", [], ParseContext(1288, 728)
+    )
+    assert [a.model_dump(exclude={"id"}) for a in parsed.actions] == [
+        {"action": "key", "keys": expected}
+    ]
