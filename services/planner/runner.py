@@ -332,6 +332,9 @@ class TaskRunner:
             )
         )
         await self._save_state("running")
+        # Whatever state the task was last shown in (needs_user, paused,
+        # takeover), the UI learns it is running again only from this event.
+        await self._emit(TaskStateChanged(state="running", **self._ids()))
         self._feedback = (
             f"This task was interrupted after {state.steps} steps and has been resumed; "
             "the screen may have changed since. Continue from the current screenshot."
