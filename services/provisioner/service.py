@@ -216,13 +216,18 @@ class ProvisionerService:
         )
 
     async def stop(self) -> None:
+        # The pool first, while the bus is up: waiting leases get their
+        # "shutting down" answer and starts in flight their events.
+        if self._started:
+            self._started = False
+            keep = self.settings.keep_on_stop
+            try:
+                await self.pool.stop(
+                    keep_running=self.backend.keeps_running if keep is None else keep
+                )
+            finally:
+                await self.backend.close()
         await self.broker.stop()
-        if not self._started:
-            return
-        self._started = False
-        keep = self.settings.keep_on_stop
-        await self.pool.stop(keep_running=self.backend.keeps_running if keep is None else keep)
-        await self.backend.close()
 
 
 def build(settings: Settings) -> ProvisionerService:
