@@ -146,7 +146,9 @@ class DockerBackend(SandboxBackend):
             networks = container.attrs["NetworkSettings"]["Networks"]
             where = (networks.get(self.network) or {}).get("IPAddress") or ""
             if not where:
-                raise SandboxStartFailed(f"container has no address on network {self.network}")
+                raise SandboxStartFailed(
+                    f"container has no address on network {self.network} ({container.status})"
+                )
         return Endpoint(where, VNC_PORT, f"http://{where}:{EXEC_PORT}")
 
     def _labels(self, sandbox_id: str, session_id: str | None, home: str) -> dict[str, str]:
@@ -160,36 +162,51 @@ class DockerBackend(SandboxBackend):
             LABEL_HOME: home,
         }
 
+    def _new_home(self, home: str) -> bool:
+        """Make sure the home volume exists; True if this call created it."""
+        try:
+            self.client.volumes.get(home)
+            return False
+        except NotFound:
+            # Created with labels so that tests and operators can find every home.
+            self.client.volumes.create(name=home, labels={LABEL_HOME: "1", LABEL_HOST: self.host})
+            return True
+
     def _run(self, sandbox_id: str, session_id: str | None, home: str) -> SandboxHandle:
         secrets = Secrets.generate()
         labels = self._labels(sandbox_id, session_id, home)
-        # Created with labels so that tests and operators can find every home.
-        self.client.volumes.create(name=home, labels={LABEL_HOME: "1", LABEL_HOST: self.host})
-        container = self.client.containers.run(
-            self.image,
-            detach=True,
-            name=self._container_name(sandbox_id, session_id),
-            environment={
-                "VNC_PASSWORD": secrets.vnc_password,
-                "SANDBOX_EXEC_TOKEN": secrets.exec_token,
-                "SCREEN_WIDTH": str(self.screen[0]),
-                "SCREEN_HEIGHT": str(self.screen[1]),
-            },
-            labels=labels,
-            volumes={home: {"bind": SANDBOX_HOME, "mode": "rw"}},
-            network=self.network,
-            nano_cpus=int(self.cpus * 1_000_000_000),
-            mem_limit=self.memory,
-            # The same figure: no swap on top of the memory limit.
-            memswap_limit=self.memory,
-            pids_limit=self.pids,
-            shm_size=self.shm,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            log_config=LogConfig(
-                type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "2"}
-            ),
-        )
+        name = self._container_name(sandbox_id, session_id)
+        try:
+            container = self.client.containers.run(
+                self.image,
+                detach=True,
+                name=name,
+                environment={
+                    "VNC_PASSWORD": secrets.vnc_password,
+                    "SANDBOX_EXEC_TOKEN": secrets.exec_token,
+                    "SCREEN_WIDTH": str(self.screen[0]),
+                    "SCREEN_HEIGHT": str(self.screen[1]),
+                },
+                labels=labels,
+                volumes={home: {"bind": SANDBOX_HOME, "mode": "rw"}},
+                network=self.network,
+                nano_cpus=int(self.cpus * 1_000_000_000),
+                mem_limit=self.memory,
+                # The same figure: no swap on top of the memory limit.
+                memswap_limit=self.memory,
+                pids_limit=self.pids,
+                shm_size=self.shm,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                log_config=LogConfig(
+                    type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "2"}
+                ),
+            )
+        except DockerException:
+            # `run` creates, then starts: a container that failed to start still exists.
+            with contextlib.suppress(DockerException):
+                self.client.containers.get(name).remove(force=True)
+            raise
         try:
             handle = SandboxHandle(
                 sandbox_id=sandbox_id,
@@ -240,11 +257,19 @@ class DockerBackend(SandboxBackend):
 
     async def create(self, sandbox_id: str, session_id: str | None, home: str) -> SandboxHandle:
         try:
-            return await asyncio.to_thread(self._run, sandbox_id, session_id, home)
-        except SandboxStartFailed:
-            raise
+            fresh = await asyncio.to_thread(self._new_home, home)
         except DockerException as exc:
-            raise SandboxStartFailed(f"desktop {sandbox_id} did not start: {exc}") from exc
+            raise SandboxStartFailed(f"cannot create home {home}: {exc}") from exc
+        try:
+            return await asyncio.to_thread(self._run, sandbox_id, session_id, home)
+        except BaseException as exc:
+            if fresh:
+                # Made for this start and never used: nobody's data is in it.
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._remove_volume, home)
+            if isinstance(exc, DockerException):
+                raise SandboxStartFailed(f"desktop {sandbox_id} did not start: {exc}") from exc
+            raise
 
     def _bind(self, handle: SandboxHandle, session_id: str) -> SandboxHandle:
         bound = handle.bound_to(session_id)

@@ -101,6 +101,10 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+class _Retry(Exception):
+    """This attempt failed for a reason another attempt may not meet."""
+
+
 class NativeBackend(SandboxBackend):
     name = "native"
     keeps_running = False
@@ -203,52 +207,88 @@ class NativeBackend(SandboxBackend):
         LocalStack(display_num=display)._wait_for_panel(self.start_timeout)
         if process.poll() is not None:
             raise LocalModeError(f"sandbox exited with code {process.returncode}")
+        # That wait gives up silently; a desktop without its panel is not ready.
+        panel = subprocess.run(
+            ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"],
+            env={**os.environ, "DISPLAY": f":{display}"},
+            capture_output=True,
+            timeout=10,
+        )
+        if not panel.stdout.strip():
+            raise LocalModeError(f"the Xfce panel did not appear within {self.start_timeout:.0f}s")
 
     async def create(self, sandbox_id: str, session_id: str | None, home: str) -> SandboxHandle:
         home_dir = self._home_dir(home)
+        # A home made for this start goes again if the start fails: nobody's data is in it.
+        fresh = not home_dir.exists()
         home_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         secrets = Secrets.generate()
         last = ""
         for _attempt in range(START_ATTEMPTS):
             exec_port = self._free_exec_port()
             try:
-                async with self._allocating:
-                    display = await asyncio.to_thread(_free_display)
-                    process = self._spawn(sandbox_id, display, exec_port, home_dir, secrets)
-                    self._processes[sandbox_id] = process
-                    ours = await asyncio.to_thread(self._holds_display, process, display, 10.0)
-                if not ours:
-                    last = f"display :{display} was taken by another X server"
-                    await asyncio.to_thread(self._stop_process, sandbox_id, process.pid)
-                    continue
-                handle = SandboxHandle(
-                    sandbox_id=sandbox_id,
-                    session_id=session_id,
-                    home=home,
-                    endpoint=Endpoint("127.0.0.1", 5900 + display, f"http://127.0.0.1:{exec_port}"),
-                    secrets=secrets,
-                    labels={
-                        LABEL_SANDBOX: "1",
-                        LABEL_SANDBOX_ID: sandbox_id,
-                        LABEL_SESSION: session_id or "",
-                        LABEL_HOST: self.host,
-                        LABEL_HOME: home,
-                    },
-                    started_at=now(),
-                    screen=self.screen,
-                    ref=str(process.pid),
+                return await self._attempt(
+                    sandbox_id, session_id, home, home_dir, exec_port, secrets
                 )
-                self.state.save_sandbox(sandbox_id, handle.record(self.name, display=display))
-                try:
-                    await asyncio.to_thread(self._wait_ready, process, display)
-                except (LocalModeError, OSError) as exc:
-                    last = str(exc)
-                    await self.destroy(handle, keep_home=True)
-                    continue
-                return handle
+            except _Retry as exc:
+                last = str(exc)
+            except BaseException:
+                if fresh:
+                    shutil.rmtree(home_dir, ignore_errors=True)
+                raise
             finally:
                 self._ports_in_flight.discard(exec_port)
+        if fresh:
+            shutil.rmtree(home_dir, ignore_errors=True)
         raise SandboxStartFailed(f"desktop {sandbox_id} did not start: {last}")
+
+    async def _attempt(
+        self,
+        sandbox_id: str,
+        session_id: str | None,
+        home: str,
+        home_dir: Path,
+        exec_port: int,
+        secrets: Secrets,
+    ) -> SandboxHandle:
+        """One start; whatever goes wrong (a hung probe, a cancel), nothing stays running."""
+        process: subprocess.Popen[bytes] | None = None
+        try:
+            async with self._allocating:
+                display = await asyncio.to_thread(_free_display)
+                process = self._spawn(sandbox_id, display, exec_port, home_dir, secrets)
+                self._processes[sandbox_id] = process
+                ours = await asyncio.to_thread(self._holds_display, process, display, 10.0)
+            if not ours:
+                raise _Retry(f"display :{display} was taken by another X server")
+            handle = SandboxHandle(
+                sandbox_id=sandbox_id,
+                session_id=session_id,
+                home=home,
+                endpoint=Endpoint("127.0.0.1", 5900 + display, f"http://127.0.0.1:{exec_port}"),
+                secrets=secrets,
+                labels={
+                    LABEL_SANDBOX: "1",
+                    LABEL_SANDBOX_ID: sandbox_id,
+                    LABEL_SESSION: session_id or "",
+                    LABEL_HOST: self.host,
+                    LABEL_HOME: home,
+                },
+                started_at=now(),
+                screen=self.screen,
+                ref=str(process.pid),
+            )
+            self.state.save_sandbox(sandbox_id, handle.record(self.name, display=display))
+            try:
+                await asyncio.to_thread(self._wait_ready, process, display)
+            except (LocalModeError, OSError, subprocess.SubprocessError) as exc:
+                raise _Retry(f"{type(exc).__name__}: {exc}") from exc
+            return handle
+        except BaseException:
+            if process is not None:
+                await asyncio.to_thread(self._stop_process, sandbox_id, process.pid)
+            self.state.drop_sandbox(sandbox_id)
+            raise
 
     async def bind(self, handle: SandboxHandle, session_id: str) -> SandboxHandle:
         bound = handle.bound_to(session_id)

@@ -158,13 +158,16 @@ class Pool:
         if keep_running:
             return
         slots = [slot for slot in self._slots.values() if slot.handle is not None]
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(
                 self._remove(slot, keep_home=slot.session_id is not None, reason="shutdown")
                 for slot in slots
             ),
             return_exceptions=True,
         )
+        for slot, result in zip(slots, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not stop sandbox %s: %s", slot.sandbox_id, result)
 
     # -- reading -------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import docker
 import pytest
 from docker.errors import NotFound
 
-from selfagent.errors import ConfigError
+from selfagent.errors import ConfigError, SandboxStartFailed
 from selfagent.provisioner.backend import LABEL_HOST
 from selfagent.provisioner.docker_backend import DockerBackend
 from selfagent.provisioner.state import StateStore
@@ -241,4 +241,27 @@ async def test_a_missing_image_or_network_is_a_configuration_error(
     backend = DockerBackend(StateStore(tmp_path), host=engine.host, image="selfagent/no-such:image")
     with pytest.raises(ConfigError, match="selfagent/no-such:image not found"):
         await backend.open()
+    await backend.close()
+
+
+async def test_a_container_that_does_not_come_up_leaves_nothing(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # An image without a desktop: the container exits at once.
+    backend, state = engine.backend(tmp_path, image="debian:bookworm-slim")
+    await backend.open()
+    async with running_pool(backend, state, warm=1, max_per_host=2) as (pool, events):
+        await wait_until(
+            lambda: any(isinstance(e, SandboxLost) for e in events), 60, "the failed warm start"
+        )
+        lost = next(e for e in events if isinstance(e, SandboxLost))
+        assert lost.session_id is None
+        assert "stopped while starting" in lost.reason
+        with pytest.raises(SandboxStartFailed):
+            await pool.lease("unlucky")
+        assert engine.containers() == [] and engine.volumes() == []
+        assert list(state.sandbox_dir.iterdir()) == []
+        # A failing warm pool backs off instead of starting over and over.
+        await asyncio.sleep(1.5)
+        assert sum(isinstance(e, SandboxLost) for e in events) <= 4
     await backend.close()

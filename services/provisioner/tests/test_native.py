@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from selfagent.errors import CapacityExhausted, RFBError
+from selfagent.errors import CapacityExhausted, RFBError, SandboxStartFailed
 from selfagent.provisioner.native import NativeBackend, marked_processes
 from selfagent.provisioner.state import StateStore
 from selfagent.schemas import SandboxLeased, SandboxLost, SandboxReady, SandboxReleased
@@ -249,3 +249,25 @@ async def test_a_new_provisioner_adopts_its_desktops_and_stops_orphans(
         assert not [e for e in events2 if isinstance(e, SandboxReady)]
     # This one was told to stop its desktops.
     assert marked_processes(host) == {}
+
+
+async def test_a_desktop_that_does_not_come_up_leaves_nothing(tmp_path: Path, host: str) -> None:
+    state = StateStore(tmp_path)
+    # Far too short for Xvnc and Xfce: every attempt gives up half-way.
+    backend = NativeBackend(state, host=host, screen=SCREEN, start_timeout=0.3)
+    async with running_pool(backend, state, warm=0, max_per_host=2) as (pool, events):
+        with pytest.raises(SandboxStartFailed, match="did not start"):
+            await pool.lease("unlucky")
+        lost = [e for e in events if isinstance(e, SandboxLost)]
+        assert len(lost) == 1 and lost[0].session_id == "unlucky"
+        assert "did not start" in lost[0].reason
+        assert pool.sandboxes() == []
+        assert marked_processes(host) == {}
+        assert list(state.sandbox_dir.iterdir()) == []
+        assert state.home_of("unlucky") is None
+        assert list(backend.homes_dir.iterdir()) == []
+        # A warm start that fails takes its fresh home with it.
+        with pytest.raises(SandboxStartFailed):
+            await backend.create("sb-failing", None, "selfagent-home-sb-failing")
+        assert not (backend.homes_dir / "selfagent-home-sb-failing").exists()
+        assert marked_processes(host) == {}
