@@ -174,6 +174,8 @@ async def run_backend(backend: str, nats_url: str, runs: int) -> None:
             data_dir=Path(data),
             max_per_host=2,
             idle_release=0,
+            # Each phase starts from nothing: no desktop adopted from the last.
+            keep_on_stop=False,
         )
         network = None
         if backend == "docker":
