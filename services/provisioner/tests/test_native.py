@@ -92,6 +92,10 @@ async def test_warm_lease_is_ready_at_once_and_two_sessions_get_two_desktops(
         # Asking again for a session returns the desktop it holds.
         again = await pool.lease("session-a")
         assert again.handle.sandbox_id == a.sandbox_id
+        # Asking twice at once gets one desktop.
+        x, y = await asyncio.gather(pool.lease("session-c"), pool.lease("session-c"))
+        assert x.handle.sandbox_id == y.handle.sandbox_id
+        assert [i.session_id for i in pool.sandboxes()].count("session-c") == 1
 
         kinds = [event.kind for event in events]
         assert kinds.count("sandbox.ready") >= 2
