@@ -102,6 +102,7 @@ async def test_warm_lease_is_ready_at_once_and_two_sessions_get_two_desktops(
         assert [e.session_id for e in events if isinstance(e, SandboxLeased)] == [
             "session-a",
             "session-b",
+            "session-c",
         ]
 
 
