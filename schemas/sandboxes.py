@@ -27,7 +27,9 @@ class LeaseRequest(Message):
     """Give this session a desktop; the reply comes once it is ready to use.
 
     Asking again for a session that holds a desktop returns the same one (and
-    counts as activity, so it is not released as idle).
+    counts as activity, so it is not released as idle). The reply can take the
+    provisioner's capacity wait plus a desktop start: give the request a
+    timeout to match (two minutes is safe with the defaults).
     """
 
     session_id: str

@@ -224,6 +224,9 @@ class Pool:
         self._pending[session_id] = future
         try:
             outcome = await self._lease_new(session_id, started)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             # Nobody else may be waiting on it; that is fine.
