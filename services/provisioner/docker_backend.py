@@ -146,9 +146,9 @@ class DockerBackend(SandboxBackend):
             networks = container.attrs["NetworkSettings"]["Networks"]
             where = (networks.get(self.network) or {}).get("IPAddress") or ""
             if not where:
-                raise SandboxStartFailed(
-                    f"container has no address on network {self.network} ({container.status})"
-                )
+                if container.status not in ("created", "running"):
+                    raise self._stopped(container)
+                raise SandboxStartFailed(f"container has no address on network {self.network}")
         return Endpoint(where, VNC_PORT, f"http://{where}:{EXEC_PORT}")
 
     def _labels(self, sandbox_id: str, session_id: str | None, home: str) -> dict[str, str]:
@@ -228,6 +228,13 @@ class DockerBackend(SandboxBackend):
             raise
         return handle
 
+    @staticmethod
+    def _stopped(container: Container) -> SandboxStartFailed:
+        tail = container.logs(tail=20).decode(errors="replace").strip()
+        return SandboxStartFailed(
+            f"sandbox container stopped while starting ({container.status}): {tail}"
+        )
+
     def _exec_ok(self, container: Container, cmd: list[str]) -> bool:
         try:
             code, out = container.exec_run(cmd, user=SANDBOX_USER, environment={"DISPLAY": ":1"})
@@ -241,10 +248,7 @@ class DockerBackend(SandboxBackend):
         while time.monotonic() < deadline:
             container.reload()
             if container.status not in ("created", "running"):
-                tail = container.logs(tail=20).decode(errors="replace")
-                raise SandboxStartFailed(
-                    f"sandbox container stopped while starting ({container.status}): {tail}"
-                )
+                raise self._stopped(container)
             if self._exec_ok(container, probe):
                 if probe is PANEL_PROBE:
                     # The panel is up; now the VNC banner and the exec endpoint.

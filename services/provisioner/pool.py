@@ -145,6 +145,15 @@ class Pool:
         ]
         self._notify()
 
+    async def wait(self) -> None:
+        """Until a background loop fails (raises what ended it) or the pool stops."""
+        if not self._loops:
+            return
+        done, _ = await asyncio.wait(self._loops, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+
     async def stop(self, keep_running: bool) -> None:
         """Stop refilling and checking; keep the desktops for the next start, or stop them."""
         self._stopping = True

@@ -215,6 +215,10 @@ class ProvisionerService:
             self.settings.max_per_host,
         )
 
+    async def wait(self) -> None:
+        """Until the service can no longer run by itself; raises what ended it."""
+        await self.pool.wait()
+
     async def stop(self) -> None:
         # The pool first, while the bus is up: waiting leases get their
         # "shutting down" answer and starts in flight their events.
