@@ -197,11 +197,15 @@ class Pool:
         return len(self._queue)
 
     def endpoint(self, sandbox_id: str) -> SandboxHandle:
+        """A leased desktop's endpoint and secrets.
+
+        Only leased ones: whoever learnt a warm desktop's secrets could
+        otherwise watch the session that later leases it.
+        """
         slot = self._slots.get(sandbox_id)
-        if slot is None or slot.handle is None or slot.state == "stopping":
-            raise UnknownSandbox(f"no running sandbox {sandbox_id} on {self.host}")
-        if slot.session_id is not None:
-            slot.last_active = time.monotonic()
+        if slot is None or slot.handle is None or slot.state != "leased":
+            raise UnknownSandbox(f"no leased sandbox {sandbox_id} on {self.host}")
+        slot.last_active = time.monotonic()
         return slot.handle
 
     def touch(self, session_id: str) -> None:

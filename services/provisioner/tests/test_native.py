@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from selfagent.errors import CapacityExhausted, RFBError, SandboxStartFailed
+from selfagent.errors import CapacityExhausted, RFBError, SandboxStartFailed, UnknownSandbox
 from selfagent.provisioner.native import NativeBackend, marked_processes
 from selfagent.provisioner.state import StateStore
 from selfagent.schemas import SandboxLeased, SandboxLost, SandboxReady, SandboxReleased
@@ -68,6 +68,11 @@ async def test_warm_lease_is_ready_at_once_and_two_sessions_get_two_desktops(
 
         # The pool refills; a second session gets the refill, on its own display.
         await wait_until(lambda: warm_count(pool) == 1, 120, "the pool to refill")
+        # Nobody gets a warm desktop's secrets before a session leases it.
+        warm_id = next(i.sandbox_id for i in pool.sandboxes() if i.state == "warm")
+        with pytest.raises(UnknownSandbox):
+            pool.endpoint(warm_id)
+        assert pool.endpoint(first.handle.sandbox_id) == first.handle
         second = await pool.lease("session-b")
         assert second.warm
         a, b = first.handle, second.handle
