@@ -127,7 +127,7 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         subjects.PROVISIONER_CONNECT,
         ["ConnectRequest"],
         "request",
-        "Connection details of a sandbox, secrets included. Reply: SandboxEndpoint.",
+        "Connection details of a leased sandbox, secrets included. Reply: SandboxEndpoint.",
     ),
     (
         "provisionerStatus",

@@ -85,7 +85,7 @@ class ConnectRequest(Message):
 
 
 class SandboxEndpoint(Reply):
-    """How to reach one sandbox, secrets included: a reply only, never published.
+    """How to reach a leased sandbox, secrets included: a reply only, never published.
 
     The secret fields are left out of ``repr`` so a logged reply shows none.
     """
