@@ -118,6 +118,11 @@ class SandboxBackend(abc.ABC):
     # next start) or stop with it.
     keeps_running: ClassVar[bool]
 
+    @property
+    @abc.abstractmethod
+    def host(self) -> str:
+        """This provisioner's name for its host (label ``selfagent.host``), known once open."""
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Check the platform is usable; raise ``ConfigError`` if it cannot be."""
 

@@ -17,9 +17,13 @@ def _default_data_dir() -> Path:
     return Path(base) / "selfagent" / "provisioner"
 
 
-def _default_host() -> str:
+def tame_host(name: str) -> str:
     # A label value and an event field, never a subject token; still keep it tame.
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "localhost"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:128] or "localhost"
+
+
+def this_host() -> str:
+    return tame_host(socket.gethostname())
 
 
 class Settings(BaseSettings):
@@ -33,8 +37,10 @@ class Settings(BaseSettings):
     # runs each in its own container (the provisioner image sets it).
     backend: Literal["native", "docker"] = "native"
     # Names this provisioner's sandboxes (label `selfagent.host`): at start it
-    # adopts or removes only what carries its own name.
-    host_name: str = Field(default_factory=_default_host, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    # adopts or removes only what carries its own name, so it must not change
+    # across restarts. Empty: the Docker engine's host name (docker), this
+    # machine's (native); not the container's own, which is new each time.
+    host_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     # Sandbox records (secrets included, mode 0600) and, natively, the homes.
     data_dir: Path = Field(default_factory=_default_data_dir)
 

@@ -43,6 +43,7 @@ from .backend import (
     home_name,
     now,
 )
+from .config import tame_host
 from .state import StateStore
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class DockerBackend(SandboxBackend):
         self,
         state: StateStore,
         *,
-        host: str,
+        host: str | None,
         image: str = "selfagent/sandbox:latest",
         network: str = "selfagent-desktop",
         address: str = "ip",
@@ -79,7 +80,6 @@ class DockerBackend(SandboxBackend):
         client: docker.DockerClient | None = None,
     ) -> None:
         self.state = state
-        self.host = host
         self.image = image
         self.network = network
         self.address = address
@@ -94,6 +94,14 @@ class DockerBackend(SandboxBackend):
         # a moment later the desktop is drawn.
         self.ready_settle = ready_settle
         self._client = client
+        # Known once the engine answers, if not given.
+        self._host = host
+
+    @property
+    def host(self) -> str:
+        if self._host is None:
+            raise ProvisionerError("the Docker backend is not open")
+        return self._host
 
     @property
     def client(self) -> docker.DockerClient:
@@ -110,6 +118,10 @@ class DockerBackend(SandboxBackend):
             except DockerException as exc:
                 self._client = None
                 raise ConfigError(f"no Docker engine answers: {exc}") from exc
+        if self._host is None:
+            # The engine's machine: stable across restarts of a provisioner
+            # container, whose own host name changes every time.
+            self._host = tame_host(str(self.client.info().get("Name") or "docker"))
         try:
             self.client.images.get(self.image)
         except ImageNotFound as exc:

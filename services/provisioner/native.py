@@ -119,7 +119,7 @@ class NativeBackend(SandboxBackend):
         sandbox_dir: Path | None = None,
     ) -> None:
         self.state = state
-        self.host = host
+        self._host = host
         self.screen = screen
         self.start_timeout = start_timeout
         self.script = (sandbox_dir / "start.sh") if sandbox_dir else None
@@ -130,6 +130,10 @@ class NativeBackend(SandboxBackend):
         # A display number is only taken once its Xvnc holds the lock file;
         # until then no other start may choose one.
         self._allocating = asyncio.Lock()
+
+    @property
+    def host(self) -> str:
+        return self._host
 
     async def open(self) -> None:
         for folder in (self.homes_dir, self.logs_dir):

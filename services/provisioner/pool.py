@@ -126,6 +126,8 @@ class Pool:
         if self._started:
             return
         existing = await self.backend.list_existing()
+        # Final now that the backend is open (Docker: the engine's host name).
+        self.host = self.backend.host
         self._started = True
         for handle in existing:
             slot = Slot(

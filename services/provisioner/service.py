@@ -40,7 +40,7 @@ from selfagent.schemas import (
 from selfagent.schemas.sandboxes import SandboxEvent
 
 from .backend import SandboxBackend
-from .config import Settings
+from .config import Settings, this_host
 from .pool import Pool
 from .state import StateStore
 
@@ -78,7 +78,7 @@ def make_backend(settings: Settings, state: StateStore) -> SandboxBackend:
 
     return NativeBackend(
         state,
-        host=settings.host_name,
+        host=settings.host_name or this_host(),
         screen=screen,
         start_timeout=settings.start_timeout,
         sandbox_dir=settings.sandbox_dir,
@@ -90,11 +90,14 @@ class ProvisionerService:
         self.settings = settings
         self.state = StateStore(settings.data_dir)
         self.backend = backend or make_backend(settings, self.state)
-        self.broker: NatsBroker = make_broker(settings.nats_url, f"{SERVICE}-{settings.host_name}")
+        self.broker: NatsBroker = make_broker(
+            settings.nats_url, f"{SERVICE}-{settings.host_name or this_host()}"
+        )
         self.pool = Pool(
             self.backend,
             self.state,
-            host=settings.host_name,
+            # The backend's name for this host is final once it is open.
+            host=settings.host_name or "",
             warm=settings.warm,
             max_per_host=settings.max_per_host,
             max_starting=settings.max_starting,
@@ -110,7 +113,7 @@ class ProvisionerService:
         await self.broker.publish(event, subjects.provisioner_event(event.kind))
 
     def _subscribe(self) -> None:
-        broker, pool, host = self.broker, self.pool, self.settings.host_name
+        broker, pool = self.broker, self.pool
         settings = self.settings
 
         @broker.subscriber(
@@ -135,7 +138,7 @@ class ProvisionerService:
                 screen_height=handle.screen[1],
                 warm=outcome.warm,
                 home=handle.home,
-                host=host,
+                host=pool.host,
                 wait_ms=outcome.wait_s * 1000,
             )
 
@@ -183,7 +186,7 @@ class ProvisionerService:
         @typed_handler(broker, SERVICE, StatusRequest, subjects.PROVISIONER_STATUS)
         async def status(_request: StatusRequest) -> ProvisionerStatus:
             return ProvisionerStatus(
-                host=host,
+                host=pool.host,
                 backend=self.backend.name,
                 max_per_host=settings.max_per_host,
                 warm_target=settings.warm,
@@ -205,11 +208,12 @@ class ProvisionerService:
 
     async def start(self) -> None:
         await self.backend.open()
+        self.pool.host = self.backend.host
         self._started = True
         await start_with_retry(self.broker, before_start=self._adopt)
         log.info(
             "provisioner %s ready: %s backend, warm %d, at most %d desktops",
-            self.settings.host_name,
+            self.pool.host,
             self.backend.name,
             self.settings.warm,
             self.settings.max_per_host,

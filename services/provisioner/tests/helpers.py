@@ -31,8 +31,8 @@ async def running_pool(
     async def publish(event: SandboxEvent) -> None:
         events.append(event)
 
-    host = getattr(backend, "host", "test")
-    pool = Pool(backend, state, host=host, publish=publish, **options)
+    # The pool takes the backend's host name when it starts.
+    pool = Pool(backend, state, host="", publish=publish, **options)
     await pool.start()
     try:
         yield pool, events

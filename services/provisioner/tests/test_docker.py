@@ -15,6 +15,7 @@ from docker.errors import NotFound
 
 from selfagent.errors import ConfigError, SandboxStartFailed
 from selfagent.provisioner.backend import LABEL_HOST
+from selfagent.provisioner.config import tame_host
 from selfagent.provisioner.docker_backend import DockerBackend
 from selfagent.provisioner.state import StateStore
 from selfagent.schemas import SandboxLost
@@ -264,4 +265,15 @@ async def test_a_container_that_does_not_come_up_leaves_nothing(
         # A failing warm pool backs off instead of starting over and over.
         await asyncio.sleep(1.5)
         assert sum(isinstance(e, SandboxLost) for e in events) <= 4
+    await backend.close()
+
+
+async def test_without_a_host_name_the_engine_names_the_host(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Not the provisioner container's own host name: that changes with every
+    # restart, and a provisioner only adopts what carries its name.
+    backend = DockerBackend(StateStore(tmp_path), host=None, image=IMAGE, network=engine.network)
+    await backend.open()
+    assert backend.host == tame_host(str(engine.client.info()["Name"]))
     await backend.close()
