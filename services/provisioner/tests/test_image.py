@@ -22,7 +22,8 @@ from tests.harness.docker import build_image, require_engine
 ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = ROOT / "services" / "provisioner" / "Dockerfile"
 SOCKET = "/var/run/docker.sock"
-IMAGE = "selfagent/provisioner:test"
+# The tag compose and the test prebuild give every service image.
+IMAGE = "selfagent/provisioner:latest"
 SANDBOX_IMAGE = "selfagent/sandbox:test"
 
 
