@@ -62,8 +62,9 @@ async def test_warm_lease_is_ready_at_once_and_two_sessions_get_two_desktops(
         ready_in = time.monotonic() - began
         assert first.warm
         assert size == SCREEN
-        # A warm lease is bookkeeping: lease + VNC login + first frame.
-        assert ready_in < 0.5, f"warm lease took {ready_in:.3f}s to the first frame"
+        # A warm lease is bookkeeping: lease + VNC login + first frame (tens of
+        # milliseconds; the bound leaves room for a loaded machine).
+        assert ready_in < 0.8, f"warm lease took {ready_in:.3f}s to the first frame"
         assert first.handle.session_id == "session-a"
 
         # The pool refills; a second session gets the refill, on its own display.
@@ -158,7 +159,7 @@ async def test_a_full_host_makes_leases_wait_in_order_then_refuses(
     tmp_path: Path, host: str
 ) -> None:
     backend, state = make_backend(tmp_path, host)
-    async with running_pool(backend, state, warm=0, max_per_host=1, lease_wait=4.0) as (
+    async with running_pool(backend, state, warm=0, max_per_host=1, lease_wait=6.0) as (
         pool,
         _events,
     ):
@@ -169,7 +170,7 @@ async def test_a_full_host_makes_leases_wait_in_order_then_refuses(
         with pytest.raises(CapacityExhausted) as refused:
             await pool.lease("too-many")
         waited = time.monotonic() - began
-        assert 3.9 < waited < 5.5
+        assert 5.9 < waited < 7.5
         assert "1 of 1 in use" in str(refused.value)
         assert "PROVISIONER_MAX_PER_HOST" in str(refused.value)
         assert pool.waiting == 0

@@ -111,7 +111,8 @@ async def test_lease_connect_release_over_the_bus(bus: Bus, settings: Settings) 
         assert (lease.screen_width, lease.screen_height) == (1024, 640)
         assert lease.host == settings.host_name
         assert lease.home.startswith("selfagent-home-")
-        assert lease.wait_ms < 500
+        # A warm lease is bookkeeping; the bound leaves room for a loaded machine.
+        assert lease.wait_ms < 800
 
         endpoint = await request(
             bus.broker,
@@ -207,8 +208,23 @@ async def test_bad_requests_and_a_full_host_get_typed_errors(bus: Bus, settings:
 
 async def test_session_events_keep_a_desktop_from_idling_out(bus: Bus, settings: Settings) -> None:
     service = await started(settings.model_copy(update={"warm": 0, "idle_release": 3.0}))
+    stop = asyncio.Event()
+
+    async def keep_working() -> None:
+        step = 0
+        while not stop.is_set():
+            step += 1
+            # What the planner publishes after each step.
+            event = StepExecuted(
+                session_id="working", task_id="t", step=step, action=WaitAction(), ok=True
+            )
+            await bus.broker.publish(event, subjects.session_event("working", event.kind))
+            await asyncio.sleep(0.3)
+
+    # Busy from before its desktop is ready: however long either start takes
+    # on a loaded machine, "working" never has an idle moment.
+    worker = asyncio.create_task(keep_working())
     try:
-        # Both at once, so that both idle clocks start together.
         await asyncio.gather(
             *(
                 request(
@@ -221,16 +237,13 @@ async def test_session_events_keep_a_desktop_from_idling_out(bus: Bus, settings:
                 for session in ("working", "quiet")
             )
         )
-        deadline = time.monotonic() + 5.0
-        step = 0
-        while time.monotonic() < deadline:
-            step += 1
-            # What the planner publishes after each step.
-            event = StepExecuted(
-                session_id="working", task_id="t", step=step, action=WaitAction(), ok=True
-            )
-            await bus.broker.publish(event, subjects.session_event("working", event.kind))
-            await asyncio.sleep(0.3)
+        await wait_until(
+            lambda: any(e["kind"] == "sandbox.released" for e in bus.events),
+            15,
+            "the quiet desktop to idle out",
+        )
+        # Longer than the idle time since "working" got its desktop.
+        await asyncio.sleep(3.5)
         status = await request(
             bus.broker, subjects.PROVISIONER_STATUS, StatusRequest(), ProvisionerStatus, timeout=10
         )
@@ -238,6 +251,8 @@ async def test_session_events_keep_a_desktop_from_idling_out(bus: Bus, settings:
         idle = [e for e in bus.events if e["kind"] == "sandbox.released"]
         assert [(e["session_id"], e["reason"]) for e in idle] == [("quiet", "idle")]
     finally:
+        stop.set()
+        await worker
         await service.stop()
     assert marked_processes(settings.host_name) == {}
 
