@@ -11,12 +11,22 @@ session (see docs/architecture.md, "Provisioner").
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 
-from selfagent.bus import error_reply, make_broker, start_with_retry, typed_handler
+from selfagent.bus import (
+    RemoteError,
+    RequestTimeout,
+    error_reply,
+    make_broker,
+    request,
+    start_with_retry,
+    typed_handler,
+)
 from selfagent.errors import (
     CapacityExhausted,
     ConfigError,
@@ -211,6 +221,7 @@ class ProvisionerService:
         self.pool.host = self.backend.host
         self._started = True
         await start_with_retry(self.broker, before_start=self._adopt)
+        await self._answering()
         log.info(
             "provisioner %s ready: %s backend, warm %d, at most %d desktops",
             self.pool.host,
@@ -218,6 +229,31 @@ class ProvisionerService:
             self.settings.warm,
             self.settings.max_per_host,
         )
+
+    async def _answering(self, timeout: float = 5.0) -> None:
+        """Return once the server routes requests to us.
+
+        Subscribing (even with a flush) can return a moment before the
+        server routes requests to the new subscriptions; a client that asks
+        right after start() would meet "no responders". Asking ourselves
+        closes that gap.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await request(
+                    self.broker,
+                    subjects.PROVISIONER_STATUS,
+                    StatusRequest(),
+                    ProvisionerStatus,
+                    timeout=1.0,
+                )
+                return
+            except (RemoteError, RequestTimeout):
+                if time.monotonic() > deadline:
+                    log.warning("requests do not reach this provisioner yet")
+                    return
+                await asyncio.sleep(0.02)
 
     async def wait(self) -> None:
         """Until the service can no longer run by itself; raises what ended it."""
