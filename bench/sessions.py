@@ -23,12 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
-from selfagent.actuator.rfb import RFBClient
 from selfagent.bus import make_broker, request
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.provisioner.config import Settings
 from selfagent.provisioner.native import marked_processes
 from selfagent.provisioner.service import ProvisionerService
+from selfagent.rfb import RFBClient
 from selfagent.schemas import (
     ConnectRequest,
     Lease,
@@ -146,7 +146,7 @@ async def memory(base: Settings) -> None:
         _, lease = await bench.session(session)
         await asyncio.sleep(5)
         if base.backend == "native":
-            pids = marked_processes(base.host_name).get(lease.sandbox_id, set())
+            pids = marked_processes(bench.service.pool.host).get(lease.sandbox_id, set())
             print(f"  idle desktop: PSS {_pss_mib(pids):.0f} MiB over {len(pids)} processes")
         else:
             name = next(
@@ -169,7 +169,7 @@ async def run_backend(backend: str, nats_url: str, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="selfagent-bench-") as data:
         base = Settings(
             nats_url=nats_url,
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
             host_name=f"bench-{uuid.uuid4().hex[:8]}",
             data_dir=Path(data),
             max_per_host=2,

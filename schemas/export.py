@@ -154,7 +154,8 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
     ),
 ]
 _ID_PARAMETER = f"an id matching {subjects.ID_PATTERN}"
-# Only ids are subject-safe tokens; an event kind is itself dotted ("task.started", "sandbox.ready").
+# Only ids are subject-safe tokens; an event kind is itself dotted
+# ("task.started", "sandbox.ready").
 _PARAMETERS = {"kind": "the event kind, e.g. task.started (one or more tokens)"}
 _REPLIES = {
     "ground": "GroundResult",

@@ -13,10 +13,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from .messages import Message, Reply
-from .subjects import check_token
+from .messages import Message, Reply, SubjectId
 
 
 def _now() -> datetime:
@@ -32,12 +31,7 @@ class LeaseRequest(Message):
     timeout to match (two minutes is safe with the defaults).
     """
 
-    session_id: str
-
-    @field_validator("session_id")
-    @classmethod
-    def _subject_safe(cls, value: str) -> str:
-        return check_token(value)
+    session_id: SubjectId
 
 
 class Lease(Reply):
@@ -58,13 +52,8 @@ class Lease(Reply):
 class ReleaseRequest(Message):
     """The session is done with its desktop. Its home is kept unless ``keep_home`` is false."""
 
-    session_id: str
+    session_id: SubjectId
     keep_home: bool = True
-
-    @field_validator("session_id")
-    @classmethod
-    def _subject_safe(cls, value: str) -> str:
-        return check_token(value)
 
 
 class Released(Reply):
@@ -76,12 +65,7 @@ class Released(Reply):
 
 
 class ConnectRequest(Message):
-    sandbox_id: str
-
-    @field_validator("sandbox_id")
-    @classmethod
-    def _subject_safe(cls, value: str) -> str:
-        return check_token(value)
+    sandbox_id: SubjectId
 
 
 class SandboxEndpoint(Reply):

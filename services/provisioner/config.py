@@ -1,4 +1,4 @@
-"""Provisioner settings (env prefix ``PROVISIONER_``; ``NATS_URL`` is shared by all services)."""
+"""Provisioner settings (env prefix ``PROVISIONER_``; the NATS URL as every service reads it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from selfagent.bus.settings import ServiceSettings
 
 
 def _default_data_dir() -> Path:
@@ -26,13 +28,9 @@ def this_host() -> str:
     return tame_host(socket.gethostname())
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PROVISIONER_", env_file=".env", extra="ignore")
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PROVISIONER_")
 
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222",
-        validation_alias=AliasChoices("PROVISIONER_NATS_URL", "NATS_URL"),
-    )
     # `native` runs desktops as processes of this user (local mode); `docker`
     # runs each in its own container (the provisioner image sets it).
     backend: Literal["native", "docker"] = "native"

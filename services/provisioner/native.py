@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 from selfagent.bus.natsd import free_port
+from selfagent.desktop import free_display, release_display, wait_for_panel
 from selfagent.errors import ConfigError, LocalModeError, SandboxStartFailed
 
-# The single-desktop code of local mode is what starts a desktop today; a
-# shared module for it is on its way. Until then these four names are the
-# whole dependency, and only this module has it.
-from selfagent.local import _SANDBOX_ENV, LocalStack, _free_display, _sandbox_script, _wait_port
+# Local mode's allow-listed environment, start script and port wait: the
+# same desktop, started the same way.
+from selfagent.local import _SANDBOX_ENV, _sandbox_script, _wait_port
 
 from .backend import (
     LABEL_HOME,
@@ -127,9 +127,6 @@ class NativeBackend(SandboxBackend):
         self.logs_dir = state.root / "logs"
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._ports_in_flight: set[int] = set()
-        # A display number is only taken once its Xvnc holds the lock file;
-        # until then no other start may choose one.
-        self._allocating = asyncio.Lock()
 
     @property
     def host(self) -> str:
@@ -207,19 +204,10 @@ class NativeBackend(SandboxBackend):
 
     def _wait_ready(self, process: subprocess.Popen[bytes], display: int) -> None:
         _wait_port(5900 + display, self.start_timeout, process, "sandbox VNC server")
-        # local mode's wait for the Xfce panel (plus its one-second settle).
-        LocalStack(display_num=display)._wait_for_panel(self.start_timeout)
+        # Raises when the panel does not show: a desktop without it is not ready.
+        wait_for_panel(f":{display}", self.start_timeout)
         if process.poll() is not None:
             raise LocalModeError(f"sandbox exited with code {process.returncode}")
-        # That wait gives up silently; a desktop without its panel is not ready.
-        panel = subprocess.run(
-            ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"],
-            env={**os.environ, "DISPLAY": f":{display}"},
-            capture_output=True,
-            timeout=10,
-        )
-        if not panel.stdout.strip():
-            raise LocalModeError(f"the Xfce panel did not appear within {self.start_timeout:.0f}s")
 
     async def create(self, sandbox_id: str, session_id: str | None, home: str) -> SandboxHandle:
         home_dir = self._home_dir(home)
@@ -257,12 +245,17 @@ class NativeBackend(SandboxBackend):
     ) -> SandboxHandle:
         """One start; whatever goes wrong (a hung probe, a cancel), nothing stays running."""
         process: subprocess.Popen[bytes] | None = None
+        display: int | None = None
         try:
-            async with self._allocating:
-                display = await asyncio.to_thread(_free_display)
-                process = self._spawn(sandbox_id, display, exec_port, home_dir, secrets)
-                self._processes[sandbox_id] = process
-                ours = await asyncio.to_thread(self._holds_display, process, display, 10.0)
+            # Reserved for this desktop (no other start in any process picks
+            # it) until destroy() gives it back.
+            display = await asyncio.to_thread(free_display)
+            process = self._spawn(sandbox_id, display, exec_port, home_dir, secrets)
+            self._processes[sandbox_id] = process
+            # An X server that does not reserve numbers (started by hand, by
+            # another program) can still take it between the check and our
+            # Xvnc's start.
+            ours = await asyncio.to_thread(self._holds_display, process, display, 10.0)
             if not ours:
                 raise _Retry(f"display :{display} was taken by another X server")
             handle = SandboxHandle(
@@ -291,6 +284,8 @@ class NativeBackend(SandboxBackend):
         except BaseException:
             if process is not None:
                 await asyncio.to_thread(self._stop_process, sandbox_id, process.pid)
+            if display is not None:
+                release_display(display)
             self.state.drop_sandbox(sandbox_id)
             raise
 
@@ -339,8 +334,15 @@ class NativeBackend(SandboxBackend):
             if not pids:
                 return
 
+    @staticmethod
+    def _display(handle: SandboxHandle) -> int:
+        # This backend puts display n's VNC server on 5900 + n, as start.sh does.
+        return handle.endpoint.vnc_port - 5900
+
     async def destroy(self, handle: SandboxHandle, keep_home: bool) -> None:
         await asyncio.to_thread(self._stop_process, handle.sandbox_id, int(handle.ref))
+        # Only once its X server is gone may another desktop have the number.
+        release_display(self._display(handle))
         self.state.drop_sandbox(handle.sandbox_id)
         with contextlib.suppress(FileNotFoundError):
             (self.logs_dir / f"{handle.sandbox_id}.log").unlink()
@@ -395,6 +397,7 @@ class NativeBackend(SandboxBackend):
                 continue
             log.info("sandbox %s is gone; forgetting it", sandbox_id)
             self._stop_process(sandbox_id, int(handle.ref))
+            release_display(self._display(handle))
             self.state.drop_sandbox(sandbox_id)
             if handle.session_id is None:
                 # A warm desktop's home was never anybody's.

@@ -2,7 +2,8 @@
 
 ``build(settings)`` wires everything without I/O; ``start()`` opens the
 backend, connects, adopts what still runs and starts answering; ``stop()``
-stops answering, then keeps or stops the desktops (``keep_on_stop``).
+keeps or stops the desktops (``keep_on_stop``) while the bus is still up,
+then disconnects.
 
 Only one provisioner should answer on a bus for now: the subjects carry no
 host, so with two, a release could reach the one that does not hold the
@@ -21,6 +22,7 @@ from faststream.nats.annotations import NatsMessage
 from selfagent.bus import (
     RemoteError,
     RequestTimeout,
+    Service,
     error_reply,
     make_broker,
     request,
@@ -95,8 +97,9 @@ def make_backend(settings: Settings, state: StateStore) -> SandboxBackend:
     )
 
 
-class ProvisionerService:
+class ProvisionerService(Service):
     def __init__(self, settings: Settings, backend: SandboxBackend | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.state = StateStore(settings.data_dir)
         self.backend = backend or make_backend(settings, self.state)
@@ -116,7 +119,9 @@ class ProvisionerService:
             check_interval=settings.check_interval,
             publish=self._publish,
         )
-        self._started = False
+        # Released in reverse: the pool (see _stop_pool) and the backend go
+        # before the broker.
+        self.resources.push_async_callback(self.broker.stop)
         self._subscribe()
 
     async def _publish(self, event: SandboxEvent) -> None:
@@ -216,11 +221,21 @@ class ProvisionerService:
         # answered: a lease must see the desktops that still run.
         await self.pool.start()
 
-    async def start(self) -> None:
+    async def _stop_pool(self) -> None:
+        # While the bus is up: waiting leases get their "shutting down"
+        # answer and starts in flight their events.
+        keep = self.settings.keep_on_stop
+        await self.pool.stop(keep_running=self.backend.keeps_running if keep is None else keep)
+
+    async def _start(self) -> None:
         await self.backend.open()
+        self.resources.push_async_callback(self.backend.close)
         self.pool.host = self.backend.host
-        self._started = True
+        # Harmless for a pool that never started (the connection failed).
+        self.resources.push_async_callback(self._stop_pool)
         await start_with_retry(self.broker, before_start=self._adopt)
+        # The pool's refill and check loops failing for good ends the service.
+        self.spawn(self.pool.wait(), name="provisioner-pool", errors_are_fatal=True)
         await self._answering()
         log.info(
             "provisioner %s ready: %s backend, warm %d, at most %d desktops",
@@ -254,24 +269,6 @@ class ProvisionerService:
                     log.warning("requests do not reach this provisioner yet")
                     return
                 await asyncio.sleep(0.02)
-
-    async def wait(self) -> None:
-        """Until the service can no longer run by itself; raises what ended it."""
-        await self.pool.wait()
-
-    async def stop(self) -> None:
-        # The pool first, while the bus is up: waiting leases get their
-        # "shutting down" answer and starts in flight their events.
-        if self._started:
-            self._started = False
-            keep = self.settings.keep_on_stop
-            try:
-                await self.pool.stop(
-                    keep_running=self.backend.keeps_running if keep is None else keep
-                )
-            finally:
-                await self.backend.close()
-        await self.broker.stop()
 
 
 def build(settings: Settings) -> ProvisionerService:

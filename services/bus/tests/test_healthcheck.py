@@ -44,7 +44,7 @@ def _good(server: EmbeddedNats) -> str:
     return f"nats://svc:{PASSWORD}@127.0.0.1:{server.port}"
 
 
-@pytest.mark.parametrize("service", ["planner", "grounder", "actuator", "gateway"])
+@pytest.mark.parametrize("service", ["planner", "grounder", "actuator", "gateway", "provisioner"])
 def test_reads_the_services_own_setting(
     locked_nats: EmbeddedNats, tmp_path: Path, service: str
 ) -> None:

@@ -26,6 +26,7 @@ from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings as PlannerSettings
 from selfagent.planner.service import build as build_planner
+from selfagent.provisioner.config import Settings as ProvisionerSettings
 from tests.harness.fakellm import FakeLLM
 
 PROBE = Path(__file__).with_name("runner_probe.py")
@@ -34,6 +35,7 @@ SERVICES: dict[str, tuple[type[ServiceSettings], str]] = {
     "grounder": (GrounderSettings, "GROUNDER_"),
     "planner": (PlannerSettings, "PLANNER_"),
     "gateway": (GatewaySettings, "GATEWAY_"),
+    "provisioner": (ProvisionerSettings, "PROVISIONER_"),
 }
 
 
@@ -43,7 +45,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if key != "NATS_URL" and not key.startswith(("ACTUATOR_", "GROUNDER_", "PLANNER_"))
-        and not key.startswith(("GATEWAY_", "SELFAGENT_", "LLM_", "PROBE_"))
+        and not key.startswith(("GATEWAY_", "PROVISIONER_", "SELFAGENT_", "LLM_", "PROBE_"))
     }
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
@@ -82,6 +84,7 @@ BAD_SETTINGS = {
     "grounder": {"GROUNDER_CONCURRENCY": "0"},
     "planner": {"PLANNER_MAX_STEPS": "0"},
     "gateway": {"SELFAGENT_TOKEN": " "},
+    "provisioner": {"PROVISIONER_MAX_PER_HOST": "0"},
 }
 
 
@@ -133,6 +136,7 @@ READY = {
     "actuator": "actuator for sandbox 'probe' ready",
     "grounder": "grounder ready",
     "planner": "planner ready",
+    "provisioner": "ready: native backend, warm 0",
 }
 
 
@@ -146,6 +150,10 @@ def test_sigterm_stops_a_running_service_cleanly(
         ACTUATOR_VNC_PORT=str(free_port()),  # no desktop: the link retries meanwhile
         GROUNDER_FAMILY="ocr",
         GROUNDER_CANARY="false",
+        # No desktop to start: the provisioner answers with an empty pool.
+        PROVISIONER_BACKEND="native",
+        PROVISIONER_WARM="0",
+        PROVISIONER_DATA_DIR=str(tmp_path / "provisioner"),
     )
     service = Process([sys.executable, "-m", f"selfagent.{name}"], env, tmp_path / "log")
     service.wait_for(READY[name])

@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 
-from selfagent.actuator.rfb import RFBClient
 from selfagent.provisioner.backend import SandboxBackend, SandboxHandle
 from selfagent.provisioner.pool import Pool
 from selfagent.provisioner.state import StateStore
+from selfagent.rfb import RFBClient
 from selfagent.schemas.sandboxes import SandboxEvent
 
 
@@ -57,7 +57,7 @@ async def first_frame(host: str, port: int, password: str) -> tuple[int, int]:
     client = RFBClient(host, port, password)
     await client.connect(timeout=10)
     try:
-        assert client.framebuffer.any(), "the first frame is all black"
+        assert any(client.framebuffer), "the first frame is all black"
         return client.width, client.height
     finally:
         await client.close()

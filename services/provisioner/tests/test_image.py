@@ -36,6 +36,18 @@ def test_dockerfile_has_the_shape_of_the_other_services() -> None:
     assert 'CMD ["python", "-m", "selfagent.provisioner"]' in text
     assert "PROVISIONER_BACKEND=docker" in text
     assert '".[provisioner]"' in text
+    assert 'CMD ["python", "-m", "selfagent.bus.healthcheck", "provisioner"]' in text
+    # Third-party dependencies are a layer of their own, before the source.
+    dependencies = text.index("pip install -r /tmp/requirements.txt")
+    assert text.index("COPY pyproject.toml ./") < dependencies < text.index("COPY services ")
+
+    def shape(service: str, text: str) -> str:
+        # Up to the package install, the service images are one text.
+        text = text[text.index("FROM ") : text.index("rm -rf /src/build")]
+        return text.replace(service, "SERVICE")
+
+    planner = (ROOT / "services" / "planner" / "Dockerfile").read_text()
+    assert shape("provisioner", text) == shape("planner", planner)
 
 
 def _status(url: str) -> ProvisionerStatus | None:
@@ -81,7 +93,8 @@ def test_the_image_runs_desktops_and_a_restarted_one_adopts_them(
     engine: docker.DockerClient, nats_server: EmbeddedNats
 ) -> None:
     host = f"test-image-{uuid.uuid4().hex[:8]}"
-    network = engine.networks.create(f"selfagent-test-desktop-{uuid.uuid4().hex[:8]}")
+    network_name = f"selfagent-test-desktop-{uuid.uuid4().hex[:8]}"
+    network = engine.networks.create(network_name)
     data = engine.volumes.create(f"selfagent-test-provisioner-{uuid.uuid4().hex[:8]}")
     started: list[str] = []
 
@@ -100,7 +113,7 @@ def test_the_image_runs_desktops_and_a_restarted_one_adopts_them(
             environment={
                 "NATS_URL": nats_server.url,
                 "PROVISIONER_HOST_NAME": host,
-                "PROVISIONER_DOCKER_NETWORK": network.name,
+                "PROVISIONER_DOCKER_NETWORK": network_name,
                 "PROVISIONER_DOCKER_IMAGE": SANDBOX_IMAGE,
                 "PROVISIONER_WARM": "1",
             },

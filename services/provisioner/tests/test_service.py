@@ -15,6 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from selfagent.bus import RemoteError, make_broker, request
@@ -48,7 +49,7 @@ REQUEST_TIMEOUT = 120.0
 class Bus:
     """A client: typed requests through a broker, and every provisioner event as raw JSON."""
 
-    def __init__(self, broker: NatsBroker, nc: nats.NATS) -> None:
+    def __init__(self, broker: NatsBroker, nc: NatsClient) -> None:
         self.broker = broker
         self.nc = nc
         self.events: list[dict[str, object]] = []
@@ -164,7 +165,7 @@ async def test_lease_connect_release_over_the_bus(bus: Bus, settings: Settings) 
             assert endpoint.exec_token.encode() not in raw
     finally:
         await service.stop()
-    assert marked_processes(settings.host_name) == {}
+    assert marked_processes(service.pool.host) == {}
 
 
 async def test_bad_requests_and_a_full_host_get_typed_errors(bus: Bus, settings: Settings) -> None:
@@ -203,7 +204,7 @@ async def test_bad_requests_and_a_full_host_get_typed_errors(bus: Bus, settings:
         assert 1.4 < time.monotonic() - began < 5
     finally:
         await service.stop()
-    assert marked_processes(settings.host_name) == {}
+    assert marked_processes(service.pool.host) == {}
 
 
 async def test_session_events_keep_a_desktop_from_idling_out(bus: Bus, settings: Settings) -> None:
@@ -254,7 +255,7 @@ async def test_session_events_keep_a_desktop_from_idling_out(bus: Bus, settings:
         stop.set()
         await worker
         await service.stop()
-    assert marked_processes(settings.host_name) == {}
+    assert marked_processes(service.pool.host) == {}
 
 
 def test_the_service_runs_as_a_process_and_stops_on_sigterm(
