@@ -260,11 +260,25 @@ async def test_a_container_that_does_not_come_up_leaves_nothing(
         assert "stopped while starting" in lost.reason
         with pytest.raises(SandboxStartFailed):
             await pool.lease("unlucky")
-        assert engine.containers() == [] and engine.volumes() == []
-        assert list(state.sandbox_dir.iterdir()) == []
+        await wait_until(
+            lambda: any(isinstance(e, SandboxLost) and e.session_id == "unlucky" for e in events),
+            10,
+            "the failed cold start's event",
+        )
+        # Each failed start is gone entirely. (The warm pool's next attempt,
+        # after its back-off, may be starting meanwhile: it is checked below,
+        # once the pool has stopped.)
+        lost = {e.sandbox_id for e in events if isinstance(e, SandboxLost)}
+        assert not [c for c in engine.containers() if any(sid in c for sid in lost)]
+        assert not [v for v in engine.volumes() if any(sid in v for sid in lost)]
+        assert "selfagent-home-unlucky" not in engine.volumes()
+        assert not [f for f in state.sandbox_dir.iterdir() if f.stem in lost]
         # A failing warm pool backs off instead of starting over and over.
         await asyncio.sleep(1.5)
         assert sum(isinstance(e, SandboxLost) for e in events) <= 4
+    # Stopped: every start in flight has ended, and none left anything.
+    assert engine.containers() == [] and engine.volumes() == []
+    assert list(state.sandbox_dir.iterdir()) == []
     await backend.close()
 
 
