@@ -122,6 +122,19 @@ class Process:
             assert time.monotonic() < deadline, f"no {text!r} within {timeout}s:\n{self.log()}"
             time.sleep(0.1)
 
+    def wait_for_sigterm_handler(self, timeout: float) -> None:
+        """Until the process catches SIGTERM (the runner installed its handler)."""
+        bit = 1 << (signal.SIGTERM - 1)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.popen.poll() is None, f"exited with {self.popen.returncode}:\n{self.log()}"
+            status = Path(f"/proc/{self.popen.pid}/status").read_text()
+            caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & bit:
+                return
+            assert time.monotonic() < deadline, f"no SIGTERM handler within {timeout}s"
+            time.sleep(0.05)
+
     def terminate(self, timeout: float = 15) -> int:
         self.popen.send_signal(signal.SIGTERM)
         try:
@@ -166,7 +179,10 @@ def test_sigterm_while_start_waits_for_nats(tmp_path: Path) -> None:
     """Stopping must not wait for a server that never comes."""
     env = clean_env(NATS_URL=f"nats://127.0.0.1:{free_port()}", GROUNDER_FAMILY="ocr")
     service = Process([sys.executable, "-m", "selfagent.grounder"], env, tmp_path / "log")
-    time.sleep(3)
+    # On a loaded machine the imports alone can take seconds; a SIGTERM before
+    # the runner took the signal would test the interpreter's default instead.
+    service.wait_for_sigterm_handler(timeout=60)
+    time.sleep(2)  # well into start(), which waits for the server
     assert service.popen.poll() is None, service.log()
     assert "grounder ready" not in service.log()
     assert service.terminate(timeout=10) == 0, service.log()
