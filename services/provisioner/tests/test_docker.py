@@ -268,11 +268,11 @@ async def test_a_container_that_does_not_come_up_leaves_nothing(
         # Each failed start is gone entirely. (The warm pool's next attempt,
         # after its back-off, may be starting meanwhile: it is checked below,
         # once the pool has stopped.)
-        lost = {e.sandbox_id for e in events if isinstance(e, SandboxLost)}
-        assert not [c for c in engine.containers() if any(sid in c for sid in lost)]
-        assert not [v for v in engine.volumes() if any(sid in v for sid in lost)]
+        lost_ids = {e.sandbox_id for e in events if isinstance(e, SandboxLost)}
+        assert not [c for c in engine.containers() if any(sid in c for sid in lost_ids)]
+        assert not [v for v in engine.volumes() if any(sid in v for sid in lost_ids)]
         assert "selfagent-home-unlucky" not in engine.volumes()
-        assert not [f for f in state.sandbox_dir.iterdir() if f.stem in lost]
+        assert not [f for f in state.sandbox_dir.iterdir() if f.stem in lost_ids]
         # A failing warm pool backs off instead of starting over and over.
         await asyncio.sleep(1.5)
         assert sum(isinstance(e, SandboxLost) for e in events) <= 4
