@@ -53,6 +53,22 @@ from .messages import (
     TaskStateChanged,
     TaskSubmitted,
 )
+from .sandboxes import (
+    ConnectRequest,
+    Lease,
+    LeaseRequest,
+    ProvisionerStatus,
+    Released,
+    ReleaseRequest,
+    SandboxEndpoint,
+    SandboxEvent,
+    SandboxInfo,
+    SandboxLeased,
+    SandboxLost,
+    SandboxReady,
+    SandboxReleased,
+    StatusRequest,
+)
 
 __all__ = [
     "ACTION_NAMES",
@@ -101,4 +117,21 @@ __all__ = [
     "UploadFileAction",
     "WaitAction",
     "subjects",
+]
+# The provisioner's messages (schemas/sandboxes.py).
+__all__ += [
+    "ConnectRequest",
+    "Lease",
+    "LeaseRequest",
+    "ProvisionerStatus",
+    "ReleaseRequest",
+    "Released",
+    "SandboxEndpoint",
+    "SandboxEvent",
+    "SandboxInfo",
+    "SandboxLeased",
+    "SandboxLost",
+    "SandboxReady",
+    "SandboxReleased",
+    "StatusRequest",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from . import messages, subjects
+from . import messages, sandboxes, subjects
 from .actions import Action
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -35,6 +35,15 @@ EXPORTED: dict[str, Any] = {
     "ErrorReply": messages.ErrorReply,
     "DeadLetter": messages.DeadLetter,
     "SessionState": messages.SessionState,
+    "LeaseRequest": sandboxes.LeaseRequest,
+    "Lease": sandboxes.Lease,
+    "ReleaseRequest": sandboxes.ReleaseRequest,
+    "Released": sandboxes.Released,
+    "ConnectRequest": sandboxes.ConnectRequest,
+    "SandboxEndpoint": sandboxes.SandboxEndpoint,
+    "StatusRequest": sandboxes.StatusRequest,
+    "ProvisionerStatus": sandboxes.ProvisionerStatus,
+    "SandboxEvent": sandboxes.SandboxEvent,
 }
 
 
@@ -108,11 +117,55 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         "receive",
         "Messages a service rejected; kept in the AGENT_DEADLETTER stream.",
     ),
+    (
+        "provisionerLease",
+        subjects.PROVISIONER_LEASE,
+        ["LeaseRequest"],
+        "request",
+        "Lease a desktop for a session (waits for capacity, FIFO). Reply: Lease.",
+    ),
+    (
+        "provisionerRelease",
+        subjects.PROVISIONER_RELEASE,
+        ["ReleaseRequest"],
+        "request",
+        "Give a session's desktop back; its home is kept unless asked. Reply: Released.",
+    ),
+    (
+        "provisionerConnect",
+        subjects.PROVISIONER_CONNECT,
+        ["ConnectRequest"],
+        "request",
+        "Connection details of a leased sandbox, secrets included. Reply: SandboxEndpoint.",
+    ),
+    (
+        "provisionerStatus",
+        subjects.PROVISIONER_STATUS,
+        ["StatusRequest"],
+        "request",
+        "The provisioner's sandboxes and capacity (no secrets). Reply: ProvisionerStatus.",
+    ),
+    (
+        "provisionerEvents",
+        "agent.provisioner.event.{kind}",
+        ["SandboxEvent"],
+        "receive",
+        "Sandboxes becoming ready, leased, released or lost (no secrets).",
+    ),
 ]
 _ID_PARAMETER = f"an id matching {subjects.ID_PATTERN}"
-# Only ids are subject-safe tokens; an event kind is itself dotted ("task.started").
+# Only ids are subject-safe tokens; an event kind is itself dotted
+# ("task.started", "sandbox.ready").
 _PARAMETERS = {"kind": "the event kind, e.g. task.started (one or more tokens)"}
-_REPLIES = {"ground": "GroundResult", "sandboxAct": "ActionResult", "sandboxObserve": "Observation"}
+_REPLIES = {
+    "ground": "GroundResult",
+    "sandboxAct": "ActionResult",
+    "sandboxObserve": "Observation",
+    "provisionerLease": "Lease",
+    "provisionerRelease": "Released",
+    "provisionerConnect": "SandboxEndpoint",
+    "provisionerStatus": "ProvisionerStatus",
+}
 
 
 def render_asyncapi() -> str:

@@ -13,6 +13,11 @@ subject                            pattern             payload
 ``agent.sandbox.<box>.act``        request             ActRequest -> ActionResult
 ``agent.sandbox.<box>.observe``    request             ObserveRequest -> Observation
 ``agent.deadletter.<service>``     publish (stream)    DeadLetter
+``agent.provisioner.lease``        request             LeaseRequest -> Lease
+``agent.provisioner.release``      request             ReleaseRequest -> Released
+``agent.provisioner.connect``      request             ConnectRequest -> SandboxEndpoint
+``agent.provisioner.status``       request             StatusRequest -> ProvisionerStatus
+``agent.provisioner.event.<k>``    publish             SandboxEvent, ``<k>`` = event kind
 =================================  ==================  =====================================
 """
 
@@ -88,3 +93,16 @@ def sandbox_observe(sandbox_id: str) -> str:
 
 def dead_letter(service: str) -> str:
     return f"agent.deadletter.{check_token(service)}"
+
+
+# The provisioner: desktops leased per session (schemas/sandboxes.py).
+PROVISIONER_LEASE = "agent.provisioner.lease"
+PROVISIONER_RELEASE = "agent.provisioner.release"
+PROVISIONER_CONNECT = "agent.provisioner.connect"
+PROVISIONER_STATUS = "agent.provisioner.status"
+PROVISIONER_EVENTS_ALL = "agent.provisioner.event.>"
+
+
+def provisioner_event(kind: str) -> str:
+    """``kind`` is an event's ``kind`` field, e.g. ``sandbox.ready``."""
+    return f"agent.provisioner.event.{kind}"

@@ -34,7 +34,11 @@ anything else that escapes is a bug. The tree::
     │       └── FileTooLarge        a transfer exceeded its limit
     ├── ActionRejected              an action is invalid for this screen; nothing ran
     │   └── UnknownKey              a key name that has no keysym
-    └── LocalModeError              ``selfagent up`` could not start a part
+    ├── LocalModeError              ``selfagent up`` could not start a part
+    └── ProvisionerError            leasing sandbox desktops
+        ├── CapacityExhausted       the host stayed full for the whole wait; nothing started
+        ├── SandboxStartFailed      a desktop could not be started
+        └── UnknownSandbox          no such sandbox (or the session holds none)
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ __all__ = [
     "BusAuthError",
     "BusError",
     "BusUnavailable",
+    "CapacityExhausted",
     "ConfigError",
     "DesktopError",
     "DesktopUnavailable",
@@ -62,14 +67,17 @@ __all__ = [
     "LocalModeError",
     "ModelError",
     "OCRError",
+    "ProvisionerError",
     "RFBError",
     "RemoteError",
     "RequestTimeout",
     "ResizeError",
     "SandboxExecError",
     "SandboxNotFound",
+    "SandboxStartFailed",
     "SelfagentError",
     "UnknownKey",
+    "UnknownSandbox",
     "VLMError",
     "VncAuthFailed",
     "VncRefused",
@@ -271,3 +279,22 @@ class UnknownKey(ActionRejected):
 
 class LocalModeError(SelfagentError):
     """``selfagent up`` could not start one of its parts."""
+
+
+# -- the provisioner ---------------------------------------------------------
+
+
+class ProvisionerError(SelfagentError):
+    """Leasing, starting or reaching a sandbox desktop failed."""
+
+
+class CapacityExhausted(ProvisionerError):
+    """The host had no room for another desktop during the whole wait; nothing was started."""
+
+
+class SandboxStartFailed(ProvisionerError):
+    """A desktop could not be started (or did not become ready in time); it was cleaned up."""
+
+
+class UnknownSandbox(ProvisionerError):
+    """No sandbox by that id on this provisioner."""

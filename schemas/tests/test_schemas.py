@@ -62,6 +62,9 @@ def test_one_id_rule_in_python_and_in_the_exported_schemas() -> None:
         ("TaskSubmitted", ("task_id", "session_id", "sandbox_id")),
         ("ControlCommand", ("session_id",)),
         ("SessionState", ("session_id", "task_id", "sandbox_id")),
+        ("LeaseRequest", ("session_id",)),
+        ("ReleaseRequest", ("session_id",)),
+        ("ConnectRequest", ("sandbox_id",)),
     ):
         schema = json.loads((JSON_DIR / f"{name}.json").read_text())
         for field in fields:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from .broker import display_url
 
-SERVICES = ("planner", "grounder", "actuator", "gateway")
+SERVICES = ("planner", "grounder", "actuator", "gateway", "provisioner")
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 

@@ -26,6 +26,7 @@ from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings as PlannerSettings
 from selfagent.planner.service import build as build_planner
+from selfagent.provisioner.config import Settings as ProvisionerSettings
 from tests.harness.fakellm import FakeLLM
 
 PROBE = Path(__file__).with_name("runner_probe.py")
@@ -34,6 +35,7 @@ SERVICES: dict[str, tuple[type[ServiceSettings], str]] = {
     "grounder": (GrounderSettings, "GROUNDER_"),
     "planner": (PlannerSettings, "PLANNER_"),
     "gateway": (GatewaySettings, "GATEWAY_"),
+    "provisioner": (ProvisionerSettings, "PROVISIONER_"),
 }
 
 
@@ -43,7 +45,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if key != "NATS_URL" and not key.startswith(("ACTUATOR_", "GROUNDER_", "PLANNER_"))
-        and not key.startswith(("GATEWAY_", "SELFAGENT_", "LLM_", "PROBE_"))
+        and not key.startswith(("GATEWAY_", "PROVISIONER_", "SELFAGENT_", "LLM_", "PROBE_"))
     }
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
@@ -82,6 +84,7 @@ BAD_SETTINGS = {
     "grounder": {"GROUNDER_CONCURRENCY": "0"},
     "planner": {"PLANNER_MAX_STEPS": "0"},
     "gateway": {"SELFAGENT_TOKEN": " "},
+    "provisioner": {"PROVISIONER_MAX_PER_HOST": "0"},
 }
 
 
@@ -119,6 +122,19 @@ class Process:
             assert time.monotonic() < deadline, f"no {text!r} within {timeout}s:\n{self.log()}"
             time.sleep(0.1)
 
+    def wait_for_sigterm_handler(self, timeout: float) -> None:
+        """Until the process catches SIGTERM (the runner installed its handler)."""
+        bit = 1 << (signal.SIGTERM - 1)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.popen.poll() is None, f"exited with {self.popen.returncode}:\n{self.log()}"
+            status = Path(f"/proc/{self.popen.pid}/status").read_text()
+            caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & bit:
+                return
+            assert time.monotonic() < deadline, f"no SIGTERM handler within {timeout}s"
+            time.sleep(0.05)
+
     def terminate(self, timeout: float = 15) -> int:
         self.popen.send_signal(signal.SIGTERM)
         try:
@@ -133,6 +149,7 @@ READY = {
     "actuator": "actuator for sandbox 'probe' ready",
     "grounder": "grounder ready",
     "planner": "planner ready",
+    "provisioner": "ready: native backend, warm 0",
 }
 
 
@@ -146,6 +163,10 @@ def test_sigterm_stops_a_running_service_cleanly(
         ACTUATOR_VNC_PORT=str(free_port()),  # no desktop: the link retries meanwhile
         GROUNDER_FAMILY="ocr",
         GROUNDER_CANARY="false",
+        # No desktop to start: the provisioner answers with an empty pool.
+        PROVISIONER_BACKEND="native",
+        PROVISIONER_WARM="0",
+        PROVISIONER_DATA_DIR=str(tmp_path / "provisioner"),
     )
     service = Process([sys.executable, "-m", f"selfagent.{name}"], env, tmp_path / "log")
     service.wait_for(READY[name])
@@ -158,7 +179,10 @@ def test_sigterm_while_start_waits_for_nats(tmp_path: Path) -> None:
     """Stopping must not wait for a server that never comes."""
     env = clean_env(NATS_URL=f"nats://127.0.0.1:{free_port()}", GROUNDER_FAMILY="ocr")
     service = Process([sys.executable, "-m", "selfagent.grounder"], env, tmp_path / "log")
-    time.sleep(3)
+    # On a loaded machine the imports alone can take seconds; a SIGTERM before
+    # the runner took the signal would test the interpreter's default instead.
+    service.wait_for_sigterm_handler(timeout=60)
+    time.sleep(2)  # well into start(), which waits for the server
     assert service.popen.poll() is None, service.log()
     assert "grounder ready" not in service.log()
     assert service.terminate(timeout=10) == 0, service.log()

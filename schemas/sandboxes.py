@@ -1,0 +1,152 @@
+"""Messages of the provisioner: leasing, releasing and reaching sandbox desktops.
+
+A session leases a desktop (``agent.provisioner.lease``), services that drive
+or show it ask for its connection details (``agent.provisioner.connect``), and
+the session gives it back (``agent.provisioner.release``). What happens to
+sandboxes is published as :data:`SandboxEvent` on
+``agent.provisioner.event.<kind>``. Secrets (the VNC password and the exec
+token) travel only in the :class:`SandboxEndpoint` reply, never in an event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .messages import Message, Reply, SubjectId
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseRequest(Message):
+    """Give this session a desktop; the reply comes once it is ready to use.
+
+    Asking again for a session that holds a desktop returns the same one (and
+    counts as activity, so it is not released as idle). The reply can take the
+    provisioner's capacity wait plus a desktop start: give the request a
+    timeout to match (two minutes is safe with the defaults).
+    """
+
+    session_id: SubjectId
+
+
+class Lease(Reply):
+    sandbox_id: str = ""
+    session_id: str = ""
+    screen_width: int = 0
+    screen_height: int = 0
+    warm: bool = Field(
+        default=False, description="True when the desktop came ready-made from the warm pool"
+    )
+    home: str = Field(default="", description="The session's home (volume or directory name)")
+    host: str = Field(default="", description="The provisioner host that runs the desktop")
+    wait_ms: float = Field(
+        default=0.0, description="Time from the request to the reply, waiting for capacity included"
+    )
+
+
+class ReleaseRequest(Message):
+    """The session is done with its desktop. Its home is kept unless ``keep_home`` is false."""
+
+    session_id: SubjectId
+    keep_home: bool = True
+
+
+class Released(Reply):
+    session_id: str = ""
+    sandbox_id: str | None = Field(
+        default=None, description="The desktop that was stopped; null if the session held none"
+    )
+    home_deleted: bool = False
+
+
+class ConnectRequest(Message):
+    sandbox_id: SubjectId
+
+
+class SandboxEndpoint(Reply):
+    """How to reach a leased sandbox, secrets included: a reply only, never published.
+
+    The secret fields are left out of ``repr`` so a logged reply shows none.
+    """
+
+    sandbox_id: str = ""
+    session_id: str | None = None
+    vnc_host: str = ""
+    vnc_port: int = 0
+    vnc_password: str = Field(default="", repr=False)
+    exec_url: str = ""
+    exec_token: str = Field(default="", repr=False)
+    screen_width: int = 0
+    screen_height: int = 0
+
+
+class StatusRequest(Message):
+    pass
+
+
+class SandboxInfo(Message):
+    """One sandbox as the provisioner sees it (no secrets)."""
+
+    sandbox_id: str
+    state: Literal["starting", "warm", "leased", "stopping"]
+    session_id: str | None = None
+    home: str = ""
+    started_at: datetime | None = None
+
+
+class ProvisionerStatus(Reply):
+    host: str = ""
+    backend: str = ""
+    max_per_host: int = 0
+    warm_target: int = 0
+    waiting: int = Field(default=0, description="Lease requests waiting for capacity")
+    sandboxes: list[SandboxInfo] = Field(default_factory=list)
+
+
+# --- events (agent.provisioner.event.<kind>) --------------------------------
+
+
+class _SandboxEvent(Message):
+    sandbox_id: str
+    host: str
+    at: datetime = Field(default_factory=_now)
+
+
+class SandboxReady(_SandboxEvent):
+    """A desktop finished starting: for the warm pool (no session yet) or for a session."""
+
+    kind: Literal["sandbox.ready"] = "sandbox.ready"
+    session_id: str | None = None
+    start_ms: float
+
+
+class SandboxLeased(_SandboxEvent):
+    kind: Literal["sandbox.leased"] = "sandbox.leased"
+    session_id: str
+    warm: bool
+
+
+class SandboxReleased(_SandboxEvent):
+    kind: Literal["sandbox.released"] = "sandbox.released"
+    session_id: str | None = None
+    reason: Literal["released", "idle", "shutdown", "evicted"] = "released"
+    home_kept: bool = True
+
+
+class SandboxLost(_SandboxEvent):
+    """A desktop died or could not be started; ``reason`` says what was seen."""
+
+    kind: Literal["sandbox.lost"] = "sandbox.lost"
+    session_id: str | None = None
+    reason: str
+
+
+SandboxEvent = Annotated[
+    SandboxReady | SandboxLeased | SandboxReleased | SandboxLost,
+    Field(discriminator="kind"),
+]

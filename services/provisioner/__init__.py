@@ -1,0 +1,1 @@
+"""The provisioner: sandbox desktops leased per session, from a warm pool, on Docker or natively."""
