@@ -78,7 +78,7 @@ async def _serve(
         loop.add_signal_handler(sig, stop_requested.set)
     try:
         service = build(settings)
-        life = asyncio.create_task(_live(service), name="service")
+        life = asyncio.create_task(_live(service, log), name="service")
         stopper = asyncio.create_task(stop_requested.wait(), name="stop-signal")
         await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -97,6 +97,9 @@ async def _serve(
     log.info("stopped")
 
 
-async def _live(service: Service) -> None:
+async def _live(service: Service, log: logging.Logger) -> None:
+    # The moment from which a stop signal is handled and start() is under
+    # way; tests that stop a service mid-start wait for this line.
+    log.debug("starting; SIGINT or SIGTERM stops the service")
     await service.start()
     await service.wait()
