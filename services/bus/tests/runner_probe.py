@@ -42,7 +42,8 @@ class Probe(Service):
         print("ready", flush=True)
 
     async def _refused_later(self) -> None:
-        await asyncio.sleep(0.5)
+        # "Later" is the point: after start() has returned and the service runs.
+        await asyncio.sleep(0.1)
         raise BusAuthError("nats: authorization violation")
 
 
