@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -164,7 +165,8 @@ async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> Non
                 break
             except RemoteError:
                 assert time.monotonic() - back_at < 5.0, "no reconnect within 5 s"
-                time.sleep(0.1)
+                # Not time.sleep: the actuator reconnects in this same event loop.
+                await asyncio.sleep(0.1)
         assert observation.screenshot is not None
         moved = await request(
             client,
