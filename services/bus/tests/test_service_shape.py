@@ -169,6 +169,16 @@ def test_sigterm_while_start_waits_for_nats(tmp_path: Path) -> None:
     assert "INFO selfagent.grounder: stopped" in service.log()
 
 
+def test_sigterm_stops_a_start_that_lost_its_cancellation(tmp_path: Path) -> None:
+    """The runner asks again when start() did not take the first cancellation."""
+    env = clean_env(PROBE_FAIL="deaf", LOG_LEVEL="DEBUG")
+    probe = Process([sys.executable, str(PROBE)], env, tmp_path / "log")
+    probe.wait_for("starting; SIGINT or SIGTERM stops the service")
+    assert probe.terminate(timeout=10) == 0, probe.log()
+    assert "released" in probe.log() and "stopped" in probe.log()
+    assert "ready" not in probe.log()
+
+
 @pytest.mark.parametrize(
     ("fail", "status", "message"),
     [
