@@ -41,5 +41,12 @@ class Subscription:
     async def __aexit__(self, *exc: object) -> None:
         await self.sub.unsubscribe()
 
-    async def next(self) -> bytes:
-        return await asyncio.wait_for(self.messages.get(), 5.0)
+    async def next(self, timeout: float = 5.0) -> bytes:
+        try:
+            return await asyncio.wait_for(self.messages.get(), timeout)
+        except TimeoutError:
+            nc = self.broker.connection
+            raise AssertionError(
+                f"nothing on {self.subject} within {timeout} s "
+                f"(client connected: {nc.is_connected}, stats: {nc.stats})"
+            ) from None
