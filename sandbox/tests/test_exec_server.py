@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,9 +326,16 @@ def test_output_cap_is_configurable(start_server: Callable[..., ExecServer]) -> 
 
 def test_long_command_does_not_block_others(server: ExecServer) -> None:
     results: list[dict[str, object]] = []
-    slow = threading.Thread(target=lambda: results.append(_exec(server, "sleep 3; echo slow")))
+    running = server.home / f"slow-{uuid.uuid4().hex[:8]}"
+    slow = threading.Thread(
+        target=lambda: results.append(_exec(server, f"touch {running}; sleep 3; echo slow"))
+    )
     slow.start()
-    time.sleep(0.3)
+    # Until the server is busy with the slow command.
+    deadline = time.monotonic() + 10
+    while not running.exists():
+        assert time.monotonic() < deadline, "the slow command never started"
+        time.sleep(0.02)
     started = time.monotonic()
     assert _exec(server, "echo fast")["stdout"] == "fast\n"
     assert httpx.get(server.url + "/healthz").status_code == 200

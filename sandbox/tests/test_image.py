@@ -168,8 +168,26 @@ def test_home_is_a_volume(sandbox: Container) -> None:
     assert "/home/agent" in mounts
 
 
+def _rss_kib(sandbox: Container) -> int:
+    return sum(int(rss) for rss in sandbox.exec("ps", "-eo", "rss=").split())
+
+
+def _wait_until_idle(sandbox: Container, quiet: float = 0.5, timeout: float = 30) -> None:
+    """Until the processes' memory stops changing (within 1% over ``quiet`` seconds):
+    the session has settled, and what earlier tests started has gone."""
+    deadline = time.monotonic() + timeout
+    last = _rss_kib(sandbox)
+    while True:
+        time.sleep(quiet)
+        now = _rss_kib(sandbox)
+        if abs(now - last) <= 0.01 * last:
+            return
+        assert time.monotonic() < deadline, f"memory still changing after {timeout} s"
+        last = now
+
+
 def test_idle_memory(sandbox: Container) -> None:
-    time.sleep(3)
+    _wait_until_idle(sandbox)
     report = memory_report(sandbox)
     print(f"\nsandbox idle memory: {report}")
     usage = run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", sandbox.name])

@@ -29,6 +29,7 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 EXIT_CANNOT_START = 2
 EXIT_FAILED = 1
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_CANCEL_AGAIN_AFTER = 0.5
 
 
 def configure_logging() -> None:
@@ -78,7 +79,7 @@ async def _serve(
         loop.add_signal_handler(sig, stop_requested.set)
     try:
         service = build(settings)
-        life = asyncio.create_task(_live(service), name="service")
+        life = asyncio.create_task(_live(service, log), name="service")
         stopper = asyncio.create_task(stop_requested.wait(), name="stop-signal")
         await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -87,8 +88,7 @@ async def _serve(
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)
     stopper.cancel()
-    life.cancel()
-    await asyncio.wait({life})
+    await _cancel(life, service)
     await service.stop()
     if not life.cancelled():
         # The service ended by itself: re-raise what ended it.
@@ -97,6 +97,25 @@ async def _serve(
     log.info("stopped")
 
 
-async def _live(service: Service) -> None:
+async def _cancel(life: asyncio.Task[None], service: Service) -> None:
+    """Cancel the service's task and wait until it has ended.
+
+    On Python 3.11, ``asyncio.wait_for`` (nats-py connects through it) loses
+    a cancellation that arrives just as the awaited call finishes, and a
+    start() waiting for NATS then goes on retrying forever. So the request
+    is repeated until start() has seen it (it then stops the service, which
+    must not be interrupted) or the task has ended.
+    """
+    life.cancel()
+    while not life.done():
+        await asyncio.wait({life}, timeout=_CANCEL_AGAIN_AFTER)
+        if not life.done() and not service._stopping:
+            life.cancel()
+
+
+async def _live(service: Service, log: logging.Logger) -> None:
+    # The moment from which a stop signal is handled and start() is under
+    # way; tests that stop a service mid-start wait for this line.
+    log.debug("starting; SIGINT or SIGTERM stops the service")
     await service.start()
     await service.wait()

@@ -1,8 +1,10 @@
-"""The VNC link failing: wrong password, server killed and restarted mid-run."""
+"""The VNC link failing: no server, wrong password, server killed and restarted mid-run."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,19 +13,21 @@ from faststream.nats import NatsBroker
 from selfagent.actuator.config import Settings
 from selfagent.actuator.service import build
 from selfagent.bus import RemoteError, make_broker, request
-from selfagent.bus.natsd import EmbeddedNats
+from selfagent.bus.natsd import EmbeddedNats, free_port
 from selfagent.schemas import (
     ActionResult,
     ActRequest,
     ErrorCode,
+    ErrorReply,
     MoveAction,
     Observation,
     ObserveRequest,
     subjects,
 )
+from tests.harness.bus import BusVariant, bus_variant
 from tests.harness.desktop import Desktop, start_desktop
 
-pytestmark = pytest.mark.desktop
+__all__ = ["bus_variant"]
 
 
 async def _observe(client: NatsBroker, sandbox: str, timeout: float = 10) -> Observation:
@@ -43,6 +47,51 @@ async def own_desktop() -> AsyncIterator[Desktop]:
     desktop.stop()
 
 
+async def test_no_vnc_server_is_a_clear_error_and_bad_requests_are_typed(
+    bus_variant: BusVariant,
+) -> None:
+    """The request handlers without any desktop, on the in-memory broker and on NATS."""
+    sandbox = f"nodesk{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        nats_url=bus_variant.url,
+        sandbox_id=sandbox,
+        vnc_port=free_port(),  # nothing listens there
+        vnc_wait_for_link=0.1,
+    )
+    service = build(settings)
+    client = make_broker(bus_variant.url, "faults-client")
+    if not bus_variant.real:
+        # The service's own start() would also dial NATS; its VNC link is
+        # what this test needs running.
+        await service.desktop.start()
+    async with bus_variant.running(service.broker, client, start=service.start, stop=service.stop):
+        for _ in range(2):  # twice: the first error must not take the service down
+            with pytest.raises(RemoteError) as caught:
+                await _observe(client, sandbox)
+            assert caught.value.code == ErrorCode.VNC_UNAVAILABLE
+            assert f"127.0.0.1:{settings.vnc_port} is unreachable" in str(caught.value)
+            with pytest.raises(RemoteError) as act_error:
+                await request(
+                    client,
+                    subjects.sandbox_act(sandbox),
+                    ActRequest(action=MoveAction(x=1, y=1)),
+                    ActionResult,
+                    timeout=10,
+                )
+            assert act_error.value.code == ErrorCode.VNC_UNAVAILABLE
+            assert "not executed" in str(act_error.value)
+
+        for subject, body, field in (
+            (subjects.sandbox_act(sandbox), b'{"action": {"action": "teleport"}}', "action"),
+            (subjects.sandbox_observe(sandbox), b'{"quality": 500}', "quality"),
+        ):
+            raw = await client.request(body, subject, timeout=10)
+            reply = ErrorReply.model_validate_json(raw.body)
+            assert reply.error is not None and reply.error.code == ErrorCode.INVALID_MESSAGE
+            assert field in reply.error.message
+
+
+@pytest.mark.desktop
 async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
     nats_server: EmbeddedNats, own_desktop: Desktop
 ) -> None:
@@ -77,6 +126,7 @@ async def test_wrong_password_is_a_clear_error_and_service_keeps_serving(
         await service.stop()
 
 
+@pytest.mark.desktop
 async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> None:
     desktop = start_desktop()
     settings = Settings(
@@ -115,7 +165,8 @@ async def test_vnc_server_killed_and_restarted(nats_server: EmbeddedNats) -> Non
                 break
             except RemoteError:
                 assert time.monotonic() - back_at < 5.0, "no reconnect within 5 s"
-                time.sleep(0.1)
+                # Not time.sleep: the actuator reconnects in this same event loop.
+                await asyncio.sleep(0.1)
         assert observation.screenshot is not None
         moved = await request(
             client,

@@ -8,6 +8,7 @@ releases what it registered, and ``ready`` once started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 from pydantic_settings import SettingsConfigDict
@@ -39,10 +40,20 @@ class Probe(Service):
                 raise ZeroDivisionError("a bug")
             case "auth-later":
                 self.spawn(self._refused_later(), name="connect", errors_are_fatal=True)
+            case "deaf":
+                await self._loses_a_cancellation()
         print("ready", flush=True)
 
+    async def _loses_a_cancellation(self) -> None:
+        # What asyncio.wait_for on Python 3.11 can do to a connect that is
+        # retried (nats-py's): the cancellation is lost and the wait goes on.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+
     async def _refused_later(self) -> None:
-        await asyncio.sleep(0.5)
+        # "Later" is the point: after start() has returned and the service runs.
+        await asyncio.sleep(0.1)
         raise BusAuthError("nats: authorization violation")
 
 

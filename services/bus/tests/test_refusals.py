@@ -145,7 +145,11 @@ async def test_stop_after_nats_went_away_is_quiet(
 
     await start_with_retry(broker, before_start=ensure_streams)
     lone_nats.stop()
-    await asyncio.sleep(0.5)  # the client notices and starts reconnecting
+    # The client notices and starts reconnecting: that is the state stop() meets.
+    deadline = time.monotonic() + 10
+    while not broker.connection.is_reconnecting:
+        assert time.monotonic() < deadline, "the client never noticed the server was gone"
+        await asyncio.sleep(0.01)
     await asyncio.wait_for(broker.stop(), timeout=10)
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text

@@ -177,16 +177,27 @@ def test_sigterm_stops_a_running_service_cleanly(
 
 def test_sigterm_while_start_waits_for_nats(tmp_path: Path) -> None:
     """Stopping must not wait for a server that never comes."""
-    env = clean_env(NATS_URL=f"nats://127.0.0.1:{free_port()}", GROUNDER_FAMILY="ocr")
+    env = clean_env(
+        NATS_URL=f"nats://127.0.0.1:{free_port()}", GROUNDER_FAMILY="ocr", LOG_LEVEL="DEBUG"
+    )
     service = Process([sys.executable, "-m", "selfagent.grounder"], env, tmp_path / "log")
-    # On a loaded machine the imports alone can take seconds; a SIGTERM before
-    # the runner took the signal would test the interpreter's default instead.
-    service.wait_for_sigterm_handler(timeout=60)
-    time.sleep(2)  # well into start(), which waits for the server
+    # The runner's line once its signal handlers are in and start() runs;
+    # a SIGTERM before it would meet Python's default handler instead.
+    service.wait_for("selfagent.grounder: starting; SIGINT or SIGTERM stops the service")
     assert service.popen.poll() is None, service.log()
     assert "grounder ready" not in service.log()
     assert service.terminate(timeout=10) == 0, service.log()
     assert "INFO selfagent.grounder: stopped" in service.log()
+
+
+def test_sigterm_stops_a_start_that_lost_its_cancellation(tmp_path: Path) -> None:
+    """The runner asks again when start() did not take the first cancellation."""
+    env = clean_env(PROBE_FAIL="deaf", LOG_LEVEL="DEBUG")
+    probe = Process([sys.executable, str(PROBE)], env, tmp_path / "log")
+    probe.wait_for("starting; SIGINT or SIGTERM stops the service")
+    assert probe.terminate(timeout=10) == 0, probe.log()
+    assert "released" in probe.log() and "stopped" in probe.log()
+    assert "ready" not in probe.log()
 
 
 @pytest.mark.parametrize(
@@ -257,15 +268,29 @@ async def test_stop_is_idempotent_and_releases_broker_and_background_tasks(
 
 
 async def test_stop_after_a_cancelled_start_releases_what_build_made() -> None:
-    service = build_planner(PlannerSettings(nats_url=f"nats://127.0.0.1:{free_port()}"))
-    starting = asyncio.create_task(service.start())
-    await asyncio.sleep(1.0)  # waiting for a server that is not there
-    assert not starting.done()
-    starting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await starting
-    assert service.llm._client.is_closed()
-    await service.stop()  # again: nothing left to release, no error
+    # A "server" that accepts the connection and never says a word: start()
+    # waits on it, and the test knows when it has got that far.
+    dialled = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialled.set()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        service = build_planner(PlannerSettings(nats_url=f"nats://127.0.0.1:{port}"))
+        starting = asyncio.create_task(service.start())
+        await asyncio.wait_for(dialled.wait(), 10)
+        assert not starting.done()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert service.llm._client.is_closed()
+        await service.stop()  # again: nothing left to release, no error
+    finally:
+        server.close()
 
 
 async def test_jetstream_of_an_unconnected_broker_is_bus_unavailable(

@@ -63,7 +63,8 @@ def test_stop_after_nats_is_gone_is_clean(tmp_path: Path, service: str) -> None:
     try:
         _wait_for(log, READY[service], process, 60)
         nats.stop()
-        time.sleep(1.0)  # the service notices and starts reconnecting
+        # The service notices and starts reconnecting: that is the state SIGTERM meets.
+        _wait_for(log, "broken (unexpected eof); reconnecting", process, 30)
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
     finally:

@@ -1,23 +1,20 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from faststream.nats import NatsBroker
 
 from selfagent.bus.natsd import EmbeddedNats
-from tests.harness.desktop import Desktop
 
-from .stack import GatewayProcess, start_gateway
+from .inprocess import AppOnBus, app_on_bus, settings
 
 
 @pytest.fixture(scope="session")
-def gateway(nats_server: EmbeddedNats, desktop: Desktop) -> Iterator[GatewayProcess]:
-    gw = start_gateway(
-        nats_server.url, desktop.vnc_port, desktop.password, GATEWAY_CHAT_TIMEOUT="3"
-    )
-    yield gw
-    gw.stop()
+async def app(nats_server: EmbeddedNats) -> AsyncIterator[AppOnBus]:
+    """The web app in this process, its bus side on the real nats-server."""
+    async with app_on_bus(settings(nats_server.url, chat_timeout=10)) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

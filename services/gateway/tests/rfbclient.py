@@ -38,7 +38,10 @@ class WsRfbClient:
 
     @classmethod
     async def open(cls, url: str, headers: dict[str, str], **kw: Any) -> WsRfbClient:
-        ws = await connect(url, additional_headers=headers, max_size=None, **kw)
+        # No cap on unread frames: a test that stops reading updates must still
+        # close at once. With a full queue the client stops reading the socket,
+        # never sees the server's close frame and waits out its close timeout.
+        ws = await connect(url, additional_headers=headers, max_size=None, max_queue=None, **kw)
         client = cls(ws)
         await client._handshake()
         return client

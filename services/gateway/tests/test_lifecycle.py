@@ -1,4 +1,8 @@
-"""The gateway process as a service: the shared runner's stop and start-failure paths."""
+"""The gateway process as a service: the shared runner's stop and start-failure paths.
+
+The one place the gateway runs as ``python -m selfagent.gateway`` here; the
+routes, WebSockets and the VNC bridge are tested with the service in process.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,16 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from selfagent.bus.natsd import EmbeddedNats, free_port
-from tests.harness.desktop import Desktop
 
 from .stack import start_gateway
 
 
-def test_sigterm_stops_http_and_bus_then_exits_0(
-    nats_server: EmbeddedNats, desktop: Desktop
-) -> None:
-    gw = start_gateway(nats_server.url, desktop.vnc_port, desktop.password)
+def test_sigterm_stops_http_and_bus_then_exits_0(nats_server: EmbeddedNats) -> None:
+    # No desktop: the VNC server is only dialled when a browser opens /ws/vnc.
+    gw = start_gateway(nats_server.url, free_port(), "unused")
     try:
         assert httpx.get(f"{gw.url}/healthz", timeout=5).json()["nats"] == "connected"
         gw.process.terminate()
@@ -32,6 +35,11 @@ def test_sigterm_stops_http_and_bus_then_exits_0(
         assert "Traceback" not in log
     finally:
         gw.stop()
+
+
+def test_gateway_refuses_an_empty_token(nats_server: EmbeddedNats) -> None:
+    with pytest.raises(RuntimeError, match="SELFAGENT_TOKEN is empty"):
+        start_gateway(nats_server.url, free_port(), "unused", token=" ")
 
 
 def test_port_in_use_is_one_clear_line_and_exit_2(nats_server: EmbeddedNats) -> None:

@@ -1,4 +1,9 @@
-"""The grounder on a real nats-server, talking to a scripted VLM over HTTP."""
+"""The grounder on a real nats-server, talking to a scripted VLM over HTTP.
+
+The request handler's answers (a point, not found, a typed error) are
+checked with the same test body on FastStream's in-memory broker and on the
+real server (``bus_variant``); timing and concurrency only on the real one.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import pytest_asyncio
 from faststream.nats import NatsBroker
 from PIL import Image
 
-from selfagent.bus import RemoteError, request
+from selfagent.bus import RemoteError, make_broker, request
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.grounder.canary import run_canary
 from selfagent.grounder.config import Settings
@@ -22,9 +27,12 @@ from selfagent.grounder.grounder import Grounder
 from selfagent.grounder.resize import smart_resize
 from selfagent.grounder.service import build
 from selfagent.schemas import ErrorCode, ErrorReply, GroundResult, subjects
+from tests.harness.bus import BusVariant, bus_variant
 from tests.harness.fakellm import FakeLLM
 
 from .conftest import ground_request
+
+__all__ = ["bus_variant"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,10 +59,9 @@ def tars_answer_for(screen_point: tuple[int, int], screen: tuple[int, int]) -> A
     return reply
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def grounder_service(nats: EmbeddedNats, fake: FakeLLM) -> AsyncIterator[Grounder]:
-    settings = Settings(
-        nats_url=nats.url,
+def tars_settings(nats_url: str, fake: FakeLLM) -> Settings:
+    return Settings(
+        nats_url=nats_url,
         api_base_url=fake.base_url,
         model="UI-TARS-1.5-7B",
         family="ui-tars-1.5",
@@ -64,10 +71,23 @@ async def grounder_service(nats: EmbeddedNats, fake: FakeLLM) -> AsyncIterator[G
         canary=False,
         concurrency=4,
     )
-    service = build(settings)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def grounder_service(nats: EmbeddedNats, fake: FakeLLM) -> AsyncIterator[Grounder]:
+    service = build(tars_settings(nats.url, fake))
     await service.start()
     yield service.grounder
     await service.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def bus_client(bus_variant: BusVariant, fake: FakeLLM) -> AsyncIterator[NatsBroker]:
+    """A client of a grounder service built as in production, on either bus."""
+    service = build(tars_settings(bus_variant.url, fake))
+    client = make_broker(bus_variant.url, "grounder-test-client")
+    async with bus_variant.running(service.broker, client, start=service.start, stop=service.stop):
+        yield client
 
 
 async def ground(client: NatsBroker, **kwargs: Any) -> GroundResult:
@@ -77,11 +97,11 @@ async def ground(client: NatsBroker, **kwargs: Any) -> GroundResult:
 
 
 async def test_maps_smart_resized_pixels_back_to_the_screen(
-    client: NatsBroker, fake: FakeLLM, grounder_service: Grounder
+    bus_client: NatsBroker, fake: FakeLLM
 ) -> None:
     fake.reset()
     fake.push(tars_answer_for((901, 153), (1280, 720)))
-    result = await ground(client)
+    result = await ground(bus_client)
     assert result.ok and result.found
     # The model saw the smart-resized image, not the raw screenshot.
     assert sent_image_size(fake.requests[0]) == (1288, 728)
@@ -104,52 +124,46 @@ async def test_downscaled_screenshot_still_answers_in_screen_pixels(
     assert abs(result.x - 1100) <= 2 and abs(result.y - 620) <= 2  # type: ignore[operator]
 
 
-async def test_refusal_is_not_found_not_a_click(
-    client: NatsBroker, fake: FakeLLM, grounder_service: Grounder
-) -> None:
+async def test_refusal_is_not_found_not_a_click(bus_client: NatsBroker, fake: FakeLLM) -> None:
     fake.reset()
     fake.push({"content": "Action: click(point='<point>-1 -1</point>')"})
-    result = await ground(client)
+    result = await ground(bus_client)
     assert result.ok and not result.found
     assert result.x is None and result.y is None
     assert result.error is not None and result.error.code == ErrorCode.NOT_FOUND
     fake.push({"content": "I can't find that element on this screen."})
-    result = await ground(client)
+    result = await ground(bus_client)
     assert not result.found and result.error and result.error.code == ErrorCode.NOT_FOUND
 
 
-async def test_invalid_request_gets_a_typed_error(
-    client: NatsBroker, grounder_service: Grounder
-) -> None:
-    response = await client.request(b'{"description": ""}', subjects.GROUND, timeout=5)
+async def test_invalid_request_gets_a_typed_error(bus_client: NatsBroker) -> None:
+    response = await bus_client.request(b'{"description": ""}', subjects.GROUND, timeout=5)
     reply = ErrorReply.model_validate_json(response.body)
     assert not reply.ok and reply.error and reply.error.code == ErrorCode.INVALID_MESSAGE
     assert "screenshot" in reply.error.message
 
 
-async def test_undecodable_image_gets_a_typed_error(
-    client: NatsBroker, grounder_service: Grounder
-) -> None:
+async def test_undecodable_image_gets_a_typed_error(bus_client: NatsBroker) -> None:
     bad = ground_request()
     bad.screenshot.data_b64 = base64.b64encode(b"not an image").decode()
     with pytest.raises(RemoteError) as info:
-        await request(client, subjects.GROUND, bad, GroundResult, timeout=5)
+        await request(bus_client, subjects.GROUND, bad, GroundResult, timeout=5)
     assert info.value.code == ErrorCode.INVALID_MESSAGE
 
 
 async def test_vlm_500_is_a_clear_error_and_the_service_goes_on(
-    client: NatsBroker, fake: FakeLLM, grounder_service: Grounder
+    bus_client: NatsBroker, fake: FakeLLM
 ) -> None:
     fake.reset()
     boom = {"status": 500, "body": {"error": {"message": "model crashed"}}}
     fake.push(boom, boom)  # first try and the one retry
     with pytest.raises(RemoteError) as info:
-        await ground(client)
+        await ground(bus_client)
     assert info.value.code == ErrorCode.LLM_ERROR
     assert "500" in str(info.value)
     assert len(fake.requests) == 2
     fake.push(tars_answer_for((10, 10), (1280, 720)))
-    assert (await ground(client)).found
+    assert (await ground(bus_client)).found
 
 
 async def test_vlm_timeout_is_bounded(
@@ -183,24 +197,22 @@ async def test_429_waits_retry_after_then_succeeds(
     assert len(fake.requests) == 2
 
 
-async def test_client_error_is_not_retried(
-    client: NatsBroker, fake: FakeLLM, grounder_service: Grounder
-) -> None:
+async def test_client_error_is_not_retried(bus_client: NatsBroker, fake: FakeLLM) -> None:
     fake.reset()
     fake.push({"status": 400, "body": {"error": {"message": "image input is not supported"}}})
     with pytest.raises(RemoteError) as info:
-        await ground(client)
+        await ground(bus_client)
     assert "image input is not supported" in str(info.value)
     assert len(fake.requests) == 1
 
 
 async def test_truncated_body_is_an_error_not_a_crash(
-    client: NatsBroker, fake: FakeLLM, grounder_service: Grounder
+    bus_client: NatsBroker, fake: FakeLLM
 ) -> None:
     fake.reset()
     fake.push({"raw": b'{"id": "x", "choices": [{"mess'})
     with pytest.raises(RemoteError) as info:
-        await ground(client)
+        await ground(bus_client)
     assert info.value.code == ErrorCode.LLM_ERROR
 
 
