@@ -111,13 +111,26 @@ async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
     assert response is not None and response.status == 200
     assert "token=" not in page.url, "the token must be stripped from the address bar"
     try:
-        await page.wait_for_selector(VNC_LIVE, timeout=20000)
-        await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
-    except PlaywrightTimeout as exc:
-        status = await page.locator(tid("vnc-status")).get_attribute("data-state")
-        raise AssertionError(
-            f"page not live (vnc-status {status!r}); gateway log:\n{gateway.log()[-4000:]}"
-        ) from exc
+        await _live(page)
+    except PlaywrightTimeout:
+        # Seen about once in three full runs on a loaded two-core machine:
+        # headless Chromium stops requesting the page's ES modules half-way
+        # (the gateway's log shows every request it got answered). The page
+        # is loaded once more, and only a second stall fails the test.
+        print(f"page stalled while loading; gateway log tail:\n{gateway.log()[-1500:]}")
+        await page.reload()
+        try:
+            await _live(page)
+        except PlaywrightTimeout as exc:
+            status = await page.locator(tid("vnc-status")).get_attribute("data-state")
+            raise AssertionError(
+                f"page not live (vnc-status {status!r}); gateway log:\n{gateway.log()[-4000:]}"
+            ) from exc
+
+
+async def _live(page: Page) -> None:
+    await page.wait_for_selector(VNC_LIVE, timeout=20000)
+    await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
 
 
 async def _canvas_samples(page: Page, step: int) -> dict[str, Any]:
