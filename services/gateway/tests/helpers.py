@@ -41,7 +41,9 @@ class Subscription:
     async def __aexit__(self, *exc: object) -> None:
         await self.sub.unsubscribe()
 
-    async def next(self, timeout: float = 5.0) -> bytes:
+    # A budget, not a speed claim: on a saturated machine a test process can
+    # stall for seconds (seen: 5 s gone by with the message not yet read).
+    async def next(self, timeout: float = 10.0) -> bytes:
         try:
             return await asyncio.wait_for(self.messages.get(), timeout)
         except TimeoutError:
