@@ -118,8 +118,12 @@ class Broker(NatsBroker):
         except* _CONNECTION_GONE as gone:
             log.info("NATS connection already lost while stopping (%s)", gone.exceptions[0])
         if self._connection is not None:
-            # Draining failed part-way: close without it.
-            await self._connection.close()
+            # Draining failed part-way: close without it. The socket may be
+            # half gone already, so flushing its buffer can fail too.
+            try:
+                await self._connection.close()
+            except (*_CONNECTION_GONE, OSError) as exc:
+                log.info("NATS connection already lost while closing (%s)", exc)
             self._connection = None
 
     def _log_connection_broken(self, error_cb: ErrorCallback | None = None) -> ErrorCallback:
