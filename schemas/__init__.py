@@ -29,6 +29,7 @@ from .actions import (
 from .messages import (
     ActionResult,
     ActRequest,
+    ActuatorHeartbeat,
     AgentMessage,
     ControlCommand,
     DeadLetter,
@@ -75,6 +76,7 @@ __all__ = [
     "ActRequest",
     "Action",
     "ActionResult",
+    "ActuatorHeartbeat",
     "AgentMessage",
     "ClickAction",
     "ControlCommand",

@@ -34,6 +34,7 @@ EXPORTED: dict[str, Any] = {
     "GroundResult": messages.GroundResult,
     "ErrorReply": messages.ErrorReply,
     "DeadLetter": messages.DeadLetter,
+    "ActuatorHeartbeat": messages.ActuatorHeartbeat,
     "SessionState": messages.SessionState,
     "LeaseRequest": sandboxes.LeaseRequest,
     "Lease": sandboxes.Lease,
@@ -109,6 +110,13 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         ["ObserveRequest"],
         "request",
         "Take a screenshot of a sandbox desktop. Reply: Observation.",
+    ),
+    (
+        "actuatorHeartbeat",
+        subjects.ACTUATOR_HEARTBEAT,
+        ["ActuatorHeartbeat"],
+        "receive",
+        "Each running actuator, every second: its instance and the desktops it serves.",
     ),
     (
         "deadLetters",

@@ -72,7 +72,12 @@ class TaskSubmitted(Message):
     task_id: SubjectId = Field(default_factory=new_id)
     session_id: SubjectId = Field(default_factory=new_id)
     prompt: str = Field(min_length=1, max_length=20_000)
-    sandbox_id: SubjectId = "default"
+    sandbox_id: SubjectId | None = Field(
+        default=None,
+        description="Run on this fixed desktop. Null: the session's own desktop, leased from "
+        "the provisioner when the planner runs with per-session desktops, else the planner's "
+        "configured one",
+    )
     max_steps: int | None = Field(default=None, ge=1, le=500)
     submitted_at: datetime = Field(default_factory=_now)
 
@@ -148,13 +153,14 @@ class AgentMessage(_Event):
 class TaskStateChanged(_Event):
     """The task's state between steps.
 
+    ``waiting``: the task waits for a desktop (the provisioner's host is full).
     ``needs_user``: the model asked the person something (UI-TARS
     ``call_user()`` and the like); the task waits until a ``ControlCommand``
     ``answer`` brings the reply, or a ``stop`` ends it.
     """
 
     kind: Literal["task.state"] = "task.state"
-    state: Literal["running", "paused", "takeover", "needs_user"]
+    state: Literal["waiting", "running", "paused", "takeover", "needs_user"]
     question: str | None = Field(default=None, description="needs_user: what the model asks")
 
 
@@ -210,6 +216,7 @@ class ObserveRequest(Message):
 
 
 class Observation(Reply):
+    actuator: str = Field(default="", description="The instance of the actuator that answered")
     screen_width: int = 0
     screen_height: int = 0
     cursor: tuple[int, int] | None = None
@@ -225,6 +232,9 @@ class ActRequest(Message):
 
 class ActionResult(Reply):
     action_id: str = ""
+    actuator: str = Field(
+        default="", description="The instance of the actuator that answered (see ActuatorHeartbeat)"
+    )
     output: str | None = None
     exit_code: int | None = None
     data: dict[str, Any] | None = None
@@ -234,6 +244,21 @@ class ActionResult(Reply):
         default=False, description="True when answered from an earlier run of the same id"
     )
     observation: Observation | None = None
+
+
+class ActuatorHeartbeat(Message):
+    """Published every second by each running actuator on ``agent.actuator.heartbeat``.
+
+    A planner waiting on an action watches the heartbeats of the instance that
+    last answered it: when they stop, the actuator died with the action's
+    outcome unknown, and the planner says so to the model instead of waiting
+    out its timeout or replaying the action blindly.
+    """
+
+    instance: str
+    started_at: datetime
+    sandboxes: list[str] = Field(default_factory=list, description="The desktops it serves now")
+    at: datetime = Field(default_factory=_now)
 
 
 # --- grounding --------------------------------------------------------------
@@ -262,6 +287,7 @@ class GroundResult(Reply):
 # --- session state (JetStream KV) ---------------------------------------------
 
 SessionStatus = Literal[
+    "waiting",
     "running", "paused", "takeover", "needs_user", "interrupted", "succeeded", "failed", "stopped"
 ]
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
@@ -285,7 +311,9 @@ class SessionState(Message):
 
     session_id: SubjectId
     task_id: SubjectId
-    sandbox_id: SubjectId = "default"
+    sandbox_id: SubjectId | None = Field(
+        default=None, description="The desktop the task runs on; null until it has one"
+    )
     prompt: str
     status: SessionStatus
     steps: int = 0

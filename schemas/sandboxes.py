@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .messages import Message, Reply, SubjectId
 
@@ -65,7 +65,16 @@ class Released(Reply):
 
 
 class ConnectRequest(Message):
-    sandbox_id: SubjectId
+    """How to reach a desktop: name the sandbox, or the session that holds one (exactly one)."""
+
+    sandbox_id: SubjectId | None = None
+    session_id: SubjectId | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ConnectRequest:
+        if (self.sandbox_id is None) == (self.session_id is None):
+            raise ValueError("give exactly one of sandbox_id and session_id")
+        return self
 
 
 class SandboxEndpoint(Reply):

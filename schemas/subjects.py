@@ -12,6 +12,7 @@ subject                            pattern             payload
 ``agent.ground``                   request, queue      GroundRequest -> GroundResult
 ``agent.sandbox.<box>.act``        request             ActRequest -> ActionResult
 ``agent.sandbox.<box>.observe``    request             ObserveRequest -> Observation
+``agent.actuator.heartbeat``       publish             ActuatorHeartbeat, every second
 ``agent.deadletter.<service>``     publish (stream)    DeadLetter
 ``agent.provisioner.lease``        request             LeaseRequest -> Lease
 ``agent.provisioner.release``      request             ReleaseRequest -> Released
@@ -30,6 +31,9 @@ TASK_SUBMIT = "agent.task.submit"
 GROUND = "agent.ground"
 
 GROUNDER_QUEUE = "grounder"
+ACTUATOR_HEARTBEAT = "agent.actuator.heartbeat"
+SANDBOX_ACT_ALL = "agent.sandbox.*.act"
+SANDBOX_OBSERVE_ALL = "agent.sandbox.*.observe"
 
 SESSION_EVENTS_ALL = "agent.session.*.event.>"
 SESSION_CONTROL_ALL = "agent.session.*.control"

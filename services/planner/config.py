@@ -77,6 +77,10 @@ class Settings(ServiceSettings):
     model_image_max_height: int = 800
     image_quality: int = Field(default=80, ge=1, le=100)
 
+    # The desktop a task without its own sandbox_id runs on, when desktops
+    # are not leased per session.
+    sandbox_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
     act_timeout: float = 120.0
     observe_timeout: float = 15.0
     ground_timeout: float = 90.0

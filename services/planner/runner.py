@@ -134,6 +134,13 @@ class TaskRunner:
     tokens_used: int = 0
     _history: list[Turn] = field(default_factory=list)
     _feedback: str | None = None
+    # The desktop leased for the session (per-session desktops), once leased.
+    _leased: str | None = None
+
+    @property
+    def sandbox_id(self) -> str:
+        """The desktop this task acts on: the task's own, the leased one, or the configured one."""
+        return self.task.sandbox_id or self._leased or self.settings.sandbox_id
 
     @property
     def _family(self) -> Family:
@@ -161,6 +168,7 @@ class TaskRunner:
         """
         record = SessionState.fresh(self.task).model_copy(
             update={
+                "sandbox_id": self.sandbox_id,
                 "status": status,
                 "steps": self.steps_taken,
                 "tokens": self.tokens_used,
@@ -200,7 +208,7 @@ class TaskRunner:
     async def _observe(self) -> Observation:
         return await request(
             self.broker,
-            subjects.sandbox_observe(self.task.sandbox_id),
+            subjects.sandbox_observe(self.sandbox_id),
             self._observe_request(),
             Observation,
             timeout=self.settings.observe_timeout,
@@ -661,14 +669,14 @@ class TaskRunner:
             # is easier to find at full resolution.
             observation = await request(
                 self.broker,
-                subjects.sandbox_observe(self.task.sandbox_id),
+                subjects.sandbox_observe(self.sandbox_id),
                 ObserveRequest(format="png"),
                 Observation,
                 timeout=self.settings.observe_timeout,
             )
             if observation.screenshot is None:
                 raise RemoteError(
-                    subjects.sandbox_observe(self.task.sandbox_id),
+                    subjects.sandbox_observe(self.sandbox_id),
                     ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message="no screenshot"),
                 )
             result = await self._unless_stopped(
@@ -713,7 +721,7 @@ class TaskRunner:
             return await self._unless_stopped(
                 request(
                     self.broker,
-                    subjects.sandbox_act(self.task.sandbox_id),
+                    subjects.sandbox_act(self.sandbox_id),
                     ActRequest(action=action, observe=self._observe_request()),
                     ActionResult,
                     timeout=self.settings.act_timeout + _action_time(action),

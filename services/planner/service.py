@@ -54,7 +54,7 @@ class PlannerService(Service):
         )
         # Controls for the tasks running in this replica, by session.
         self.controls: dict[str, Control] = {}
-        self.sandboxes: dict[str, str] = {}
+        self.runners: dict[str, TaskRunner] = {}
         self.running: set[asyncio.Task[object]] = set()
         self.accepting = True
         # Released in reverse: running tasks go back to the queue first.
@@ -139,9 +139,11 @@ class PlannerService(Service):
             if command.command in ("takeover", "release"):
                 # A person holding the mouse holds the whole desktop: every
                 # task on it waits, not only the session that asked.
-                sandbox = self.sandboxes.get(command.session_id)
+                asking = self.runners.get(command.session_id)
+                sandbox = asking.sandbox_id if asking else None
                 for session_id, other in self.controls.items():
-                    if sandbox is None or self.sandboxes.get(session_id) == sandbox:
+                    runner = self.runners.get(session_id)
+                    if sandbox is None or (runner and runner.sandbox_id == sandbox):
                         other.apply(command.command)
                 return
             if control is not None:
@@ -156,8 +158,8 @@ class PlannerService(Service):
             self.controls[task.session_id].apply("stop")
         control = Control()
         self.controls[task.session_id] = control
-        self.sandboxes[task.session_id] = task.sandbox_id
         runner = TaskRunner(self.broker, self.llm, self.settings, task, control)
+        self.runners[task.session_id] = runner
 
         async def run() -> object:
             keep_alive = asyncio.create_task(self._keep_alive(delivery))
@@ -172,7 +174,7 @@ class PlannerService(Service):
                 keep_alive.cancel()
                 if self.controls.get(task.session_id) is control:
                     del self.controls[task.session_id]
-                    self.sandboxes.pop(task.session_id, None)
+                    self.runners.pop(task.session_id, None)
             await _settle_delivery(delivery, "ack", task)
             return result
 

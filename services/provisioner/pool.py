@@ -210,6 +210,14 @@ class Pool:
         slot.last_active = time.monotonic()
         return slot.handle
 
+    def endpoint_of_session(self, session_id: str) -> SandboxHandle:
+        """The endpoint of the desktop the session holds; never leases one."""
+        slot = self._leased_by(session_id)
+        if slot is None or slot.handle is None:
+            raise UnknownSandbox(f"session {session_id} holds no desktop on {self.host}")
+        slot.last_active = time.monotonic()
+        return slot.handle
+
     def touch(self, session_id: str) -> None:
         """The session did something: its desktop is not idle."""
         for slot in self._slots.values():

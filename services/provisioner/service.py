@@ -182,7 +182,11 @@ class ProvisionerService(Service):
         @typed_handler(broker, SERVICE, ConnectRequest, subjects.PROVISIONER_CONNECT)
         async def connect(request: ConnectRequest) -> SandboxEndpoint | ErrorReply:
             try:
-                handle = pool.endpoint(request.sandbox_id)
+                if request.session_id is not None:
+                    handle = pool.endpoint_of_session(request.session_id)
+                else:
+                    assert request.sandbox_id is not None  # the request checks for one
+                    handle = pool.endpoint(request.sandbox_id)
             except UnknownSandbox as exc:
                 return error_reply(ErrorCode.NOT_FOUND, str(exc))
             return SandboxEndpoint(

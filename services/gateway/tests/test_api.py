@@ -170,7 +170,7 @@ async def test_the_page_reads_the_id_rule_from_the_schema(app: AppOnBus) -> None
         # What ui/app.js fetches at start.
         served = (await client.get("/api/schemas/TaskSubmitted.json")).json()
         assert served == json.loads((JSON_DIR / "TaskSubmitted.json").read_text())
-        for field in ("session_id", "task_id", "sandbox_id"):
+        for field in ("session_id", "task_id"):
             assert served["properties"][field]["pattern"] == subjects.ID_PATTERN
         assert (await client.get("/api/schemas/Nope.json")).status_code == 404
 
