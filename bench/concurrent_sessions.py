@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -164,7 +165,7 @@ class Bench:
         times: list[float] = []
         for session in sessions:
             marks = [*planned[session], finished[session]]
-            times += [(b - a).total_seconds() * 1000 for a, b in zip(marks, marks[1:], strict=False)]
+            times += [(b - a).total_seconds() * 1000 for a, b in itertools.pairwise(marks)]
         await self.release(*sessions)
         return n * steps / wall, times, wall
 
