@@ -91,19 +91,48 @@ async def test_token_in_url_becomes_cookie(app: AppOnBus) -> None:
 
 async def test_post_task_publishes_task_submitted(app: AppOnBus, bus: NatsBroker) -> None:
     async with Subscription(bus, subjects.TASK_SUBMIT) as sub, app.client() as client:
+        created = await client.post("/api/sessions")
+        assert created.status_code == 201, created.text
+        sid = created.json()["session_id"]
+        assert subjects.is_subject_id(sid)
         response = await client.post(
-            "/api/tasks", json={"prompt": "open a terminal", "session_id": "sess-1"}
+            "/api/tasks", json={"prompt": "open a terminal", "session_id": sid}
         )
         assert response.status_code == 202
         body = response.json()
         task = TaskSubmitted.model_validate_json(await sub.next())
         assert task.task_id == body["task_id"]
-        assert task.session_id == body["session_id"] == "sess-1"
+        assert task.session_id == body["session_id"] == sid
         assert task.prompt == "open a terminal"
+        # The fixed desktop: every task names it.
+        assert task.sandbox_id == app.gateway.settings.sandbox_id
 
         fresh = (await client.post("/api/tasks", json={"prompt": "again"})).json()
         task2 = TaskSubmitted.model_validate_json(await sub.next())
-        assert task2.session_id == fresh["session_id"] != "sess-1"
+        assert task2.session_id == fresh["session_id"] != sid
+        # A session started by a task is known at once, before any planner records it.
+        again = await client.post(
+            "/api/tasks", json={"prompt": "more", "session_id": fresh["session_id"]}
+        )
+        assert again.status_code == 202, again.text
+        assert TaskSubmitted.model_validate_json(await sub.next()).session_id == fresh["session_id"]
+
+
+async def test_unknown_sessions_are_404_and_start_nothing(app: AppOnBus, bus: NatsBroker) -> None:
+    async with Subscription(bus, subjects.TASK_SUBMIT) as sub, app.client() as client:
+        for path in ("/api/tasks", "/api/chat"):
+            response = await client.post(path, json={"prompt": "x", "session_id": "nobody-here"})
+            assert response.status_code == 404, (path, response.text)
+            assert "no session 'nobody-here'" in response.json()["detail"]
+        closed = await client.delete("/api/sessions/nobody-here")
+        assert closed.status_code == 404, closed.text
+        assert sub.messages.empty(), "a task for an unknown session was published"
+
+        # A session the planner recorded is known, whoever started it.
+        await _record_state(bus, "recorded-1", "succeeded")
+        accepted = await client.post("/api/tasks", json={"prompt": "x", "session_id": "recorded-1"})
+        assert accepted.status_code == 202, accepted.text
+        assert TaskSubmitted.model_validate_json(await sub.next()).session_id == "recorded-1"
 
 
 @pytest.mark.parametrize(
