@@ -310,13 +310,24 @@ async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: N
 
 
 async def test_saved_session_ids_are_checked_with_the_schemas_rule(
-    page: Page, gateway: GatewayProcess
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
     # The page holds no copy of the id rule: it reads it from the served schema.
     assert await page.evaluate("window.selfagent.idPattern") == subjects.ID_PATTERN
 
-    for saved, kept in (("kept-session_1", True), ("a.b", False), ("x" * 65, False)):
+    # Only a session that still exists is reopened: this one has a record, as a planner writes.
+    recorded = SessionState.fresh(TaskSubmitted(session_id="kept-session_1", prompt="hello"))
+    await sessions.ensure_bucket(bus)
+    await (await sessions.open_bucket(bus)).put(
+        "kept-session_1", recorded.model_dump_json().encode()
+    )
+    for saved, kept in (
+        ("kept-session_1", True),
+        ("a.b", False),
+        ("x" * 65, False),
+        ("never-started", False),
+    ):
         await page.evaluate("(sid) => localStorage.setItem('selfagent.session', sid)", saved)
         await page.reload()
         await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
