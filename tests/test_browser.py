@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,8 @@ from selfagent.gateway.tests.rfbclient import TcpRfbClient
 from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
 from selfagent.schemas import (
     AgentMessage,
+    ApprovalDecided,
+    ApprovalRequested,
     ControlCommand,
     SessionEvent,
     SessionState,
@@ -420,3 +423,62 @@ async def test_a_question_from_the_agent_is_answered_from_the_chat(
     finally:
         await control_sub.unsubscribe()
         await task_sub.unsubscribe()
+
+
+async def test_an_action_held_for_approval_is_decided_inline(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    sid = await _fresh_session(page)
+    controls: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_control(msg: Any) -> None:
+        await controls.put(msg.data)
+
+    control_sub = await bus.connection.subscribe(subjects.session_control(sid), cb=on_control)
+    await bus.connection.flush()
+    try:
+        asked = ApprovalRequested(
+            session_id=sid,
+            task_id="t-gate",
+            approval_id="ap-1234",
+            sandbox_id="default",
+            action=ShellAction(command="rm -rf ~/Documents"),
+            rule="recursive removal",
+            expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        )
+        await bus.publish(asked, subjects.session_event(sid, asked.kind))
+        card = page.locator(tid("approval"))
+        await card.wait_for(timeout=5000)
+        text = await card.inner_text()
+        assert "rm -rf ~/Documents" in text and "recursive removal" in text
+        await page.fill(tid("approval-note"), "keep my documents")
+        await page.click(tid("deny"))
+        command = ControlCommand.model_validate_json(await asyncio.wait_for(controls.get(), 5))
+        assert (command.command, command.approval_id, command.text, command.by) == (
+            "deny",
+            "ap-1234",
+            "keep my documents",
+            "web user",
+        )
+        assert await page.locator(tid("approve")).is_disabled()
+
+        decided = ApprovalDecided(
+            session_id=sid,
+            task_id="t-gate",
+            approval_id="ap-1234",
+            decision="denied",
+            by="web user",
+            note="keep my documents",
+        )
+        await bus.publish(decided, subjects.session_event(sid, decided.kind))
+        line = page.locator(tid("approval-decision"))
+        await line.wait_for(timeout=5000)
+        assert await line.inner_text() == "Denied by web user: keep my documents"
+        assert await card.get_attribute("data-state") == "denied"
+        # The decision is part of the session's history: a reload shows it again.
+        await page.reload()
+        await page.locator(tid("approval-decision")).wait_for(timeout=10000)
+        assert await page.locator(tid("approval")).count() == 1
+    finally:
+        await control_sub.unsubscribe()

@@ -276,6 +276,42 @@ const render = {
       $('#prompt').focus();
     }
   },
+  'approval.requested'(ev) {
+    // The actuator holds this action until someone here (or over REST/NATS) answers.
+    const node = el('li', 'approval');
+    node.dataset.testid = 'approval';
+    node.dataset.approvalId = ev.approval_id;
+    node.dataset.state = 'pending';
+    const where = ev.point ? ` at (${ev.point[0]}, ${ev.point[1]})` : '';
+    node.append(
+      el('div', 'approval-head', `Approve? ${summarize(ev.action)}${where}`),
+      el('div', 'approval-rule', `Rule: ${ev.rule} · expires ${new Date(ev.expires_at).toLocaleTimeString()}`),
+    );
+    const note = el('input', 'approval-note');
+    note.placeholder = 'Optional note for the agent';
+    note.maxLength = 2000;
+    note.dataset.testid = 'approval-note';
+    const buttons = el('div', 'approval-buttons');
+    for (const [command, label, cls] of [['approve', 'Approve', 'primary'], ['deny', 'Deny', 'danger']]) {
+      const button = el('button', cls, label);
+      button.type = 'button';
+      button.dataset.testid = command;
+      button.addEventListener('click', () => decide(node, command, note.value.trim()));
+      buttons.appendChild(button);
+    }
+    node.append(note, buttons);
+    append(node);
+  },
+  'approval.decided'(ev) {
+    const node = timeline().querySelector(`[data-approval-id="${CSS.escape(ev.approval_id)}"]`);
+    const text = `${ev.decision === 'approved' ? 'Approved' : 'Denied'} by ${ev.by}${ev.note ? `: ${ev.note}` : ''}`;
+    if (!node) { append(el('li', 'state-line', text)); return; }
+    node.dataset.state = ev.decision;
+    node.querySelectorAll('button, input').forEach((b) => { b.disabled = true; });
+    const line = el('div', 'approval-decision', text);
+    line.dataset.testid = 'approval-decision';
+    node.appendChild(line);
+  },
   'task.finished'(ev) {
     setStatus(ev.status);
     // A step that never reported back (the task was stopped or crashed) must
@@ -490,6 +526,18 @@ function openSession(sid) {
   connectEvents();
   if (switching || !state.rfb) connectDesktop();
   renderSessions();
+}
+
+async function decide(node, command, text) {
+  node.querySelectorAll('button').forEach((b) => { b.disabled = true; });
+  const body = { command, approval_id: node.dataset.approvalId };
+  if (text) body.text = text;
+  try {
+    await api(`/api/sessions/${state.sessionId}/control`, body);
+  } catch (err) {
+    node.querySelectorAll('button').forEach((b) => { b.disabled = false; });
+    addError(`Decision not sent: ${err.message}`);
+  }
 }
 
 async function answer(text) {

@@ -28,7 +28,7 @@ from selfagent.schemas import (
     TaskSubmitted,
 )
 from selfagent.schemas.export import EXPORTED, json_schema
-from selfagent.schemas.messages import ControlVerb, SubjectId, TaskStatus, new_id
+from selfagent.schemas.messages import ApprovalMode, ControlVerb, SubjectId, TaskStatus, new_id
 from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 
 from .catalog import SessionList
@@ -86,7 +86,14 @@ class ControlRequest(_Body):
         default=None,
         min_length=1,
         max_length=20_000,
-        description="answer: the reply to the question the task is waiting on (needs_user)",
+        description="answer: the reply to the question the task is waiting on (needs_user); "
+        "approve/deny: a note the model is told",
+    )
+    approval_id: SubjectId | None = Field(
+        default=None, description="approve/deny: the approval.requested event's approval_id"
+    )
+    mode: ApprovalMode | None = Field(
+        default=None, description="set_mode: ask, autonomous or review-all"
     )
 
     @model_validator(mode="after")
@@ -242,7 +249,20 @@ async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
 async def control(
     session_id: SessionId, body: ControlRequest, gateway: GatewayDep
 ) -> ControlAccepted:
-    command = ControlCommand(session_id=session_id, command=body.command, text=body.text)
+    try:
+        command = ControlCommand(
+            session_id=session_id,
+            command=body.command,
+            text=body.text,
+            approval_id=body.approval_id,
+            mode=body.mode,
+            # Whoever holds the token: kept with an approval decision.
+            by="web user" if body.command in ("approve", "deny") else None,
+        )
+    except ValidationError as exc:
+        raise HTTPException(
+            422, detail=exc.errors(include_url=False, include_context=False)
+        ) from exc
     if command.command == "answer":
         state = await gateway.bus.session_state(session_id)
         if state is None or state.status != "needs_user":
