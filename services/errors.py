@@ -38,7 +38,8 @@ anything else that escapes is a bug. The tree::
     └── ProvisionerError            leasing sandbox desktops
         ├── CapacityExhausted       the host stayed full for the whole wait; nothing started
         ├── SandboxStartFailed      a desktop could not be started
-        └── UnknownSandbox          no such sandbox (or the session holds none)
+        ├── UnknownSandbox          no such sandbox (or the session holds none)
+        └── DockerRequestRefused    the Docker API proxy refused a call (HTTP 403)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "DesktopError",
     "DesktopUnavailable",
+    "DockerRequestRefused",
     "FileTooLarge",
     "GroundingError",
     "ImageError",
@@ -298,3 +300,7 @@ class SandboxStartFailed(ProvisionerError):
 
 class UnknownSandbox(ProvisionerError):
     """No sandbox by that id on this provisioner."""
+
+
+class DockerRequestRefused(ProvisionerError):
+    """The Docker API proxy refused a call: not on its allow-list, or not on a selfagent object."""
