@@ -384,6 +384,8 @@ class Policy:
                 "AttachStdout",
                 "AttachStderr",
                 "NetworkDisabled",
+                # Mount points: anonymous volumes, or where a checked bind goes.
+                "Volumes",
             }
         )
         checks: dict[str, Callable[[Any], str | None]] = {
@@ -471,6 +473,10 @@ class Policy:
 
     def _networking(self, value: Any) -> str | None:
         if value is None:
+            return None
+        if value == {self.network: None}:
+            # What the Docker SDK sends for `network=`; the engine reads
+            # only EndpointsConfig, so this says nothing.
             return None
         if not isinstance(value, dict) or set(value) - {"EndpointsConfig"}:
             return "only EndpointsConfig"
@@ -603,6 +609,7 @@ class SocketProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.policy = Policy(settings.image, settings.network)
+        self._connections: set[asyncio.Task[None]] = set()
         self.upstream = Upstream(
             settings.socket, max_response=settings.max_response, timeout=settings.request_timeout
         )
@@ -833,9 +840,22 @@ class SocketProxy:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    async def _tracked(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self.serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            # Shutting down; a cancelled connection task would be logged as an
+            # error by asyncio's stream callback.
+            pass
+        finally:
+            self._connections.discard(task)
+
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         server = await asyncio.start_server(
-            self.serve_connection,
+            self._tracked,
             self.settings.listen_host,
             self.settings.port,
             limit=MAX_HEAD_LINE * 2,
@@ -850,8 +870,15 @@ class SocketProxy:
         )
         if ready is not None:
             ready.set()
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            # Idle keep-alive connections would otherwise outlive the server.
+            connections = list(self._connections)
+            for task in connections:
+                task.cancel()
+            await asyncio.gather(*connections, return_exceptions=True)
 
 
 def check(port: int) -> int:
