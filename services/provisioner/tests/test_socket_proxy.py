@@ -182,7 +182,8 @@ async def test_the_backend_runs_sandboxes_through_the_proxy(
         await wait_until(lambda: warm_count(pool) == 1, 180, "a warm container")
         warm = await pool.lease("via-warm")
         cold = await pool.lease("via-cold")
-        assert warm.warm and not cold.warm
+        # The second may wait for the warm refill already starting, or start cold.
+        assert warm.warm
         for outcome, session in ((warm, "via-warm"), (cold, "via-cold")):
             handle = outcome.handle
             attrs = proxied.direct.containers.get(handle.ref).attrs
