@@ -28,7 +28,7 @@ def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     data_dir = Path(args.data_dir).resolve() if args.data_dir else None
-    stack = LocalStack(run_dir=data_dir, gateway_port=args.port)
+    stack = LocalStack(run_dir=data_dir, gateway_port=args.port, desktops=args.desktops)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -96,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run NATS, the sandbox desktop and all services locally")
     up.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
-    up.add_argument("--data-dir", help="keep NATS data and the sandbox home here")
+    up.add_argument("--data-dir", help="keep NATS data and the sandbox homes here")
+    up.add_argument(
+        "--desktops",
+        choices=("per_session", "fixed"),
+        default=os.environ.get("SELFAGENT_DESKTOPS", "per_session"),
+        help="per_session (default): a desktop per session, from a warm pool; "
+        "fixed: one desktop every session shares",
+    )
     up.set_defaults(run=_up)
     schemas = commands.add_parser("schemas", help="export JSON Schema files")
     schemas.set_defaults(run=_schemas)

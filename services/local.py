@@ -1,8 +1,10 @@
 """Local mode: the whole product as processes on this machine, no containers.
 
-An embedded nats-server, the native sandbox desktop (sandbox/start.sh), and
-the four services, each its own process as in production. Used by
-``selfagent up`` and by the end-to-end tests.
+An embedded nats-server, the services, each its own process as in
+production, and desktops: with per-session desktops (the default) the
+provisioner starts one native desktop (sandbox/start.sh) per session, plus a
+warm one; with a fixed desktop, one is started here and every task shares it.
+Used by ``selfagent up`` and by the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfagent.bus.natsd import EmbeddedNats, free_port
+from selfagent.bus.settings import DesktopsMode
 from selfagent.desktop import free_display, release_display, wait_for_panel
 from selfagent.errors import LocalModeError
 
@@ -29,6 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The environment the sandbox desktop inherits; nothing else crosses over.
 _SANDBOX_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
 SERVICES = ("actuator", "grounder", "planner", "gateway")
+# Per-session desktops: the provisioner first, so the warm desktop starts
+# while the others do.
+SESSION_SERVICES = ("provisioner", *SERVICES)
 # How long a stopping process may take to drain before it is killed.
 STOP_TIMEOUT = 10.0
 
@@ -64,6 +70,7 @@ class LocalStack:
     gateway_port: int | None = None
     token: str | None = None
     screen: tuple[int, int] = (1280, 720)
+    desktops: DesktopsMode = "per_session"
     extra_env: dict[str, str] = field(default_factory=dict)
     nats: EmbeddedNats | None = None
     display_num: int = 0
@@ -98,8 +105,9 @@ class LocalStack:
         try:
             (self.run_dir / "nats").mkdir(exist_ok=True)
             self.nats = EmbeddedNats(store_dir=self.run_dir / "nats").start()
-            self._start_sandbox()
-            for name in SERVICES:
+            if self.desktops == "fixed":
+                self._start_sandbox()
+            for name in self.services:
                 self.start_service(name)
             gateway = self.processes["gateway"]
             _wait_port(self.gateway_port, 30, gateway, "gateway")
@@ -138,24 +146,45 @@ class LocalStack:
         _wait_port(self.vnc_port, 30, process, "sandbox VNC server")
         wait_for_panel(f":{self.display_num}", 30)
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        return SESSION_SERVICES if self.desktops == "per_session" else SERVICES
+
     def service_env(self, name: str) -> dict[str, str]:
+        assert self.run_dir is not None
         env = {
             **os.environ,
             "NATS_URL": self.nats_url,
-            "ACTUATOR_VNC_HOST": "127.0.0.1",
-            "ACTUATOR_VNC_PORT": str(self.vnc_port),
-            "ACTUATOR_VNC_PASSWORD": self.vnc_password,
-            "ACTUATOR_EXEC_URL": f"http://127.0.0.1:{self.exec_port}",
-            "ACTUATOR_EXEC_TOKEN": self.exec_token,
-            "GATEWAY_VNC_HOST": "127.0.0.1",
-            "GATEWAY_VNC_PORT": str(self.vnc_port),
-            "GATEWAY_VNC_PASSWORD": self.vnc_password,
+            "SELFAGENT_DESKTOPS": self.desktops,
             "GATEWAY_PORT": str(self.gateway_port),
             # Local mode serves this machine only unless asked otherwise.
             "GATEWAY_HOST": os.environ.get("GATEWAY_HOST", "127.0.0.1"),
             "SELFAGENT_TOKEN": self.token or "",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.desktops == "fixed":
+            env.update(
+                {
+                    "ACTUATOR_VNC_HOST": "127.0.0.1",
+                    "ACTUATOR_VNC_PORT": str(self.vnc_port),
+                    "ACTUATOR_VNC_PASSWORD": self.vnc_password,
+                    "ACTUATOR_EXEC_URL": f"http://127.0.0.1:{self.exec_port}",
+                    "ACTUATOR_EXEC_TOKEN": self.exec_token,
+                    "GATEWAY_VNC_HOST": "127.0.0.1",
+                    "GATEWAY_VNC_PORT": str(self.vnc_port),
+                    "GATEWAY_VNC_PASSWORD": self.vnc_password,
+                }
+            )
+        else:
+            env.update(
+                {
+                    "PROVISIONER_BACKEND": "native",
+                    # Sandbox records and the sessions' homes live with the run.
+                    "PROVISIONER_DATA_DIR": str(self.run_dir / "provisioner"),
+                    "PROVISIONER_SCREEN_WIDTH": str(self.screen[0]),
+                    "PROVISIONER_SCREEN_HEIGHT": str(self.screen[1]),
+                }
+            )
         env.update(self.extra_env)
         return env
 

@@ -26,6 +26,7 @@ def stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
     from selfagent.bus.natsd import free_port
 
     local = LocalStack(
+        desktops="fixed",
         gateway_port=free_port(),
         token="test-token-" + "x" * 16,
         extra_env={

@@ -47,6 +47,7 @@ def vlm() -> Iterator[FakeLLM]:
 @pytest.fixture(scope="module")
 def grounded_stack(planner_llm: FakeLLM, vlm: FakeLLM) -> Iterator[LocalStack]:
     local = LocalStack(
+        desktops="fixed",
         gateway_port=free_port(),
         token="test-token-" + "g" * 16,
         extra_env={

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.desktop
 @pytest.fixture(scope="module")
 def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
     local = LocalStack(
+        desktops="fixed",
         gateway_port=free_port(),
         token="handover-" + uuid.uuid4().hex,
         extra_env={

@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from selfagent.bus.natsd import free_port
-from selfagent.local import SERVICES
+from selfagent.local import SESSION_SERVICES
+from selfagent.provisioner.native import marked_processes
 from tests.harness.api import computer
 from tests.harness.fakellm import FakeLLM
 
@@ -39,6 +41,7 @@ def _processes_naming(text: str) -> list[str]:
 def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None:
     port = free_port()
     token = "stop-token-" + "x" * 16
+    host = f"stop-{uuid.uuid4().hex[:8]}"
     data = tmp_path / "data"
     env = {
         **{k: v for k, v in os.environ.items() if "NATS_URL" not in k},
@@ -49,6 +52,8 @@ def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None
         "GROUNDER_CANARY": "false",
         "PLANNER_CANARY": "false",
         "SELFAGENT_TOKEN": token,
+        # Names this run's desktops, to find any left behind.
+        "PROVISIONER_HOST_NAME": host,
         "PYTHONUNBUFFERED": "1",
     }
     output = tmp_path / "up.out"
@@ -87,7 +92,8 @@ def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
 
-    for name in SERVICES:
+    # `selfagent up` runs per-session desktops: the provisioner is one of them.
+    for name in SESSION_SERVICES:
         log = (data / "logs" / f"{name}.log").read_text(errors="replace")
         assert log, f"{name} logged nothing"
         assert "Traceback" not in log, f"{name}:\n{log}"
@@ -96,3 +102,5 @@ def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None
         assert "NATS connection" not in log, f"{name}:\n{log}"
     # Nothing it started is left: the embedded NATS names the data directory.
     assert not _processes_naming(str(data)), _processes_naming(str(data))
+    # No desktop either: neither the one the task ran on nor the warm one.
+    assert not marked_processes(host), marked_processes(host)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from selfagent.bus.settings import ServiceSettings
+from selfagent.bus.settings import DesktopsMode, ServiceSettings, desktops_field
 
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ACTUATOR_")
 
-    sandbox_id: str = "default"
+    # fixed: serve the one desktop below (sandbox_id, vnc_*, exec_*).
+    # per_session: serve every desktop the provisioner leases.
+    desktops: DesktopsMode = desktops_field("ACTUATOR_")
+    sandbox_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Per-session desktops: how long the provisioner may take to say how to
+    # reach a desktop, and how often leases are checked for missed releases.
+    connect_timeout: float = Field(default=5.0, gt=0)
+    reconcile_interval: float = Field(default=10.0, gt=0)
+    # Planners watch this to notice an actuator that died mid-action.
+    heartbeat_interval: float = Field(default=1.0, gt=0)
 
     vnc_host: str = "127.0.0.1"
     vnc_port: int = 5901

@@ -1,68 +1,246 @@
-"""The actuator as a service: one actuator serves one sandbox's act/observe subjects."""
+"""The actuator as a service: act and observe requests for the desktops it serves.
+
+``fixed`` desktops: it serves the one desktop its settings describe.
+``per_session``: it serves every desktop the provisioner leases (one
+wildcard subscription; see fleet.py). Either way it publishes a heartbeat
+every second, so a planner waiting on an action learns within seconds that
+the actuator died under it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+from datetime import UTC, datetime
 
-from selfagent.bus import Service, make_broker, start_with_retry, typed_handler
-from selfagent.schemas import ActionResult, ActRequest, Observation, ObserveRequest, subjects
+from faststream.nats.annotations import NatsMessage
+
+from selfagent.bus import (
+    RemoteError,
+    RequestTimeout,
+    Service,
+    make_broker,
+    parse,
+    request,
+    start_with_retry,
+    typed_handler,
+    typed_subject_handler,
+)
+from selfagent.errors import DesktopUnavailable, InvalidMessage
+from selfagent.schemas import (
+    ActionResult,
+    ActRequest,
+    ActuatorHeartbeat,
+    ConnectRequest,
+    ErrorCode,
+    ErrorInfo,
+    Observation,
+    ObserveRequest,
+    ProvisionerStatus,
+    SandboxEndpoint,
+    StatusRequest,
+    subjects,
+)
+from selfagent.schemas.sandboxes import SandboxLeased, SandboxLost, SandboxReleased
 
 from .backend import VncDesktop
 from .config import Settings
-from .executor import Executor
-from .sandbox_exec import SandboxExec
+from .fleet import Fleet, Served
 
 log = logging.getLogger(__name__)
 
 SERVICE = "actuator"
+# Desktops of different sessions are driven at the same time.
+WORKERS = 64
+
+
+def _fixed_endpoint(settings: Settings) -> SandboxEndpoint:
+    password, token = settings.vnc_password, settings.exec_token
+    return SandboxEndpoint(
+        sandbox_id=settings.sandbox_id,
+        vnc_host=settings.vnc_host,
+        vnc_port=settings.vnc_port,
+        vnc_password=password.get_secret_value() if password else "",
+        exec_url=settings.exec_url or "",
+        exec_token=token.get_secret_value() if token else "",
+    )
+
+
+def _sandbox_of(subject: str) -> str:
+    # agent.sandbox.<box>.act: the wildcard matched exactly one token.
+    return subject.split(".")[2]
 
 
 class ActuatorService(Service):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.broker = make_broker(settings.nats_url, f"{SERVICE}-{settings.sandbox_id}")
-        self.desktop = VncDesktop(
-            settings.vnc_host,
-            settings.vnc_port,
-            settings.vnc_password.get_secret_value() if settings.vnc_password else None,
-            connect_timeout=settings.vnc_connect_timeout,
-            retry_interval=settings.vnc_retry_interval,
-            wait_for_link=settings.vnc_wait_for_link,
-        )
-        self.sandbox = SandboxExec(
-            settings.exec_url,
-            settings.exec_token.get_secret_value() if settings.exec_token else None,
-            settings.exec_timeout_margin,
-        )
-        self.executor = Executor(self.desktop, self.sandbox, settings)
-        # Released in reverse: the bus first (no new actions), then the VNC link.
-        self.resources.push_async_callback(self.sandbox.close)
-        self.resources.push_async_callback(self.desktop.stop)
+        self.instance = f"{SERVICE}-{secrets.token_hex(4)}"
+        self.started_at = datetime.now(UTC)
+        name = SERVICE if settings.desktops == "per_session" else f"{SERVICE}-{settings.sandbox_id}"
+        self.broker = make_broker(settings.nats_url, name)
+        self.fleet = Fleet(settings, self._connect)
+        self.fixed: set[str] = set()
+        self._opening: set[asyncio.Task[None]] = set()
+        if settings.desktops == "fixed":
+            self.fixed.add(settings.sandbox_id)
+            self.fleet.add(Served.open(settings.sandbox_id, _fixed_endpoint(settings), settings))
+        # Released in reverse: the bus first (no new actions), then the desktops.
+        self.resources.push_async_callback(self.fleet.close_all)
         self.resources.push_async_callback(self.broker.stop)
-        self._subscribe()
+        if settings.desktops == "fixed":
+            self._subscribe_fixed(settings.sandbox_id)
+        else:
+            self._subscribe_leased()
 
-    def _subscribe(self) -> None:
-        broker, executor = self.broker, self.executor
-        act_subject = subjects.sandbox_act(self.settings.sandbox_id)
-        observe_subject = subjects.sandbox_observe(self.settings.sandbox_id)
+    @property
+    def desktop(self) -> VncDesktop:
+        """The fixed desktop's VNC link."""
+        served = self.fleet.served(self.settings.sandbox_id)
+        if served is None:
+            raise DesktopUnavailable("this actuator serves leased desktops, no fixed one")
+        return served.desktop
+
+    # -- requests --------------------------------------------------------------
+
+    async def _act(self, sandbox_id: str, request: ActRequest) -> ActionResult:
+        try:
+            served = await self.fleet.get(sandbox_id)
+        except DesktopUnavailable as exc:
+            return ActionResult(
+                ok=False,
+                action_id=request.action.id,
+                actuator=self.instance,
+                error=ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc)),
+            )
+        result = await served.executor.act(request)
+        return result.model_copy(update={"actuator": self.instance})
+
+    async def _observe(self, sandbox_id: str, request: ObserveRequest) -> Observation:
+        try:
+            served = await self.fleet.get(sandbox_id)
+        except DesktopUnavailable as exc:
+            return Observation(
+                ok=False,
+                actuator=self.instance,
+                error=ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc)),
+            )
+        observation = await served.executor.observe(request)
+        observation.actuator = self.instance
+        return observation
+
+    def _subscribe_fixed(self, sandbox_id: str) -> None:
+        broker = self.broker
+        act_subject = subjects.sandbox_act(sandbox_id)
+        observe_subject = subjects.sandbox_observe(sandbox_id)
 
         @broker.subscriber(act_subject, title="act", description="Execute one action")
         @typed_handler(broker, SERVICE, ActRequest, act_subject)
         async def act(request: ActRequest) -> ActionResult:
-            return await executor.act(request)
+            return await self._act(sandbox_id, request)
 
         @broker.subscriber(observe_subject, title="observe", description="Take a screenshot")
         @typed_handler(broker, SERVICE, ObserveRequest, observe_subject)
         async def observe(request: ObserveRequest) -> Observation:
-            return await executor.observe(request)
+            return await self._observe(sandbox_id, request)
+
+    def _subscribe_leased(self) -> None:
+        broker = self.broker
+
+        @broker.subscriber(
+            subjects.SANDBOX_ACT_ALL,
+            max_workers=WORKERS,
+            title="act",
+            description="Execute one action on a leased desktop",
+        )
+        @typed_subject_handler(broker, SERVICE, ActRequest, subjects.SANDBOX_ACT_ALL)
+        async def act(request: ActRequest, subject: str) -> ActionResult:
+            return await self._act(_sandbox_of(subject), request)
+
+        @broker.subscriber(
+            subjects.SANDBOX_OBSERVE_ALL,
+            max_workers=WORKERS,
+            title="observe",
+            description="Take a screenshot of a leased desktop",
+        )
+        @typed_subject_handler(broker, SERVICE, ObserveRequest, subjects.SANDBOX_OBSERVE_ALL)
+        async def observe(request: ObserveRequest, subject: str) -> Observation:
+            return await self._observe(_sandbox_of(subject), request)
+
+        @broker.subscriber(subjects.PROVISIONER_EVENTS_ALL, title="sandbox events")
+        async def on_sandbox_event(msg: NatsMessage) -> None:
+            subject = msg.raw_message.subject
+            try:
+                if subject.endswith(".sandbox.leased"):
+                    leased = parse(SandboxLeased, msg.body, subject)
+                    # In the background: opening waits for the VNC handshake.
+                    opening = asyncio.create_task(self.fleet.open_soon(leased.sandbox_id))
+                    self._opening.add(opening)
+                    opening.add_done_callback(self._opening.discard)
+                elif subject.endswith(".sandbox.released"):
+                    released = parse(SandboxReleased, msg.body, subject)
+                    await self.fleet.close(released.sandbox_id, f"released ({released.reason})")
+                elif subject.endswith(".sandbox.lost"):
+                    lost = parse(SandboxLost, msg.body, subject)
+                    await self.fleet.close(lost.sandbox_id, f"lost: {lost.reason}")
+            except InvalidMessage as exc:
+                log.warning("ignoring a sandbox event: %s", exc)
+
+    async def _connect(self, sandbox_id: str) -> SandboxEndpoint:
+        return await request(
+            self.broker,
+            subjects.PROVISIONER_CONNECT,
+            ConnectRequest(sandbox_id=sandbox_id),
+            SandboxEndpoint,
+            timeout=self.settings.connect_timeout,
+        )
+
+    # -- background ------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            beat = ActuatorHeartbeat(
+                instance=self.instance,
+                started_at=self.started_at,
+                sandboxes=self.fleet.sandbox_ids,
+            )
+            try:
+                await self.broker.publish(beat, subjects.ACTUATOR_HEARTBEAT)
+            except Exception as exc:
+                log.debug("heartbeat not sent: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _reconcile(self) -> None:
+        """Close desktops whose release this actuator missed (it was away, or the event was)."""
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                status = await request(
+                    self.broker,
+                    subjects.PROVISIONER_STATUS,
+                    StatusRequest(),
+                    ProvisionerStatus,
+                    timeout=self.settings.connect_timeout,
+                )
+            except (RemoteError, RequestTimeout) as exc:
+                log.debug("no provisioner status: %s", exc)
+                continue
+            leased = {info.sandbox_id for info in status.sandboxes if info.state == "leased"}
+            await self.fleet.keep_only(leased, self.fixed)
 
     async def _start(self) -> None:
-        # The VNC link comes up (and keeps coming back) in the background; an
-        # action before it is up gets a clear "not executed" error.
-        await self.desktop.start()
+        if self.fixed:
+            # The VNC link comes up (and keeps coming back) in the background;
+            # an action before it is up gets a clear "not executed" error.
+            await self.desktop.start()
         await start_with_retry(self.broker)
-        log.info("actuator for sandbox %r ready", self.settings.sandbox_id)
+        self.spawn(self._heartbeat(), name="actuator-heartbeat")
+        if self.settings.desktops == "per_session":
+            self.spawn(self._reconcile(), name="actuator-reconcile")
+            log.info("actuator %s ready: serving every leased desktop", self.instance)
+        else:
+            log.info("actuator %s ready for sandbox %r", self.instance, self.settings.sandbox_id)
 
 
 def build(settings: Settings) -> ActuatorService:

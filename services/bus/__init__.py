@@ -9,21 +9,24 @@ from .broker import (
     request,
     start_with_retry,
     typed_handler,
+    typed_subject_handler,
 )
 from .errors import BusError, InvalidMessage, RemoteError, RequestTimeout, SelfagentError
 from .jetstream import jetstream
 from .service import Service
-from .settings import ServiceSettings
+from .settings import DesktopsMode, ServiceSettings, desktops_field
 
 __all__ = [
     "MAX_PAYLOAD",
     "BusError",
+    "DesktopsMode",
     "InvalidMessage",
     "RemoteError",
     "RequestTimeout",
     "SelfagentError",
     "Service",
     "ServiceSettings",
+    "desktops_field",
     "error_reply",
     "jetstream",
     "make_broker",
@@ -32,4 +35,5 @@ __all__ = [
     "request",
     "start_with_retry",
     "typed_handler",
+    "typed_subject_handler",
 ]

@@ -315,21 +315,53 @@ def typed_handler(
     """
 
     def decorate(fn: Callable[[ModelT], Awaitable[BaseModel | None]]) -> HandlerFn:
-        async def handler(msg: NatsMessageCtx) -> BaseModel | None:
-            try:
-                parsed = parse(model, msg.body, subject)
-            except InvalidMessage as exc:
-                return await reject(broker, service, msg, exc)
-            try:
-                return await fn(parsed)
-            except Exception as exc:
-                log.exception("%s: handler for %s failed", service, subject)
-                if msg.reply_to:
-                    return error_reply(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-                return None
+        async def call(parsed: ModelT, _subject: str) -> BaseModel | None:
+            return await fn(parsed)
 
-        handler.__name__ = fn.__name__
-        handler.__doc__ = fn.__doc__
-        return handler
+        return _wrap(broker, service, model, subject, call, fn)
 
     return decorate
+
+
+def typed_subject_handler(
+    broker: NatsBroker,
+    service: str,
+    model: type[ModelT] | TypeAdapter[ModelT],
+    subject: str,
+) -> Callable[[Callable[[ModelT, str], Awaitable[BaseModel | None]]], HandlerFn]:
+    """As :func:`typed_handler`, for a wildcard subscription: the handler also gets the subject.
+
+    ``async def handler(request: Model, subject: str)``; the subject names
+    what the request is for (e.g. the sandbox in ``agent.sandbox.<box>.act``).
+    """
+
+    def decorate(fn: Callable[[ModelT, str], Awaitable[BaseModel | None]]) -> HandlerFn:
+        return _wrap(broker, service, model, subject, fn, fn)
+
+    return decorate
+
+
+def _wrap(
+    broker: NatsBroker,
+    service: str,
+    model: type[ModelT] | TypeAdapter[ModelT],
+    subject: str,
+    call: Callable[[ModelT, str], Awaitable[BaseModel | None]],
+    named: Callable[..., object],
+) -> HandlerFn:
+    async def handler(msg: NatsMessageCtx) -> BaseModel | None:
+        try:
+            parsed = parse(model, msg.body, subject)
+        except InvalidMessage as exc:
+            return await reject(broker, service, msg, exc)
+        try:
+            return await call(parsed, msg.raw_message.subject)
+        except Exception as exc:
+            log.exception("%s: handler for %s failed", service, subject)
+            if msg.reply_to:
+                return error_reply(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            return None
+
+    handler.__name__ = getattr(named, "__name__", "handler")
+    handler.__doc__ = named.__doc__
+    return handler

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+DesktopsMode = Literal["fixed", "per_session"]
+"""How tasks get a desktop.
+
+``fixed``: every task runs on one configured desktop (``sandbox_id``, by
+default ``default``), served by an actuator set up for it. ``per_session``:
+each session leases its own desktop from the provisioner, and one actuator
+serves every leased desktop. Planner, actuator and gateway must agree; they
+read ``SELFAGENT_DESKTOPS`` unless their own ``<PREFIX>DESKTOPS`` says otherwise.
+"""
+
+
+def desktops_field(prefix: str) -> Any:
+    return Field(
+        default="fixed",
+        validation_alias=AliasChoices(f"{prefix}DESKTOPS", "SELFAGENT_DESKTOPS"),
+        description="fixed: one configured desktop; per_session: one leased per session",
+    )
 
 
 class ServiceSettings(BaseSettings):

@@ -30,7 +30,7 @@ from selfagent.schemas.export import EXPORTED, json_schema
 from selfagent.schemas.messages import ControlVerb, SubjectId, TaskStatus
 from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 
-from .deps import GatewayDep
+from .deps import Gateway, GatewayDep
 from .hub import Listener
 from .vnc_bridge import bridge
 
@@ -117,7 +117,7 @@ class Health(BaseModel):
     vnc_bridges: int
 
 
-def _task(body: TaskRequest, sandbox_id: str) -> TaskSubmitted:
+def _task(body: TaskRequest, sandbox_id: str | None) -> TaskSubmitted:
     fields: dict[str, Any] = {"prompt": body.prompt, "sandbox_id": sandbox_id}
     if body.session_id:
         fields["session_id"] = body.session_id
@@ -129,6 +129,12 @@ def _task(body: TaskRequest, sandbox_id: str) -> TaskSubmitted:
         raise HTTPException(
             422, detail=exc.errors(include_url=False, include_context=False)
         ) from exc
+
+
+def _fixed_sandbox(gateway: Gateway) -> str | None:
+    # Per-session desktops: the planner leases the session's own.
+    settings = gateway.settings
+    return settings.sandbox_id if settings.desktops == "fixed" else None
 
 
 @router.get("/healthz", response_model=Health, tags=["ops"])
@@ -144,7 +150,7 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
 
 @router.post("/api/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"])
 async def submit_task(body: TaskRequest, gateway: GatewayDep) -> TaskAccepted:
-    task = _task(body, gateway.settings.sandbox_id)
+    task = _task(body, _fixed_sandbox(gateway))
     await gateway.bus.submit(task)
     return TaskAccepted(task_id=task.task_id, session_id=task.session_id)
 
@@ -152,7 +158,7 @@ async def submit_task(body: TaskRequest, gateway: GatewayDep) -> TaskAccepted:
 @router.post("/api/chat", response_model=ChatReply, tags=["tasks"])
 async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
     """Run one instruction and answer with the agent's final reply."""
-    task = _task(body, gateway.settings.sandbox_id)
+    task = _task(body, _fixed_sandbox(gateway))
     timeout = gateway.settings.chat_timeout
     # Listen before publishing: a fast planner could otherwise finish unseen.
     kinds = frozenset({"task.finished", "task.state"})

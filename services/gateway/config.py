@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from selfagent.bus.settings import ServiceSettings
+from selfagent.bus.settings import DesktopsMode, ServiceSettings, desktops_field
 
 # In a source checkout the page lives at the repository's top level; an
 # installed gateway points GATEWAY_UI_DIR at wherever the image copied it.
@@ -34,6 +34,7 @@ class Settings(ServiceSettings):
     novnc_dir: Path = Path("/usr/share/novnc")
     ui_dir: Path = _DEFAULT_UI_DIR
 
+    desktops: DesktopsMode = desktops_field("GATEWAY_")
     sandbox_id: str = "default"
     chat_timeout: float = Field(default=600.0, gt=0, description="Seconds /api/chat waits")
     history_limit: int = Field(default=5000, ge=1, description="Events /events returns at most")

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from selfagent.bus.settings import ServiceSettings
+from selfagent.bus.settings import DesktopsMode, ServiceSettings, desktops_field
 
 
 class Settings(ServiceSettings):
@@ -77,9 +77,20 @@ class Settings(ServiceSettings):
     model_image_max_height: int = 800
     image_quality: int = Field(default=80, ge=1, le=100)
 
-    # The desktop a task without its own sandbox_id runs on, when desktops
-    # are not leased per session.
+    # fixed: a task without its own sandbox_id runs on `sandbox_id`.
+    # per_session: it runs on its session's desktop, leased from the provisioner.
+    desktops: DesktopsMode = desktops_field("PLANNER_")
     sandbox_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Longest wait for a desktop: the provisioner's capacity wait (30 s by
+    # default) plus a desktop start from scratch.
+    lease_timeout: float = Field(default=150.0, gt=0)
+    # An actuator that sends no heartbeat for this long while it holds an
+    # action is taken for dead: the action's outcome is unknown, and the
+    # model is told so instead of the task waiting out act_timeout.
+    actuator_silence: float = Field(default=3.5, gt=0)
+    # How long a task waits for a desktop that stopped answering (an
+    # actuator restarting, a VNC link coming back) before it fails.
+    desktop_wait: float = Field(default=30.0, gt=0)
 
     act_timeout: float = 120.0
     observe_timeout: float = 15.0

@@ -35,6 +35,8 @@ from selfagent.schemas import (
     FailAction,
     GroundRequest,
     GroundResult,
+    Lease,
+    LeaseRequest,
     MoveAction,
     Observation,
     ObserveRequest,
@@ -72,8 +74,10 @@ _T = TypeVar("_T")
 # Steps kept in the session state for a planner that resumes the task.
 _HISTORY_KEPT = 50
 
-_LOOK_ATTEMPTS = 3
 _LOOK_RETRY_DELAY = 0.5
+_HEARTBEAT_CHECK = 0.5
+# A lease slower than this shows the task as waiting for a desktop.
+_WAITING_AFTER = 1.0
 
 
 class Control:
@@ -89,7 +93,13 @@ class Control:
         self.takeover = False
         self.waiting = False
         self.answer: str | None = None
+        # Why the task's desktop is gone (lost or released under it), if it is.
+        self.desktop_gone: str | None = None
         self.changed = asyncio.Event()
+
+    def lose_desktop(self, reason: str) -> None:
+        self.desktop_gone = reason
+        self.changed.set()
 
     def apply(self, verb: ControlVerb, text: str | None = None) -> None:
         if verb == "answer":
@@ -113,6 +123,30 @@ class Control:
     def holding(self) -> bool:
         return self.paused or self.takeover
 
+    @property
+    def ended(self) -> bool:
+        """Stopped by the person, or the desktop went away."""
+        return self.stopped or self.desktop_gone is not None
+
+
+class Heartbeats:
+    """When each actuator instance was last heard from (``agent.actuator.heartbeat``)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def beat(self, instance: str) -> None:
+        self._seen[instance] = time.monotonic()
+
+    def silent_for(self, instance: str) -> float:
+        """Seconds since the instance's last heartbeat; 0 for one never heard (no verdict)."""
+        seen = self._seen.get(instance)
+        return 0.0 if seen is None else time.monotonic() - seen
+
+
+class _ActuatorGone(Exception):
+    pass
+
 
 @dataclass
 class _Finish(Exception):
@@ -134,8 +168,11 @@ class TaskRunner:
     tokens_used: int = 0
     _history: list[Turn] = field(default_factory=list)
     _feedback: str | None = None
+    heartbeats: Heartbeats | None = None
     # The desktop leased for the session (per-session desktops), once leased.
     _leased: str | None = None
+    # The actuator instance that last answered for the desktop.
+    _actuator: str = ""
 
     @property
     def sandbox_id(self) -> str:
@@ -217,27 +254,107 @@ class TaskRunner:
     async def _look(self) -> Observation:
         """A screenshot for the model, or the end of the task.
 
-        Retried a few times: a broker restart or a VNC reconnect is a pause of
-        a second or two, not a reason to give up a task.
+        Retried for up to ``desktop_wait`` seconds: a broker restart, a VNC
+        reconnect or an actuator coming back is a pause, not a reason to give
+        up a task. A desktop that is gone for good (lost, released) ends it
+        at once.
         """
         last: Exception | None = None
-        for attempt in range(_LOOK_ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(_LOOK_RETRY_DELAY * attempt)
+        deadline = time.monotonic() + self.settings.desktop_wait
+        delay = _LOOK_RETRY_DELAY
+        while True:
+            self._raise_if_ended()
             try:
-                observation = await self._observe()
+                observation = await self._unless_stopped(self._observe())
             except BusError as exc:
                 last = exc
-                log.warning("observe failed (attempt %d): %s", attempt + 1, exc)
-                continue
-            if observation.screenshot is not None:
-                return observation
-            last = RuntimeError("the actuator answered without a screenshot")
+                log.warning("observe failed: %s", exc)
+            else:
+                if observation.actuator:
+                    self._actuator = observation.actuator
+                if observation.screenshot is not None:
+                    return observation
+                last = RuntimeError("the actuator answered without a screenshot")
+            if time.monotonic() + delay > deadline:
+                break
+            await self._sleep_unless_ended(delay)
+            delay = min(delay * 2, 2.0)
         raise _Finish(
             "failed",
             f"The desktop is not reachable: {last}",
             ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message=str(last)),
         )
+
+    async def _sleep_unless_ended(self, seconds: float) -> None:
+        """Sleep, but wake for a stop or a lost desktop."""
+        self.control.changed.clear()
+        self._raise_if_ended()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.control.changed.wait(), seconds)
+        self._raise_if_ended()
+
+    def _raise_if_ended(self) -> None:
+        if self.control.stopped:
+            raise _stopped()
+        if self.control.desktop_gone is not None:
+            raise _Finish(
+                "failed",
+                f"The session's desktop is gone: {self.control.desktop_gone}",
+                ErrorInfo(
+                    code=ErrorCode.SANDBOX_UNAVAILABLE, message=self.control.desktop_gone
+                ),
+            )
+
+    async def _lease_desktop(self) -> None:
+        """Per-session desktops: get this session's desktop before the first look.
+
+        The same session gets the same desktop back while it holds one. When
+        the provisioner's host is full the lease waits in line; the task shows
+        ``waiting`` meanwhile.
+        """
+        if self.settings.desktops != "per_session" or self.task.sandbox_id is not None:
+            return
+        call = asyncio.ensure_future(
+            request(
+                self.broker,
+                subjects.PROVISIONER_LEASE,
+                LeaseRequest(session_id=self.task.session_id),
+                Lease,
+                timeout=self.settings.lease_timeout,
+            )
+        )
+        waited = False
+        try:
+            done, _ = await asyncio.wait({call}, timeout=_WAITING_AFTER)
+            if not done:
+                waited = True
+                await self._save_state("waiting")
+                await self._emit(TaskStateChanged(state="waiting", **self._ids()))
+            lease = await self._unless_stopped(call)
+        except RemoteError as exc:
+            raise _Finish(
+                "failed",
+                f"No desktop for this session: {exc.error.message}",
+                ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=exc.error.message),
+            ) from exc
+        except RequestTimeout as exc:
+            raise _Finish(
+                "failed",
+                f"No desktop for this session: the provisioner did not answer within "
+                f"{self.settings.lease_timeout:g} s.",
+                ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc)),
+            ) from exc
+        self._leased = lease.sandbox_id
+        log.info(
+            "session %s: desktop %s (%s, %.0f ms)",
+            self.task.session_id,
+            lease.sandbox_id,
+            "warm" if lease.warm else "started",
+            lease.wait_ms,
+        )
+        if waited:
+            await self._save_state("running")
+            await self._emit(TaskStateChanged(state="running", **self._ids()))
 
     def _observe_request(self) -> ObserveRequest:
         if self._family.resize:
@@ -276,6 +393,7 @@ class TaskRunner:
             await self._emit(TaskStarted(prompt=self.task.prompt, **self._ids()))
             await self._save_state("running")
         try:
+            await self._lease_desktop()
             await self._loop(started)
             raise _Finish("failed", "The task ended without an answer.")
         except _Finish as finish:
@@ -537,13 +655,12 @@ class TaskRunner:
             await self._save_state("needs_user", question=question)
             await self._emit(TaskStateChanged(state="needs_user", question=question, **self._ids()))
             while control.answer is None:
-                if control.stopped:
-                    raise _stopped()
+                self._raise_if_ended()
                 remaining = self.settings.max_wall_seconds - (time.monotonic() - started)
                 if remaining <= 0:
                     raise self._out_of_time()
                 control.changed.clear()
-                if control.answer is not None or control.stopped:
+                if control.answer is not None or control.ended:
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(control.changed.wait(), remaining)
@@ -610,15 +727,13 @@ class TaskRunner:
         try:
             while not call.done():
                 control.changed.clear()
-                if control.stopped:
-                    raise _stopped()
+                self._raise_if_ended()
                 woke = asyncio.ensure_future(control.changed.wait())
                 try:
                     await asyncio.wait({call, woke}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     woke.cancel()
-            if control.stopped:
-                raise _stopped()
+            self._raise_if_ended()
             return call.result()
         finally:
             if not call.done():
@@ -636,17 +751,15 @@ class TaskRunner:
     async def _checkpoint(self, started: float) -> None:
         """Where pause, stop and the wall-time budget take effect: between steps."""
         control = self.control
-        if control.stopped:
-            raise _stopped()
+        self._raise_if_ended()
         if control.holding:
             state: Literal["paused", "takeover"] = "takeover" if control.takeover else "paused"
             await self._emit(TaskStateChanged(state=state, **self._ids()))
             await self._save_state(state)
-            while control.holding and not control.stopped:
+            while control.holding and not control.ended:
                 control.changed.clear()
                 await control.changed.wait()
-            if control.stopped:
-                raise _stopped()
+            self._raise_if_ended()
             await self._emit(TaskStateChanged(state="running", **self._ids()))
             await self._save_state("running")
             # After a takeover the screen is not what the model last saw.
@@ -718,19 +831,52 @@ class TaskRunner:
 
     async def _act(self, action: Action) -> ActionResult:
         try:
-            return await self._unless_stopped(
-                request(
-                    self.broker,
-                    subjects.sandbox_act(self.sandbox_id),
-                    ActRequest(action=action, observe=self._observe_request()),
-                    ActionResult,
-                    timeout=self.settings.act_timeout + _action_time(action),
+            result = await self._unless_stopped(
+                self._while_actuator_lives(
+                    request(
+                        self.broker,
+                        subjects.sandbox_act(self.sandbox_id),
+                        ActRequest(action=action, observe=self._observe_request()),
+                        ActionResult,
+                        timeout=self.settings.act_timeout + _action_time(action),
+                    )
                 )
             )
         except RemoteError as exc:
             raise _StepFailed(exc.error) from exc
         except RequestTimeout as exc:
             raise _StepFailed(ErrorInfo(code=ErrorCode.TIMEOUT, message=str(exc))) from exc
+        except _ActuatorGone as exc:
+            # Never replayed blindly: the model sees the next screenshot and decides.
+            raise _StepFailed(
+                ErrorInfo(
+                    code=ErrorCode.SANDBOX_UNAVAILABLE,
+                    message="the actuator stopped while carrying out this action, so whether "
+                    "it ran is unknown; check the new screenshot before going on",
+                )
+            ) from exc
+        if result.actuator:
+            self._actuator = result.actuator
+        return result
+
+    async def _while_actuator_lives(self, work: Awaitable[_T]) -> _T:
+        """Await ``work`` unless the actuator holding it stops sending heartbeats."""
+        call = asyncio.ensure_future(work)
+        heartbeats, instance = self.heartbeats, self._actuator
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=_HEARTBEAT_CHECK)
+                if done:
+                    return call.result()
+                silent = heartbeats.silent_for(instance) if heartbeats and instance else 0.0
+                if silent > self.settings.actuator_silence:
+                    log.warning("actuator %s went silent during an action", instance)
+                    raise _ActuatorGone(instance)
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call
 
     # --- context -------------------------------------------------------------
 

@@ -27,12 +27,19 @@ from selfagent.bus import (
 )
 from selfagent.bus.streams import TASKS, ensure_streams
 from selfagent.llm import LLMClient
-from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
+from selfagent.schemas import (
+    ActuatorHeartbeat,
+    ControlCommand,
+    SessionState,
+    TaskSubmitted,
+    subjects,
+)
+from selfagent.schemas.sandboxes import SandboxLost, SandboxReleased
 
 from .canary import run_canary
 from .config import Settings
 from .families import for_settings
-from .runner import Control, TaskRunner
+from .runner import Control, Heartbeats, TaskRunner
 
 log = logging.getLogger(__name__)
 SERVICE = "planner"
@@ -55,6 +62,7 @@ class PlannerService(Service):
         # Controls for the tasks running in this replica, by session.
         self.controls: dict[str, Control] = {}
         self.runners: dict[str, TaskRunner] = {}
+        self.heartbeats = Heartbeats()
         self.running: set[asyncio.Task[object]] = set()
         self.accepting = True
         # Released in reverse: running tasks go back to the queue first.
@@ -62,6 +70,7 @@ class PlannerService(Service):
         self.resources.push_async_callback(self.broker.stop)
         self.resources.push_async_callback(self._give_back_tasks)
         self._subscribe()
+        self._subscribe_desktops()
 
     async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
@@ -150,6 +159,33 @@ class PlannerService(Service):
                 log.info("session %s: %s", command.session_id, command.command)
                 control.apply(command.command, command.text)
 
+    def _desktop_gone(self, sandbox_id: str, reason: str) -> None:
+        for runner in list(self.runners.values()):
+            if runner.sandbox_id == sandbox_id:
+                log.warning("session %s: desktop %s %s", runner.task.session_id, sandbox_id, reason)
+                runner.control.lose_desktop(reason)
+
+    def _subscribe_desktops(self) -> None:
+        broker = self.broker
+
+        @broker.subscriber(subjects.ACTUATOR_HEARTBEAT, title="actuator.heartbeat")
+        @typed_handler(broker, SERVICE, ActuatorHeartbeat, subjects.ACTUATOR_HEARTBEAT)
+        async def on_heartbeat(beat: ActuatorHeartbeat) -> None:
+            self.heartbeats.beat(beat.instance)
+
+        lost_subject = subjects.provisioner_event("sandbox.lost")
+        released_subject = subjects.provisioner_event("sandbox.released")
+
+        @broker.subscriber(lost_subject, title="sandbox.lost")
+        @typed_handler(broker, SERVICE, SandboxLost, lost_subject)
+        async def on_lost(event: SandboxLost) -> None:
+            self._desktop_gone(event.sandbox_id, f"was lost ({event.reason})")
+
+        @broker.subscriber(released_subject, title="sandbox.released")
+        @typed_handler(broker, SERVICE, SandboxReleased, released_subject)
+        async def on_released(event: SandboxReleased) -> None:
+            self._desktop_gone(event.sandbox_id, f"was released ({event.reason})")
+
     def start_task(
         self, task: TaskSubmitted, delivery: NatsMessage, resume: SessionState | None = None
     ) -> asyncio.Task[object]:
@@ -158,7 +194,9 @@ class PlannerService(Service):
             self.controls[task.session_id].apply("stop")
         control = Control()
         self.controls[task.session_id] = control
-        runner = TaskRunner(self.broker, self.llm, self.settings, task, control)
+        runner = TaskRunner(
+            self.broker, self.llm, self.settings, task, control, heartbeats=self.heartbeats
+        )
         self.runners[task.session_id] = runner
 
         async def run() -> object:
