@@ -317,14 +317,15 @@ def test_what_could_take_the_host_is_refused(proxied: Proxied) -> None:
 
     # Exec is refused even on a sandbox; a followed log too.
     sandbox = create(IMAGE, **proxied.sandbox_kwargs())
-    _refused(lambda: proxied.client.api.exec_create(sandbox.id, ["id"]), "allow-list")
-    _refused(lambda: proxied.client.api.attach(sandbox.id, stream=False), "not allowed")
-    _refused(lambda: proxied.client.api.put_archive(sandbox.id, "/tmp", b""), "allow-list")
-    _refused(lambda: proxied.client.api.logs(sandbox.id, follow=True, stream=True), "follow")
+    sid = str(sandbox.id)
+    _refused(lambda: proxied.client.api.exec_create(sid, ["id"]), "allow-list")
+    _refused(lambda: proxied.client.api.attach(sid, stream=False), "not allowed")
+    _refused(lambda: proxied.client.api.put_archive(sid, "/tmp", b""), "allow-list")
+    _refused(lambda: proxied.client.api.logs(sid, follow=True, stream=True), "follow")
     # Labels are not a way in: renaming keeps a sandbox name, start takes no HostConfig.
-    _refused(lambda: proxied.client.api.rename(sandbox.id, "innocent"), "selfagent-sandbox")
+    _refused(lambda: proxied.client.api.rename(sid, "innocent"), "selfagent-sandbox")
     status, body = proxied.raw(
-        "POST", f"/containers/{sandbox.id}/start", json.dumps({"Privileged": True}).encode()
+        "POST", f"/containers/{sid}/start", json.dumps({"Privileged": True}).encode()
     )
     assert status == 403 and "no body" in body["message"], body
     sandbox.remove(force=True)
