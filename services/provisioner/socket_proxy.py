@@ -828,7 +828,8 @@ class SocketProxy:
                 if request is None:
                     return
                 response = await self.handle(request)
-                keep = request.keep_alive
+                # A client that asked to hijack the connection will not reuse it.
+                keep = request.keep_alive and "upgrade" not in request.headers
                 writer.write(response.encode(keep, head_only=request.method == "HEAD"))
                 await writer.drain()
                 if not keep:

@@ -3,11 +3,9 @@ and what could take the host is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,23 +18,26 @@ from docker.errors import APIError, NotFound
 
 from selfagent.provisioner.backend import LABEL_HOME, LABEL_HOST, LABEL_SANDBOX
 from selfagent.provisioner.docker_backend import DockerBackend
-from selfagent.provisioner.socket_proxy import Settings, SocketProxy
+from selfagent.provisioner.socket_proxy import Settings
 from selfagent.provisioner.state import StateStore
 from tests.harness.docker import build_image, require_engine
 
-from .helpers import first_frame, running_pool, shell, unique_host, wait_until, warm_count
+from .helpers import (
+    ProxyThread,
+    first_frame,
+    free_tcp_port,
+    running_pool,
+    shell,
+    unique_host,
+    wait_until,
+    warm_count,
+)
 
 pytestmark = pytest.mark.docker
 
 IMAGE = "selfagent/sandbox:test"
 SCREEN = (1024, 640)
 NNP = ["no-new-privileges:true"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -82,45 +83,11 @@ def image() -> str:
     return IMAGE
 
 
-class ProxyThread:
-    """The proxy on its own event loop: the SDK's calls block, and the tests make them."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.proxy = SocketProxy(settings)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.task: asyncio.Task[None] | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        started = asyncio.Event()
-        self.task = self.loop.create_task(self.proxy.serve(started))
-        self.loop.create_task(self._signal(started))
-        with contextlib.suppress(asyncio.CancelledError):
-            self.loop.run_until_complete(self.task)
-        self.loop.close()
-
-    async def _signal(self, started: asyncio.Event) -> None:
-        await started.wait()
-        self.ready.set()
-
-    def __enter__(self) -> ProxyThread:
-        self.thread.start()
-        assert self.ready.wait(10), "the proxy did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.loop.call_soon_threadsafe(self.task.cancel)
-        self.thread.join(10)
-
-
 @pytest.fixture
 def proxied(image: str) -> Iterator[Proxied]:
     direct = docker.from_env()
     network = direct.networks.create(f"selfagent-test-desktop-{uuid.uuid4().hex[:8]}")
-    port = _free_port()
+    port = free_tcp_port()
     settings = Settings(listen_host="127.0.0.1", port=port, image=image, network=network.name or "")
     with ProxyThread(settings):
         client = docker.DockerClient(base_url=f"tcp://127.0.0.1:{port}", timeout=60)
