@@ -113,6 +113,17 @@ async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
     await _becomes_live(page, gateway)
 
 
+async def _fresh_session(page: Page) -> str:
+    """Start a new session from the page (on load it reopens the newest one, with its history)."""
+    before = await page.evaluate("window.selfagent.sessionId")
+    await page.click(tid("new-session"))
+    await page.wait_for_function("(sid) => window.selfagent.sessionId !== sid", arg=before)
+    await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+    sid: str = await page.evaluate("window.selfagent.sessionId")
+    assert await page.locator(tid("timeline-empty")).count() == 1
+    return sid
+
+
 async def _becomes_live(page: Page, gateway: GatewayProcess) -> None:
     try:
         await _live(page)
@@ -224,7 +235,7 @@ async def test_take_over_button_publishes_the_command(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
-    session_id = await page.evaluate("window.selfagent.sessionId")
+    session_id = await _fresh_session(page)
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_message(msg: Any) -> None:
@@ -252,7 +263,7 @@ async def test_timeline_shows_events_live_and_after_reload(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
-    sid = await page.evaluate("window.selfagent.sessionId")
+    sid = await _fresh_session(page)
     shell = ShellAction(command="df -h /")
     events: list[SessionEvent] = [
         TaskStarted(session_id=sid, task_id="t1", prompt="How full is the disk?"),
@@ -290,7 +301,7 @@ async def test_timeline_shows_events_live_and_after_reload(
 
 async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: NatsBroker) -> None:
     await _signed_in(page, gateway)
-    sid = await page.evaluate("window.selfagent.sessionId")
+    sid = await _fresh_session(page)
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_message(msg: Any) -> None:
@@ -310,13 +321,24 @@ async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: N
 
 
 async def test_saved_session_ids_are_checked_with_the_schemas_rule(
-    page: Page, gateway: GatewayProcess
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
     # The page holds no copy of the id rule: it reads it from the served schema.
     assert await page.evaluate("window.selfagent.idPattern") == subjects.ID_PATTERN
 
-    for saved, kept in (("kept-session_1", True), ("a.b", False), ("x" * 65, False)):
+    # Only a session that still exists is reopened: this one has a record, as a planner writes.
+    recorded = SessionState.fresh(TaskSubmitted(session_id="kept-session_1", prompt="hello"))
+    await sessions.ensure_bucket(bus)
+    await (await sessions.open_bucket(bus)).put(
+        "kept-session_1", recorded.model_dump_json().encode()
+    )
+    for saved, kept in (
+        ("kept-session_1", True),
+        ("a.b", False),
+        ("x" * 65, False),
+        ("never-started", False),
+    ):
         await page.evaluate("(sid) => localStorage.setItem('selfagent.session', sid)", saved)
         await page.reload()
         await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
@@ -329,7 +351,7 @@ async def test_a_question_from_the_agent_is_answered_from_the_chat(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
-    sid = await page.evaluate("window.selfagent.sessionId")
+    sid = await _fresh_session(page)
     question = "Which file should I open: report.pdf or notes.txt?"
     controls: asyncio.Queue[bytes] = asyncio.Queue()
     tasks: asyncio.Queue[bytes] = asyncio.Queue()

@@ -35,42 +35,24 @@ from selfagent.schemas import (
 )
 from selfagent.schemas.sandboxes import Lease
 from tests.harness.api import computer
-from tests.harness.fakellm import FakeLLM
+from tests.harness.fakellm import FakeLLM, TaggedScripts
 
 pytestmark = pytest.mark.desktop
 
 HOST = f"sessions-{uuid.uuid4().hex[:8]}"
 LEASE_WAIT = 3.0
-Script = list[dict[str, Any]]
-
-
-class Router:
-    """The model's replies by the ``[tag]`` in the task's prompt and the turn it is at."""
-
-    def __init__(self) -> None:
-        self.scripts: dict[str, Script] = {}
-        self.seen: dict[str, list[dict[str, Any]]] = {}
-
-    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
-        text = json.dumps(body["messages"])
-        for tag, script in self.scripts.items():
-            if f"[{tag}]" in text:
-                self.seen.setdefault(tag, []).append(body)
-                turn = sum(1 for m in body["messages"] if m.get("role") == "assistant")
-                return script[min(turn, len(script) - 1)]
-        return {"status": 500, "body": {"error": {"message": "no script for this prompt"}}}
 
 
 @pytest.fixture(scope="module")
-def router(fake_llm: FakeLLM) -> Iterator[Router]:
-    routes = Router()
+def router(fake_llm: FakeLLM) -> Iterator[TaggedScripts]:
+    routes = TaggedScripts()
     fake_llm.reset(default=routes)
     yield routes
     fake_llm.reset()
 
 
 @pytest.fixture(scope="module")
-def sessions_stack(fake_llm: FakeLLM, router: Router) -> Iterator[LocalStack]:
+def sessions_stack(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalStack]:
     local = LocalStack(
         desktops="per_session",
         gateway_port=free_port(),
@@ -180,7 +162,7 @@ async def _release(bus: NatsBroker, *session_ids: str) -> None:
 
 
 async def test_two_sessions_run_at_once_each_on_its_own_desktop(
-    sessions_stack: LocalStack, router: Router, bus: NatsBroker
+    sessions_stack: LocalStack, router: TaggedScripts, bus: NatsBroker
 ) -> None:
     for tag in ("one", "two"):
         router.scripts[tag] = [
@@ -226,7 +208,7 @@ async def test_two_sessions_run_at_once_each_on_its_own_desktop(
 
 
 async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
-    sessions_stack: LocalStack, router: Router, bus: NatsBroker
+    sessions_stack: LocalStack, router: TaggedScripts, bus: NatsBroker
 ) -> None:
     router.scripts["doomed"] = [
         computer(action="shell", command="echo kept > ~/kept.txt"),
@@ -270,7 +252,7 @@ async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
 
 
 async def test_a_full_host_shows_waiting_then_refuses_with_the_reason(
-    sessions_stack: LocalStack, router: Router, bus: NatsBroker
+    sessions_stack: LocalStack, router: TaggedScripts, bus: NatsBroker
 ) -> None:
     holders = [f"holder-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     for holder in holders:
@@ -298,7 +280,7 @@ async def test_a_full_host_shows_waiting_then_refuses_with_the_reason(
 
 
 async def test_an_actuator_killed_mid_action_is_noticed_and_the_task_goes_on(
-    sessions_stack: LocalStack, router: Router, bus: NatsBroker
+    sessions_stack: LocalStack, router: TaggedScripts, bus: NatsBroker
 ) -> None:
     router.scripts["survive"] = [
         computer(action="shell", command="sleep 30; echo slept"),

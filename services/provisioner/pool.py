@@ -291,7 +291,8 @@ class Pool:
         slot.last_active = time.monotonic()
         if self.state.home_of(session_id) != slot.home:
             self.state.bind_home(session_id, slot.home)
-        warm = kind in ("warm", "claimed") or (kind == "own" and slot.from_pool)
+        # A claimed pool desktop was still starting: not ready-made, so not warm.
+        warm = kind == "warm" or (kind == "own" and slot.from_pool)
         await self._emit(
             SandboxLeased(
                 sandbox_id=slot.sandbox_id, host=self.host, session_id=session_id, warm=warm

@@ -217,3 +217,29 @@ def completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": usage,
     }
+
+
+class TaggedScripts:
+    """A ``default`` for :class:`FakeLLM` that answers by the ``[tag]`` in the task's prompt.
+
+    Each tag has a script; the reply is the script's entry for the turn the
+    task is at (its count of assistant messages), so tasks of several
+    sessions can run at once, each getting its own script in order. The last
+    entry repeats. Requests are kept per tag in ``seen``.
+    """
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[Reply]] = {}
+        self.seen: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any]) -> Reply:
+        text = json.dumps(body["messages"])
+        with self._lock:
+            for tag, script in self.scripts.items():
+                if f"[{tag}]" in text:
+                    self.seen.setdefault(tag, []).append(body)
+                    turn = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+                    return script[min(turn, len(script) - 1)]
+        return {"status": 500, "body": {"error": {"message": "no script for this prompt"}}}
+
