@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from selfagent.errors import DockerRequestRefused
+from selfagent.errors import DockerProxyError, DockerRequestRefused
 
 from .backend import LABEL_HOME, LABEL_SANDBOX
 
@@ -95,12 +95,6 @@ class Settings(BaseSettings):
 
 
 # -- HTTP/1.1, the little of it Docker's API uses ------------------------------
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -154,9 +148,9 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError as exc:
-        raise BadRequest(431, "header line too long") from exc
+        raise DockerProxyError(431, "header line too long") from exc
     if len(line) > MAX_HEAD_LINE:
-        raise BadRequest(431, "header line too long")
+        raise DockerProxyError(431, "header line too long")
     return line.rstrip(b"\r\n")
 
 
@@ -168,13 +162,13 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]
         if not line:
             return start, headers
         if len(headers) >= MAX_HEADERS:
-            raise BadRequest(431, "too many headers")
+            raise DockerProxyError(431, "too many headers")
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
-            raise BadRequest(400, "malformed header")
+            raise DockerProxyError(400, "malformed header")
         key = name.lower()
         if key in headers and key in ("content-length", "transfer-encoding", "host"):
-            raise BadRequest(400, f"repeated {name} header")
+            raise DockerProxyError(400, f"repeated {name} header")
         headers[key] = value.strip()
 
 
@@ -185,14 +179,14 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
         try:
             size = int(size_line, 16)
         except ValueError as exc:
-            raise BadRequest(502, "malformed chunk size") from exc
+            raise DockerProxyError(502, "malformed chunk size") from exc
         if size == 0:
             # Trailers, then the empty line.
             while await _read_line(reader):
                 pass
             return bytes(body)
         if len(body) + size > limit:
-            raise BadRequest(502, f"response larger than {limit} bytes")
+            raise DockerProxyError(502, f"response larger than {limit} bytes")
         body += await reader.readexactly(size)
         await reader.readexactly(2)
 
@@ -205,18 +199,18 @@ async def read_request(reader: asyncio.StreamReader, max_body: int) -> Request |
         return None
     parts = start.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, "malformed request line")
+        raise DockerProxyError(400, "malformed request line")
     method, target, version = parts
     if "transfer-encoding" in headers:
         # The Docker clients send bodies with a length; not knowing it up
         # front would mean an unbounded read.
-        raise BadRequest(411, "a request body needs a Content-Length")
+        raise DockerProxyError(411, "a request body needs a Content-Length")
     length_text = headers.get("content-length", "0")
     if not length_text.isdigit():
-        raise BadRequest(400, "malformed Content-Length")
+        raise DockerProxyError(400, "malformed Content-Length")
     length = int(length_text)
     if length > max_body:
-        raise BadRequest(413, f"request body over {max_body} bytes")
+        raise DockerProxyError(413, f"request body over {max_body} bytes")
     body = await reader.readexactly(length) if length else b""
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
@@ -256,10 +250,10 @@ class Upstream:
             version, _, rest = start.partition(" ")
             status_text, _, reason = rest.partition(" ")
             if not version.startswith("HTTP/1.") or not status_text.isdigit():
-                raise BadRequest(502, f"the engine answered {start[:80]!r}")
+                raise DockerProxyError(502, f"the engine answered {start[:80]!r}")
             status = int(status_text)
             if status == 101:
-                raise BadRequest(502, "the engine switched protocols")
+                raise DockerProxyError(502, "the engine switched protocols")
             if method == "HEAD" or status in (204, 304):
                 payload = b""
             elif headers.get("transfer-encoding", "").lower() == "chunked":
@@ -267,12 +261,12 @@ class Upstream:
             elif "content-length" in headers:
                 length = int(headers["content-length"])
                 if length > self.max_response:
-                    raise BadRequest(502, f"response larger than {self.max_response} bytes")
+                    raise DockerProxyError(502, f"response larger than {self.max_response} bytes")
                 payload = await reader.readexactly(length)
             else:
                 payload = await reader.read(self.max_response + 1)
                 if len(payload) > self.max_response:
-                    raise BadRequest(502, f"response larger than {self.max_response} bytes")
+                    raise DockerProxyError(502, f"response larger than {self.max_response} bytes")
             kept = [(k, v) for k, v in headers.items() if k not in HOP_HEADERS]
             return Response(status, reason or "OK", kept, payload)
         finally:
@@ -652,7 +646,7 @@ class SocketProxy:
         except DockerRequestRefused as exc:
             log.warning("refused %s %s: %s", request.method, request.target[:200], exc)
             return refused(str(exc))
-        except BadRequest as exc:
+        except DockerProxyError as exc:
             return json_response(exc.status, "Error", {"message": str(exc)})
         except TimeoutError:
             return json_response(504, "Gateway Timeout", {"message": "the engine did not answer"})
@@ -818,7 +812,7 @@ class SocketProxy:
                     request = await asyncio.wait_for(
                         read_request(reader, self.settings.max_body), self.settings.idle_timeout
                     )
-                except BadRequest as exc:
+                except DockerProxyError as exc:
                     reply = json_response(exc.status, "Error", {"message": str(exc)})
                     writer.write(reply.encode(keep_alive=False))
                     await writer.drain()
