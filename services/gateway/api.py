@@ -19,7 +19,7 @@ from pydantic import (
 )
 from starlette.websockets import WebSocketDisconnect
 
-from selfagent.errors import BusError, RemoteError
+from selfagent.errors import BusError, DesktopUnavailable, RemoteError
 from selfagent.schemas import (
     ControlCommand,
     SessionState,
@@ -34,7 +34,7 @@ from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 from .catalog import SessionList
 from .deps import Gateway, GatewayDep
 from .hub import Listener
-from .vnc_bridge import NoTarget, VncTarget, bridge
+from .vnc_bridge import VncTarget, bridge
 
 # Ids become NATS subject tokens: the pattern is the schemas' own (subjects.ID_PATTERN).
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description=f"Session id: {ID_PATTERN}")]
@@ -467,15 +467,21 @@ async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
 
     async def own_desktop() -> VncTarget:
         if invalid:
-            raise NoTarget(f"invalid session_id: it must match {ID_PATTERN}")
+            raise DesktopUnavailable(f"invalid session_id: it must match {ID_PATTERN}")
         if session_id is None:
-            raise NoTarget("which desktop? /ws/vnc needs ?session_id= with per-session desktops")
+            raise DesktopUnavailable(
+                "which desktop? /ws/vnc needs ?session_id= with per-session desktops"
+            )
         try:
             endpoint = await gateway.catalog.endpoint(session_id)
         except BusError as exc:
-            raise NoTarget(f"cannot look up the desktop of session {session_id}: {exc}") from exc
+            raise DesktopUnavailable(
+                f"cannot look up the desktop of session {session_id}: {exc}"
+            ) from exc
         if endpoint is None:
-            raise NoTarget(f"session {session_id} has no desktop (it gets one with its next task)")
+            raise DesktopUnavailable(
+                f"session {session_id} has no desktop (it gets one with its next task)"
+            )
         return VncTarget(endpoint.vnc_host, endpoint.vnc_port, endpoint.vnc_password)
 
     per_session = settings.desktops == "per_session"

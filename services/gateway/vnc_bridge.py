@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from selfagent.errors import RFBError, VncAuthFailed
+from selfagent.errors import DesktopUnavailable, RFBError, VncAuthFailed
 from selfagent.rfb import (
     PROTOCOL_38,
     ClientMessageFilter,
@@ -34,10 +34,6 @@ BROWSER_HANDSHAKE_TIMEOUT = 10.0
 
 class _BrowserGone(Exception):
     pass
-
-
-class NoTarget(Exception):
-    """There is no desktop to bridge to; the message is what noVNC shows."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ async def bridge(
 ) -> None:
     """Serve one noVNC connection.
 
-    ``resolve`` names the desktop (raising :class:`NoTarget` with the reason
+    ``resolve`` names the desktop (raising :class:`DesktopUnavailable` with the reason
     when there is none); ``allow_input`` is asked for every client message
     whether pointer and key input may pass (the desktop is taken over).
     """
@@ -135,7 +131,7 @@ async def bridge(
     browser = _BrowserStream(ws)
     try:
         target = await resolve()
-    except NoTarget as exc:
+    except DesktopUnavailable as exc:
         stats.last_error = str(exc)
         await _refuse(ws, browser, stats.last_error)
         return
