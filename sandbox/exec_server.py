@@ -10,7 +10,12 @@ only: the sandbox image has Debian's python3 and no pip.
                            "truncated", "duration_ms"}
     PUT  /files?path=  raw request body -> the file (parent dirs created)
     GET  /files?path=  the file's raw bytes (404 when missing)
+    GET  /list?path=   a directory's entries (recursive=1: the tree below, bounded)
     GET  /healthz      no authentication
+
+With ``confine=1`` (what the gateway sends for a person's transfers) a path
+must stay inside the desktop user's home once symlinks are followed: no
+``..``, no link that leads out.
 
 Every route but /healthz wants `Authorization: Bearer <SANDBOX_EXEC_TOKEN>`.
 
@@ -50,6 +55,9 @@ from urllib.parse import parse_qs, urlsplit
 DEFAULT_TIMEOUT = 30.0
 READ_CHUNK = 64 * 1024
 MAX_JSON_BODY = 1024 * 1024
+# A listing stops here: enough to find what a task made, bounded for a huge home.
+LIST_LIMIT = 2000
+LIST_DEPTH = 4
 # Output still arriving right after the shell exits belongs to this command;
 # anything later comes from programs it left running in the background.
 EXIT_LINGER = 0.2
@@ -87,6 +95,10 @@ class Config:
             io_timeout=float(_int_env(env, "SANDBOX_EXEC_IO_TIMEOUT", 60, 1, 3600)),
             display=env.get("DISPLAY") or ":1",
         )
+
+
+def _confined(query: dict[str, list[str]]) -> bool:
+    return (query.get("confine") or ["0"])[0] == "1"
 
 
 def _int_env(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -290,6 +302,7 @@ class Handler(BaseHTTPRequestHandler):
             "/healthz": {"GET": self._healthz},
             "/exec": {"POST": self._exec},
             "/files": {"GET": self._get_file, "PUT": self._put_file},
+            "/list": {"GET": self._list},
         }
         try:
             allowed = routes.get(url.path)
@@ -355,7 +368,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(HTTPStatus.OK, result)
 
     def _get_file(self, query: dict[str, list[str]]) -> None:
-        path = self._resolve(self._path_param(query))
+        path = self._resolve(self._path_param(query), _confined(query))
         try:
             # O_NONBLOCK so that opening a FIFO cannot hang the request.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -389,7 +402,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def _put_file(self, query: dict[str, list[str]]) -> None:
-        path = self._resolve(self._path_param(query))
+        path = self._resolve(self._path_param(query), _confined(query))
         length = self._content_length(self.server.config.max_upload)
         if path.is_dir():
             raise RequestError(HTTPStatus.BAD_REQUEST, f"is a directory: {path}")
@@ -438,11 +451,66 @@ class Handler(BaseHTTPRequestHandler):
         return values[0]
 
     @staticmethod
-    def _resolve(raw: str) -> Path:
-        path = Path(raw).expanduser()
-        # Relative paths are relative to the desktop user's home, not to
-        # wherever the server happened to be started.
-        return path if path.is_absolute() else Path.home() / path
+    def _resolve(raw: str, confine: bool = False) -> Path:
+        if not confine:
+            path = Path(raw).expanduser()
+            # Relative paths are relative to the desktop user's home, not to
+            # wherever the server happened to be started.
+            return path if path.is_absolute() else Path.home() / path
+        home = Path.home().resolve()
+        given = Path(raw[2:] if raw.startswith("~/") else raw)
+        if ".." in given.parts:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "'..' is not allowed in a path")
+        path = given if given.is_absolute() else home / given
+        # Following every symlink that exists: a link inside the home that
+        # points out of it is refused like the path it points to.
+        real = path.resolve()
+        if real != home and home not in real.parents:
+            raise RequestError(HTTPStatus.FORBIDDEN, f"{raw} is outside the home directory")
+        return real
+
+    def _list(self, query: dict[str, list[str]]) -> None:
+        raw = (query.get("path") or ["~"])[0] or "~"
+        root = self._resolve("." if raw in ("~", "~/") else raw, confine=True)
+        if not root.is_dir():
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such directory: {raw}")
+        recursive = (query.get("recursive") or ["0"])[0] == "1"
+        home = Path.home().resolve()
+        entries: list[dict[str, object]] = []
+        truncated = False
+        pending = [(root, 0)]
+        while pending and not truncated:
+            directory, depth = pending.pop(0)
+            try:
+                children = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in children:
+                if entry.name.startswith("."):
+                    continue  # settings and caches, not what the agent made
+                if len(entries) >= LIST_LIMIT:
+                    truncated = True
+                    break
+                info = entry.stat(follow_symlinks=False)
+                kind = (
+                    "dir"
+                    if entry.is_dir(follow_symlinks=False)
+                    else ("link" if entry.is_symlink() else "file")
+                )
+                entries.append(
+                    {
+                        "path": str(Path(entry.path).relative_to(home)),
+                        "type": kind,
+                        "size": info.st_size if kind == "file" else 0,
+                        "mtime": info.st_mtime,
+                    }
+                )
+                if recursive and kind == "dir" and depth + 1 < LIST_DEPTH:
+                    pending.append((Path(entry.path), depth + 1))
+        self._send_json(
+            HTTPStatus.OK,
+            {"path": str(root.relative_to(home)), "entries": entries, "truncated": truncated},
+        )
 
     def _content_length(self, limit: int) -> int:
         if self.headers.get("Transfer-Encoding"):

@@ -173,6 +173,8 @@ class LocalStack:
                     "GATEWAY_VNC_HOST": "127.0.0.1",
                     "GATEWAY_VNC_PORT": str(self.vnc_port),
                     "GATEWAY_VNC_PASSWORD": self.vnc_password,
+                    "GATEWAY_EXEC_URL": f"http://127.0.0.1:{self.exec_port}",
+                    "GATEWAY_EXEC_TOKEN": self.exec_token,
                 }
             )
         else:

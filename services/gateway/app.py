@@ -17,6 +17,7 @@ from selfagent.errors import BusError, BusUnavailable
 from .api import router
 from .auth import TokenAuthMiddleware
 from .deps import Gateway
+from .files import router as files_router
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     app.include_router(router)
+    app.include_router(files_router)
     for name, folder in (("ui", settings.ui_dir), ("novnc", settings.novnc_dir)):
         if not folder.is_dir():
             log.warning("%s directory %s does not exist; /%s/ will answer 404", name, folder, name)

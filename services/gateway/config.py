@@ -48,6 +48,12 @@ class Settings(ServiceSettings):
     provisioner_timeout: float = Field(default=3.0, gt=0)
     # Releasing stops a desktop, which can take a while.
     release_timeout: float = Field(default=60.0, gt=0)
+    # Files in and out of the fixed desktop (per-session desktops: from the
+    # provisioner); a transfer's size limit and its longest pause.
+    exec_url: str | None = None
+    exec_token: SecretStr = SecretStr("")
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    file_timeout: float = Field(default=60.0, gt=0)
     chat_timeout: float = Field(default=600.0, gt=0, description="Seconds /api/chat waits")
     history_limit: int = Field(default=5000, ge=1, description="Events /events returns at most")
 
