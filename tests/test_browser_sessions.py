@@ -33,6 +33,7 @@ from selfagent.schemas import (
     ShellAction,
     StepPlanned,
     TaskStarted,
+    TaskSubmitted,
     subjects,
 )
 from tests.test_browser import (
@@ -260,3 +261,51 @@ async def test_two_sessions_switch_desktop_and_steps(
     assert await _list(page) == [third]
     assert third not in (first, second)
     assert (await _endpoint(bus, third)).sandbox_id not in (desk_1.sandbox_id, desk_2.sandbox_id)
+
+
+async def test_attached_files_reach_the_desktop_and_the_model_and_come_back(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker, tmp_path: Path
+) -> None:
+    await _signed_in(page, gateway)
+    sid = await page.evaluate("window.selfagent.sessionId")
+    await _shows_session(page, sid)
+    report = tmp_path / "report.txt"
+    report.write_text("quarterly numbers\n")
+    tasks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_task(msg: Any) -> None:
+        await tasks.put(msg.data)
+
+    sub = await bus.connection.subscribe(subjects.TASK_SUBMIT, cb=on_task)
+    await bus.connection.flush()
+    try:
+        await page.set_input_files(tid("file-input"), str(report))
+        await page.wait_for_selector(tid("attachment"))
+        await page.fill(tid("prompt"), "Summarize the attached report")
+        await page.keyboard.press("Enter")
+        submitted = TaskSubmitted.model_validate_json(await asyncio.wait_for(tasks.get(), 20))
+    finally:
+        await sub.unsubscribe()
+    assert submitted.session_id == sid
+    assert submitted.prompt.endswith("Attached files: ~/Uploads/report.txt"), submitted.prompt
+    assert await page.locator(tid("attachment")).count() == 0
+    # On the session's own desktop, in its home.
+    endpoint = await _endpoint(bus, sid)
+    async with httpx.AsyncClient(timeout=30) as client:
+        shown = await client.post(
+            f"{endpoint.exec_url}/exec",
+            json={"command": "cat ~/Uploads/report.txt; echo made > ~/Desktop/made.txt"},
+            headers={"Authorization": f"Bearer {endpoint.exec_token}"},
+        )
+    assert shown.json()["stdout"] == "quarterly numbers\n"
+
+    # What the agent made is listed, and downloads.
+    await page.click(f"{tid('files')} summary")
+    link = page.locator(tid("file-link"), has_text="Desktop/made.txt")
+    await link.wait_for(timeout=10000)
+    async with page.expect_download() as download_info:
+        await link.click()
+    download = await download_info.value
+    saved = tmp_path / "made.txt"
+    await download.save_as(saved)
+    assert saved.read_text() == "made\n"

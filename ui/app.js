@@ -314,6 +314,7 @@ const render = {
   },
   'task.finished'(ev) {
     setStatus(ev.status);
+    refreshFiles();
     // A step that never reported back (the task was stopped or crashed) must
     // not keep spinning after the task is over.
     for (const [key, step] of state.steps) {
@@ -520,6 +521,8 @@ function openSession(sid) {
   state.thoughts.clear();
   state.answers.clear();
   setStatus('idle');
+  $('#file-list').replaceChildren();
+  refreshFiles();
   // View only until the session's own take-over notice (the events socket's first frame) says otherwise.
   setTakeover(false);
   if (state.events) { const old = state.events; state.events = null; old.close(); }
@@ -558,10 +561,114 @@ async function answer(text) {
   }
 }
 
+// --- files ---------------------------------------------------------------------
+
+const attached = [];
+
+function renderAttachments() {
+  const list = $('#attachments');
+  list.replaceChildren(...attached.map((item, i) => {
+    const chip = el('li', 'attachment', `${item.file.name} `);
+    chip.dataset.testid = 'attachment';
+    chip.dataset.state = item.state;
+    const progress = el('span', 'attachment-progress', item.state === 'uploading' ? `${item.percent}%` : '');
+    const remove = el('button', 'ghost small', '×');
+    remove.type = 'button';
+    remove.title = 'Remove';
+    remove.addEventListener('click', () => { attached.splice(i, 1); renderAttachments(); });
+    chip.append(progress, remove);
+    return chip;
+  }));
+}
+
+function attach(files) {
+  for (const file of files) attached.push({ file, state: 'ready', percent: 0 });
+  renderAttachments();
+}
+
+// XMLHttpRequest, not fetch: only it reports upload progress.
+function uploadOne(item) {
+  return new Promise((resolve, reject) => {
+    const form = new FormData();
+    form.append('files', item.file, item.file.name);
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/sessions/${encodeURIComponent(state.sessionId)}/files`);
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) { item.percent = Math.round((100 * e.loaded) / e.total); renderAttachments(); }
+    };
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch { /* reported by status */ }
+      if (xhr.status === 201) resolve(data.files[0].path);
+      else reject(new Error(data?.detail || `HTTP ${xhr.status}`));
+    };
+    xhr.onerror = () => reject(new Error('network error'));
+    item.state = 'uploading';
+    renderAttachments();
+    xhr.send(form);
+  });
+}
+
+async function uploadAttached() {
+  const paths = [];
+  for (const item of attached) {
+    if (item.state !== 'done') {
+      item.path = await uploadOne(item);
+      item.state = 'done';
+      renderAttachments();
+    }
+    paths.push(item.path);
+  }
+  return paths;
+}
+
+async function refreshFiles() {
+  if (!state.sessionId || !$('#files').open) return;
+  const list = $('#file-list');
+  try {
+    const listing = await api(`/api/sessions/${encodeURIComponent(state.sessionId)}/files/list?recursive=true`);
+    const files = listing.entries.filter((e) => e.type === 'file').sort((a, b) => b.mtime - a.mtime);
+    list.replaceChildren(...files.slice(0, 200).map((entry) => {
+      const li = el('li', 'file');
+      const link = el('a', '', entry.path);
+      link.href = `/api/sessions/${encodeURIComponent(state.sessionId)}/files?path=${encodeURIComponent(entry.path)}`;
+      link.download = entry.path.split('/').pop();
+      link.dataset.testid = 'file-link';
+      li.append(link, el('span', 'meta', fmtSize(entry.size)));
+      return li;
+    }));
+    if (!files.length) list.replaceChildren(el('li', 'meta', 'No files yet.'));
+  } catch (err) {
+    list.replaceChildren(el('li', 'meta', `Files unavailable: ${err.message}`));
+  }
+}
+
+function fmtSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
 async function submit(prompt) {
-  const text = prompt.trim();
+  let text = prompt.trim();
   if (!text) return;
   if (state.status === 'needs_user') { await answer(text); return; }
+  if (attached.length) {
+    $('#send').disabled = true;
+    try {
+      const paths = await uploadAttached();
+      // The model learns where the person's files are.
+      text += `\n\nAttached files: ${paths.join(', ')}`;
+      attached.length = 0;
+      renderAttachments();
+    } catch (err) {
+      addError(`Upload failed: ${err.message}`);
+      $('#send').disabled = false;
+      return;
+    } finally {
+      $('#send').disabled = false;
+    }
+  }
   let bubble = addUser(text);
   $('#prompt').value = '';
   $('#send').disabled = true;
@@ -606,6 +713,17 @@ async function init() {
   });
   document.querySelectorAll('.controls button').forEach((b) =>
     b.addEventListener('click', () => sendControl(b.dataset.command)));
+  $('#attach').addEventListener('click', () => $('#file-input').click());
+  $('#file-input').addEventListener('change', (e) => { attach(e.target.files); e.target.value = ''; });
+  const pane = document.querySelector('.chat-pane');
+  pane.addEventListener('dragover', (e) => { e.preventDefault(); pane.classList.add('dropping'); });
+  pane.addEventListener('dragleave', () => pane.classList.remove('dropping'));
+  pane.addEventListener('drop', (e) => {
+    e.preventDefault();
+    pane.classList.remove('dropping');
+    if (e.dataTransfer?.files?.length) attach(e.dataTransfer.files);
+  });
+  $('#files').addEventListener('toggle', () => refreshFiles());
   $('#new-session').addEventListener('click', () => newSession());
   $('#new-session-side').addEventListener('click', () => newSession());
   const saved = localStorage.getItem('selfagent.session');
