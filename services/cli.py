@@ -16,6 +16,11 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "selfagent"
+
+
 def _up(args: argparse.Namespace) -> int:
     from selfagent.bus.runtime import EXIT_CANNOT_START
     from selfagent.errors import LocalModeError
@@ -27,8 +32,15 @@ def _up(args: argparse.Namespace) -> int:
             "note: LLM_API_BASE_URL is not set; copy .env.example to .env and fill it in",
             file=sys.stderr,
         )
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
-    stack = LocalStack(run_dir=data_dir, gateway_port=args.port, desktops=args.desktops)
+    # Kept by default: what the agent made (homes), the history (NATS) and
+    # the token outlive a restart; --ephemeral throws everything away.
+    data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir()).resolve()
+    stack = LocalStack(
+        run_dir=data_dir,
+        gateway_port=args.port,
+        desktops=args.desktops,
+        keep_token=data_dir is not None,
+    )
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -43,6 +55,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     print(
         f"\n  selfagent is running: {stack.gateway_url}/?token={stack.token}\n"
+        f"  data: {stack.run_dir}{' (deleted at exit: --ephemeral)' if data_dir is None else ''}\n"
         f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n",
         flush=True,
     )
@@ -96,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run NATS, the sandbox desktop and all services locally")
     up.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
-    up.add_argument("--data-dir", help="keep NATS data and the sandbox homes here")
+    up.add_argument(
+        "--data-dir",
+        help="where the desktops' homes, the task history, the token and the logs are kept "
+        "(default: $XDG_DATA_HOME/selfagent, i.e. ~/.local/share/selfagent)",
+    )
+    up.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep nothing: a temporary directory, deleted when selfagent stops",
+    )
     up.add_argument(
         "--desktops",
         choices=("per_session", "fixed"),

@@ -71,6 +71,9 @@ class LocalStack:
     token: str | None = None
     screen: tuple[int, int] = (1280, 720)
     desktops: DesktopsMode = "per_session"
+    # Keep the generated token in the run directory (mode 0600) and reuse it:
+    # a bookmarked URL keeps working across restarts.
+    keep_token: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     nats: EmbeddedNats | None = None
     display_num: int = 0
@@ -92,9 +95,10 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         self.run_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="selfagent-run-"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # It holds the token and the desktops' secrets: only this user reads it.
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
-        self.token = self.token or os.environ.get("SELFAGENT_TOKEN") or secrets.token_urlsafe(24)
+        self.token = self.token or os.environ.get("SELFAGENT_TOKEN") or self._stored_token()
         self.gateway_port = self.gateway_port or int(os.environ.get("GATEWAY_PORT", "0")) or 8080
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", self.gateway_port)) == 0:
@@ -116,6 +120,24 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _stored_token(self) -> str:
+        if not self.keep_token:
+            return secrets.token_urlsafe(24)
+        assert self.run_dir is not None
+        path = self.run_dir / "token"
+        try:
+            stored = path.read_text().strip()
+        except FileNotFoundError:
+            stored = ""
+        if stored:
+            return stored
+        token = secrets.token_urlsafe(24)
+        # Created with its mode: the token is never readable by others, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        return token
 
     def _start_sandbox(self) -> None:
         assert self.run_dir is not None
