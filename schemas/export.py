@@ -35,6 +35,7 @@ EXPORTED: dict[str, Any] = {
     "ErrorReply": messages.ErrorReply,
     "DeadLetter": messages.DeadLetter,
     "ActuatorHeartbeat": messages.ActuatorHeartbeat,
+    "ModelStatus": messages.ModelStatus,
     "SessionState": messages.SessionState,
     "LeaseRequest": sandboxes.LeaseRequest,
     "Lease": sandboxes.Lease,
@@ -117,6 +118,13 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         ["ActuatorHeartbeat"],
         "receive",
         "Each running actuator, every second: its instance and the desktops it serves.",
+    ),
+    (
+        "modelStatus",
+        "agent.status.{service}",
+        ["ModelStatus"],
+        "receive",
+        "What the planner and the grounder found at their model endpoints, every 10 s.",
     ),
     (
         "deadLetters",

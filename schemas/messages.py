@@ -317,6 +317,22 @@ class ActuatorHeartbeat(Message):
     at: datetime = Field(default_factory=_now)
 
 
+class ModelStatus(Message):
+    """What a service found at its model endpoint; on ``agent.status.<service>`` every 10 s.
+
+    The web page shows a banner while ``ok`` is false, with ``problems``
+    (each names the setting to change).
+    """
+
+    service: str
+    url: str = Field(description="The endpoint, without any user:password")
+    model: str
+    reachable: bool
+    ok: bool
+    problems: list[str] = Field(default_factory=list)
+    checked_at: datetime = Field(default_factory=_now)
+
+
 # --- grounding --------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ subject                            pattern             payload
 ``agent.sandbox.<box>.act``        request             ActRequest -> ActionResult
 ``agent.sandbox.<box>.observe``    request             ObserveRequest -> Observation
 ``agent.actuator.heartbeat``       publish             ActuatorHeartbeat, every second
+``agent.status.<service>``         publish             ModelStatus, every 10 s (planner, grounder)
 ``agent.deadletter.<service>``     publish (stream)    DeadLetter
 ``agent.provisioner.lease``        request             LeaseRequest -> Lease
 ``agent.provisioner.release``      request             ReleaseRequest -> Released
@@ -32,6 +33,7 @@ GROUND = "agent.ground"
 
 GROUNDER_QUEUE = "grounder"
 ACTUATOR_HEARTBEAT = "agent.actuator.heartbeat"
+STATUS_ALL = "agent.status.*"
 SANDBOX_ACT_ALL = "agent.sandbox.*.act"
 SANDBOX_OBSERVE_ALL = "agent.sandbox.*.observe"
 
@@ -93,6 +95,10 @@ def sandbox_act(sandbox_id: str) -> str:
 
 def sandbox_observe(sandbox_id: str) -> str:
     return f"agent.sandbox.{check_token(sandbox_id)}.observe"
+
+
+def status(service: str) -> str:
+    return f"agent.status.{check_token(service)}"
 
 
 def dead_letter(service: str) -> str:

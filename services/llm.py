@@ -139,10 +139,14 @@ class LLMClient:
         extra_body: Mapping[str, Any] | None = None,
         client: openai.AsyncOpenAI | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        settings_prefix: str = "LLM_",
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.model = model
+        self.base_url = base_url
+        # Which settings an error tells the person to check (LLM_API_BASE_URL...).
+        self.settings_prefix = settings_prefix
         self.timeout = timeout
         policy = retry or RetryPolicy()
         if max_attempts is not None:
@@ -314,7 +318,11 @@ class LLMClient:
             ) from None
         except openai.APIConnectionError as error:
             raise _Retryable(
-                LLMError("connection", f"cannot reach the LLM server: {_cause(error)}")
+                LLMError(
+                    "connection",
+                    f"cannot reach the LLM server at {self.base_url}: {_cause(error)}; "
+                    f"check {self.settings_prefix}API_BASE_URL",
+                )
             ) from None
         except openai.APIStatusError as error:
             raise self._status_error(error, tools_sent="tools" in request) from None
@@ -350,8 +358,16 @@ class LLMClient:
                 LLMError(reason, f"LLM server error {status}: {detail}", status=status),
                 retry_after=_retry_after(error.response.headers),
             )
+        hint = {
+            401: f"; check {self.settings_prefix}API_KEY",
+            403: f"; check {self.settings_prefix}API_KEY",
+            404: f"; check {self.settings_prefix}MODEL ({self.model!r}) and "
+            f"{self.settings_prefix}API_BASE_URL ({self.base_url})",
+        }.get(status, "")
         return LLMError(
-            "bad_request", f"LLM server refused the request ({status}): {detail}", status=status
+            "bad_request",
+            f"LLM server refused the request ({status}): {detail}{hint}",
+            status=status,
         )
 
 

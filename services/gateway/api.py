@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
@@ -22,6 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 from selfagent.errors import BusError, DesktopUnavailable, RemoteError
 from selfagent.schemas import (
     ControlCommand,
+    ModelStatus,
     SessionState,
     TaskFinished,
     TaskStateChanged,
@@ -39,6 +41,7 @@ from .vnc_bridge import VncTarget, bridge
 # Ids become NATS subject tokens: the pattern is the schemas' own (subjects.ID_PATTERN).
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description=f"Session id: {ID_PATTERN}")]
 WS_BAD_REQUEST = 4400
+STATUS_FRESH = 60.0
 WS_TRY_AGAIN_LATER = 1013
 
 router = APIRouter()
@@ -357,6 +360,27 @@ async def close_session(
     return SessionClosed(
         session_id=session_id, sandbox_id=released.sandbox_id, home_deleted=released.home_deleted
     )
+
+
+class ServiceStatus(BaseModel):
+    models: list[ModelStatus] = Field(
+        description="Each model endpoint as its service last found it (reported every 10 s)"
+    )
+    problems: list[str] = Field(description="What to fix, one line each; empty when all is well")
+
+
+@router.get("/api/status", response_model=ServiceStatus, tags=["ops"])
+async def service_status(gateway: GatewayDep) -> ServiceStatus:
+    """What the page's banner shows: model endpoints that do not answer or lack the model."""
+    now = datetime.now(UTC)
+    fresh = [
+        status
+        for status in gateway.bus.model_status.values()
+        # A service that stopped reporting has stopped; its old verdict is no news.
+        if (now - status.checked_at).total_seconds() < STATUS_FRESH
+    ]
+    problems = [f"{s.service}: {line}" for s in fresh if not s.ok for line in s.problems]
+    return ServiceStatus(models=sorted(fresh, key=lambda s: s.service), problems=problems)
 
 
 @router.get("/api/takeover", response_model=TakeoverInfo, tags=["sessions"])

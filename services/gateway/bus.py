@@ -28,7 +28,7 @@ from selfagent.bus import (
 )
 from selfagent.bus.streams import ensure_streams
 from selfagent.errors import BusAuthError, BusUnavailable
-from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
+from selfagent.schemas import ControlCommand, ModelStatus, SessionState, TaskSubmitted, subjects
 from selfagent.schemas.messages import Message, Reply
 
 from .config import Settings
@@ -61,6 +61,14 @@ class GatewayBus(Service):
         @typed_handler(self.broker, SERVICE, SESSION_EVENT, subjects.SESSION_EVENTS_ALL)
         async def on_event(event: Any) -> None:
             self.hub.dispatch(event)
+
+        # What the planner and the grounder last said about their model endpoints.
+        self.model_status: dict[str, ModelStatus] = {}
+
+        @self.broker.subscriber(subjects.STATUS_ALL)
+        @typed_handler(self.broker, SERVICE, ModelStatus, subjects.STATUS_ALL)
+        async def on_status(status: ModelStatus) -> None:
+            self.model_status[status.service] = status
 
         @self.broker.subscriber(subjects.SESSION_CONTROL_ALL)
         @typed_handler(self.broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)

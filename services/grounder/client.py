@@ -36,6 +36,7 @@ class VLMClient:
             max_attempts=retries + 1,
             temperature=0.0,
             max_tokens=max_tokens,
+            settings_prefix="GROUNDER_",
         )
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ import time
 from PIL import Image, UnidentifiedImageError
 
 from selfagent.errors import ImageError, OCRError, ResizeError, VLMError
+from selfagent.modelcheck import reachable_url
 from selfagent.schemas import ErrorCode, ErrorInfo, GroundRequest, GroundResult
 
 from . import ocr
@@ -93,7 +94,7 @@ class Grounder:
         if settings.family == "auto":
             log.info("model %r -> grounding family %s", settings.model, family.name)
         client = VLMClient(
-            settings.api_base_url,
+            reachable_url(settings.api_base_url)[0],
             settings.model,
             settings.api_key,
             timeout=settings.timeout,

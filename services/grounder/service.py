@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 
 from selfagent.bus import Service, make_broker, start_with_retry, typed_handler
+from selfagent.bus.modelwatch import watch_model
+from selfagent.modelcheck import reachable_url
 from selfagent.schemas import GroundRequest, GroundResult, subjects
 
 from .canary import run_canary
@@ -54,6 +56,22 @@ class GrounderService(Service):
             self.settings.concurrency,
             self.broker.address,
         )
+        settings = self.settings
+        if settings.uses_model:
+            url, note = reachable_url(settings.api_base_url)
+            if note:
+                log.warning("GROUNDER_API_BASE_URL: %s", note)
+            self.spawn(
+                watch_model(
+                    self.broker,
+                    SERVICE,
+                    url,
+                    settings.model,
+                    settings.api_key,
+                    prefix="GROUNDER_",
+                ),
+                name="grounder-model-watch",
+            )
         if self.settings.canary:
             # In the background: the service answers while the model warms up.
             self.spawn(run_canary(self.grounder), name="grounder-canary")

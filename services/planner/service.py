@@ -25,8 +25,10 @@ from selfagent.bus import (
     start_with_retry,
     typed_handler,
 )
+from selfagent.bus.modelwatch import watch_model
 from selfagent.bus.streams import TASKS, ensure_streams
 from selfagent.llm import LLMClient
+from selfagent.modelcheck import reachable_url
 from selfagent.schemas import (
     ActuatorHeartbeat,
     ControlCommand,
@@ -50,8 +52,10 @@ class PlannerService(Service):
         super().__init__()
         self.settings = settings
         self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE)
+        # 127.0.0.1 in a container means the container: ask the host instead.
+        self.llm_url, self._url_note = reachable_url(settings.llm_api_base_url)
         self.llm = LLMClient(
-            base_url=settings.llm_api_base_url,
+            base_url=self.llm_url,
             model=settings.llm_model,
             api_key=settings.llm_api_key.get_secret_value(),
             timeout=settings.llm_timeout,
@@ -75,13 +79,26 @@ class PlannerService(Service):
     async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
         await start_with_retry(self.broker, before_start=prepare)
+        if self._url_note:
+            log.warning("LLM_API_BASE_URL: %s", self._url_note)
+        self.spawn(
+            watch_model(
+                self.broker,
+                SERVICE,
+                self.llm_url,
+                self.settings.llm_model,
+                self.settings.llm_api_key.get_secret_value(),
+                prefix="LLM_",
+            ),
+            name="planner-model-watch",
+        )
         if self.settings.canary:
             # In the background: tasks are served while the model answers it.
             self.spawn(run_canary(self.settings, self.llm), name="planner-canary")
         log.info(
             "planner ready: model %s at %s, %s mode, family %s",
             self.settings.llm_model,
-            self.settings.llm_api_base_url,
+            self.llm_url,
             self.settings.resolved_mode,
             for_settings(self.settings).name,
         )
