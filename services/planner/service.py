@@ -49,7 +49,7 @@ class PlannerService(Service):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE)
+        self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE, settings.bus_auth())
         self.llm = LLMClient(
             base_url=settings.llm_api_base_url,
             model=settings.llm_model,
