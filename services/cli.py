@@ -43,6 +43,8 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     print(
         f"\n  selfagent is running: {stack.gateway_url}/?token={stack.token}\n"
+        f"  NATS for programs: {stack.nats_url}  (automation credentials: "
+        f"{stack.automation_credentials}; see docs/automation.md)\n"
         f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n",
         flush=True,
     )

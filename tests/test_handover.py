@@ -59,7 +59,7 @@ class Session:
         self.seen: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> Session:
-        self._client = await nats.connect(self.stack.nats_url)
+        self._client = await nats.connect(self.stack.nats_url_as("admin"))
         self._events = await self._client.subscribe(f"agent.session.{self.id}.event.>")
         return self
 

@@ -100,13 +100,14 @@ class Broker(NatsBroker):
         self.address = display_url(url)
         self._denied: dict[str, set[asyncio.Future[str]]] = {}
         auth = auth or BusAuth()
+        self.inbox = inbox_prefix(auth.user or url_user(url) or "") or DEFAULT_INBOX
         super().__init__(
             url,
             name=name,
             security=security(auth),
             # Replies come to this identity's own inbox prefix: the server
             # lets each identity read only its own (see selfagent.bus.auth).
-            inbox_prefix=inbox_prefix(auth.user or url_user(url) or "") or DEFAULT_INBOX,
+            inbox_prefix=self.inbox,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             connect_timeout=2,
@@ -224,6 +225,16 @@ def security(auth: BusAuth) -> NatsSecurity | None:
 
 def inbox_prefix(user: str) -> str:
     return auth_inbox_prefix(user) if user else ""
+
+
+def pull_inbox(broker: NatsBroker) -> bytes:
+    """What a JetStream pull subscriber must be given as ``inbox_prefix``.
+
+    FastStream's pull subscribers do not take the connection's inbox prefix
+    but their own (``_INBOX.`` by default), which the server would refuse.
+    """
+    prefix = broker.inbox if isinstance(broker, Broker) else DEFAULT_INBOX
+    return f"{prefix}.".encode()
 
 
 async def guard(broker: NatsBroker, subject: str, operation: Awaitable[ModelT]) -> ModelT:
