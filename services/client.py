@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -192,7 +192,8 @@ class AutomationClient:
         self._denied.setdefault(key, set()).add(refused)
         work = asyncio.ensure_future(operation)
         try:
-            await asyncio.wait({work, refused}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {work, refused}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if refused.done():
                 raise BusAuthError(
                     f"NATS at {self.address} does not allow this user to publish to "
@@ -216,7 +217,7 @@ class AutomationClient:
 
     async def events(
         self, session_id: str, *, from_start: bool = True
-    ) -> AsyncIterator[SessionEvent]:
+    ) -> AsyncGenerator[SessionEvent, None]:
         """The session's events in order, from its first (or from now on), without end.
 
         An ordered consumer on the events stream: it replays what is stored,
@@ -240,7 +241,7 @@ class AutomationClient:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
-    async def follow(self, task: TaskSubmitted) -> AsyncIterator[SessionEvent]:
+    async def follow(self, task: TaskSubmitted) -> AsyncGenerator[SessionEvent, None]:
         """This task's events, from its first to its ``task.finished``."""
         # Closed here, not whenever the garbage collector gets to it: that
         # ends the consumer on the server now.
