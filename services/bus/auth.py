@@ -340,3 +340,17 @@ class ClientCredentials:
             password=values.get("NATS_PASSWORD", ""),
             ca_file=values.get("NATS_TLS_CA", ""),
         )
+
+
+def markdown_table() -> str:
+    """The table as docs/architecture.md shows it (a test keeps the two the same)."""
+    rows = [
+        "| identity | why | may publish | may subscribe | answers requests |",
+        "|---|---|---|---|---|",
+    ]
+    for identity in IDENTITIES:
+        publish = ", ".join(f"`{s}`" for s in identity.publish)
+        subscribe = ", ".join(f"`{s}`" for s in identity.subscribe_allow) or "nothing"
+        answers = "yes" if identity.responds else "no"
+        rows.append(f"| `{identity.name}` | {identity.why} | {publish} | {subscribe} | {answers} |")
+    return "\n".join(rows) + "\n"

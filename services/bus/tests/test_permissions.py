@@ -30,6 +30,7 @@ from selfagent.bus.auth import (
     covers,
     generate_passwords,
     inbox_prefix,
+    markdown_table,
     may_publish,
     may_subscribe,
     server_config,
@@ -293,3 +294,8 @@ def test_config_quotes_every_subject() -> None:
     config = server_config({"planner": "pw"})
     assert '"$JS.API.STREAM.INFO.AGENT_TASKS"' in config
     assert "automation" not in config, "an identity without a password is left out"
+
+
+def test_the_architecture_doc_shows_this_table() -> None:
+    docs = Path(__file__).resolve().parents[3] / "docs" / "architecture.md"
+    assert markdown_table() in docs.read_text(), "regenerate the table with markdown_table()"
