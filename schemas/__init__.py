@@ -28,6 +28,8 @@ from .actions import (
 )
 from .messages import (
     ActionResult,
+    ApprovalDecided,
+    ApprovalRequested,
     ActRequest,
     ActuatorHeartbeat,
     AgentMessage,
@@ -76,6 +78,8 @@ __all__ = [
     "ActRequest",
     "Action",
     "ActionResult",
+    "ApprovalDecided",
+    "ApprovalRequested",
     "ActuatorHeartbeat",
     "AgentMessage",
     "ClickAction",

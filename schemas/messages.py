@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     LLM_ERROR = "llm_error"
     BUDGET_EXHAUSTED = "budget_exhausted"
     STOPPED = "stopped"
+    DENIED = "denied"
     INTERRUPTED = "interrupted"
     INTERNAL = "internal"
 
@@ -82,7 +83,15 @@ class TaskSubmitted(Message):
     submitted_at: datetime = Field(default_factory=_now)
 
 
-ControlVerb = Literal["pause", "resume", "stop", "takeover", "release", "answer"]
+ControlVerb = Literal[
+    "pause", "resume", "stop", "takeover", "release", "answer", "approve", "deny", "set_mode"
+]
+ApprovalMode = Literal["ask", "autonomous", "review-all"]
+"""How the approval gate treats a session's actions.
+
+``ask``: the policy decides (ask before risky actions); ``autonomous``: never
+ask (a ``deny`` rule still denies); ``review-all``: ask before every action.
+"""
 
 
 class ControlCommand(Message):
@@ -91,7 +100,17 @@ class ControlCommand(Message):
     text: str | None = Field(
         default=None,
         max_length=20_000,
-        description="answer: the person's reply to the question the task is waiting on",
+        description="answer: the person's reply to the question the task is waiting on; "
+        "approve/deny: an optional note the model is told",
+    )
+    approval_id: SubjectId | None = Field(
+        default=None, description="approve/deny: the approval.requested event's approval_id"
+    )
+    mode: ApprovalMode | None = Field(
+        default=None, description="set_mode: the session's approval mode from now on"
+    )
+    by: str | None = Field(
+        default=None, max_length=200, description="Who sent it, kept with an approval decision"
     )
     sent_at: datetime = Field(default_factory=_now)
 
@@ -99,6 +118,10 @@ class ControlCommand(Message):
     def _answer_has_text(self) -> ControlCommand:
         if self.command == "answer" and not (self.text and self.text.strip()):
             raise ValueError("answer needs a non-empty text")
+        if self.command in ("approve", "deny") and self.approval_id is None:
+            raise ValueError(f"{self.command} needs the approval_id it answers")
+        if self.command == "set_mode" and self.mode is None:
+            raise ValueError("set_mode needs a mode")
         return self
 
 
@@ -150,6 +173,33 @@ class AgentMessage(_Event):
     text: str
 
 
+class ApprovalRequested(_Event):
+    """The approval gate holds an action until a person approves or denies it.
+
+    Answer with a ``ControlCommand`` ``approve`` or ``deny`` carrying this
+    ``approval_id`` (the web page's buttons, REST or NATS). No answer by
+    ``expires_at`` counts as a deny.
+    """
+
+    kind: Literal["approval.requested"] = "approval.requested"
+    approval_id: SubjectId
+    sandbox_id: str
+    action: Action
+    rule: str = Field(description="The policy rule that matched, or the session's mode")
+    point: tuple[int, int] | None = Field(
+        default=None, description="Where the action points on the screen, if it does"
+    )
+    expires_at: datetime
+
+
+class ApprovalDecided(_Event):
+    kind: Literal["approval.decided"] = "approval.decided"
+    approval_id: SubjectId
+    decision: Literal["approved", "denied"]
+    by: str = Field(description="Who decided: the command's sender, or timeout")
+    note: str | None = None
+
+
 class TaskStateChanged(_Event):
     """The task's state between steps.
 
@@ -182,7 +232,9 @@ SessionEvent = Annotated[
     | StepExecuted
     | AgentMessage
     | TaskStateChanged
-    | TaskFinished,
+    | TaskFinished
+    | ApprovalRequested
+    | ApprovalDecided,
     Field(discriminator="kind"),
 ]
 
@@ -225,6 +277,10 @@ class Observation(Reply):
 
 class ActRequest(Message):
     action: Action
+    # Who the action is for, for the approval gate's events; with per-session
+    # desktops the gate takes the session from the desktop's lease instead.
+    session_id: SubjectId | None = None
+    task_id: SubjectId | None = None
     # A screenshot after the action saves the planner a second round trip.
     observe: ObserveRequest | None = Field(default_factory=ObserveRequest)
     settle: bool = True

@@ -38,7 +38,9 @@ anything else that escapes is a bug. The tree::
     └── ProvisionerError            leasing sandbox desktops
         ├── CapacityExhausted       the host stayed full for the whole wait; nothing started
         ├── SandboxStartFailed      a desktop could not be started
-        └── UnknownSandbox          no such sandbox (or the session holds none)
+        ├── UnknownSandbox          no such sandbox (or the session holds none)
+        ├── DockerRequestRefused    the Docker API proxy refused a call (HTTP 403)
+        └── DockerProxyError        a malformed call, or the engine answered badly or not at all
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ __all__ = [
     "ConfigError",
     "DesktopError",
     "DesktopUnavailable",
+    "DockerProxyError",
+    "DockerRequestRefused",
     "FileTooLarge",
     "GroundingError",
     "ImageError",
@@ -298,3 +302,16 @@ class SandboxStartFailed(ProvisionerError):
 
 class UnknownSandbox(ProvisionerError):
     """No sandbox by that id on this provisioner."""
+
+
+class DockerRequestRefused(ProvisionerError):
+    """The Docker API proxy refused a call: not on its allow-list, or not on a selfagent object."""
+
+
+class DockerProxyError(ProvisionerError):
+    """The Docker API proxy could not pass a call on: the request was malformed or too
+    large, or the engine answered badly or not at all. ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

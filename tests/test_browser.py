@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,8 @@ from selfagent.gateway.tests.rfbclient import TcpRfbClient
 from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
 from selfagent.schemas import (
     AgentMessage,
+    ApprovalDecided,
+    ApprovalRequested,
     ControlCommand,
     SessionEvent,
     SessionState,
@@ -111,6 +114,17 @@ async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
     assert response is not None and response.status == 200
     assert "token=" not in page.url, "the token must be stripped from the address bar"
     await _becomes_live(page, gateway)
+
+
+async def _fresh_session(page: Page) -> str:
+    """Start a new session from the page (on load it reopens the newest one, with its history)."""
+    before = await page.evaluate("window.selfagent.sessionId")
+    await page.click(tid("new-session"))
+    await page.wait_for_function("(sid) => window.selfagent.sessionId !== sid", arg=before)
+    await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+    sid: str = await page.evaluate("window.selfagent.sessionId")
+    assert await page.locator(tid("timeline-empty")).count() == 1
+    return sid
 
 
 async def _becomes_live(page: Page, gateway: GatewayProcess) -> None:
@@ -224,7 +238,7 @@ async def test_take_over_button_publishes_the_command(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
-    session_id = await page.evaluate("window.selfagent.sessionId")
+    session_id = await _fresh_session(page)
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_message(msg: Any) -> None:
@@ -252,7 +266,7 @@ async def test_timeline_shows_events_live_and_after_reload(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
-    sid = await page.evaluate("window.selfagent.sessionId")
+    sid = await _fresh_session(page)
     shell = ShellAction(command="df -h /")
     events: list[SessionEvent] = [
         TaskStarted(session_id=sid, task_id="t1", prompt="How full is the disk?"),
@@ -290,7 +304,7 @@ async def test_timeline_shows_events_live_and_after_reload(
 
 async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: NatsBroker) -> None:
     await _signed_in(page, gateway)
-    sid = await page.evaluate("window.selfagent.sessionId")
+    sid = await _fresh_session(page)
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_message(msg: Any) -> None:
@@ -310,13 +324,24 @@ async def test_send_publishes_a_task(page: Page, gateway: GatewayProcess, bus: N
 
 
 async def test_saved_session_ids_are_checked_with_the_schemas_rule(
-    page: Page, gateway: GatewayProcess
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
     # The page holds no copy of the id rule: it reads it from the served schema.
     assert await page.evaluate("window.selfagent.idPattern") == subjects.ID_PATTERN
 
-    for saved, kept in (("kept-session_1", True), ("a.b", False), ("x" * 65, False)):
+    # Only a session that still exists is reopened: this one has a record, as a planner writes.
+    recorded = SessionState.fresh(TaskSubmitted(session_id="kept-session_1", prompt="hello"))
+    await sessions.ensure_bucket(bus)
+    await (await sessions.open_bucket(bus)).put(
+        "kept-session_1", recorded.model_dump_json().encode()
+    )
+    for saved, kept in (
+        ("kept-session_1", True),
+        ("a.b", False),
+        ("x" * 65, False),
+        ("never-started", False),
+    ):
         await page.evaluate("(sid) => localStorage.setItem('selfagent.session', sid)", saved)
         await page.reload()
         await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
@@ -329,7 +354,7 @@ async def test_a_question_from_the_agent_is_answered_from_the_chat(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
     await _signed_in(page, gateway)
-    sid = await page.evaluate("window.selfagent.sessionId")
+    sid = await _fresh_session(page)
     question = "Which file should I open: report.pdf or notes.txt?"
     controls: asyncio.Queue[bytes] = asyncio.Queue()
     tasks: asyncio.Queue[bytes] = asyncio.Queue()
@@ -398,3 +423,62 @@ async def test_a_question_from_the_agent_is_answered_from_the_chat(
     finally:
         await control_sub.unsubscribe()
         await task_sub.unsubscribe()
+
+
+async def test_an_action_held_for_approval_is_decided_inline(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    sid = await _fresh_session(page)
+    controls: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_control(msg: Any) -> None:
+        await controls.put(msg.data)
+
+    control_sub = await bus.connection.subscribe(subjects.session_control(sid), cb=on_control)
+    await bus.connection.flush()
+    try:
+        asked = ApprovalRequested(
+            session_id=sid,
+            task_id="t-gate",
+            approval_id="ap-1234",
+            sandbox_id="default",
+            action=ShellAction(command="rm -rf ~/Documents"),
+            rule="recursive removal",
+            expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        )
+        await bus.publish(asked, subjects.session_event(sid, asked.kind))
+        card = page.locator(tid("approval"))
+        await card.wait_for(timeout=5000)
+        text = await card.inner_text()
+        assert "rm -rf ~/Documents" in text and "recursive removal" in text
+        await page.fill(tid("approval-note"), "keep my documents")
+        await page.click(tid("deny"))
+        command = ControlCommand.model_validate_json(await asyncio.wait_for(controls.get(), 5))
+        assert (command.command, command.approval_id, command.text, command.by) == (
+            "deny",
+            "ap-1234",
+            "keep my documents",
+            "web user",
+        )
+        assert await page.locator(tid("approve")).is_disabled()
+
+        decided = ApprovalDecided(
+            session_id=sid,
+            task_id="t-gate",
+            approval_id="ap-1234",
+            decision="denied",
+            by="web user",
+            note="keep my documents",
+        )
+        await bus.publish(decided, subjects.session_event(sid, decided.kind))
+        line = page.locator(tid("approval-decision"))
+        await line.wait_for(timeout=5000)
+        assert await line.inner_text() == "Denied by web user: keep my documents"
+        assert await card.get_attribute("data-state") == "denied"
+        # The decision is part of the session's history: a reload shows it again.
+        await page.reload()
+        await page.locator(tid("approval-decision")).wait_for(timeout=10000)
+        assert await page.locator(tid("approval")).count() == 1
+    finally:
+        await control_sub.unsubscribe()

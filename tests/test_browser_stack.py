@@ -102,11 +102,18 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def page(browser: Browser, stack: LocalStack) -> AsyncIterator[Page]:
-    # A fresh context has empty localStorage, so every test gets its own session.
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     tab = await context.new_page()
     response = await tab.goto(f"{stack.gateway_url}/?token={stack.token}")
     assert response is not None and response.status == 200
+    await tab.wait_for_selector(VNC_LIVE, timeout=20000)
+    await tab.wait_for_selector(EVENTS_LIVE, timeout=10000)
+    await tab.wait_for_function(CANVAS_PAINTED, timeout=15000)
+    # The page reopens the newest session with its history: start a new one,
+    # so each test sees only its own steps.
+    before = await tab.evaluate("window.selfagent.sessionId")
+    await tab.click('[data-testid="new-session"]')
+    await tab.wait_for_function("(sid) => window.selfagent.sessionId !== sid", arg=before)
     await tab.wait_for_selector(VNC_LIVE, timeout=20000)
     await tab.wait_for_selector(EVENTS_LIVE, timeout=10000)
     await tab.wait_for_function(CANVAS_PAINTED, timeout=15000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -21,9 +22,27 @@ from tests.harness.fakellm import FakeLLM, tool_call
 
 pytestmark = pytest.mark.docker
 
-SECRETS = ("SELFAGENT_TOKEN", "VNC_PASSWORD", "SANDBOX_EXEC_TOKEN")
+SECRETS = ("SELFAGENT_TOKEN",)
 REQUIRED = (*SECRETS, "LLM_API_BASE_URL", "LLM_MODEL")
-SERVICES = {"nats", "sandbox", "planner", "grounder", "actuator", "gateway"}
+SERVICES = {
+    "nats",
+    "sandbox",
+    "docker-proxy",
+    "provisioner",
+    "planner",
+    "grounder",
+    "actuator",
+    "gateway",
+}
+# Secrets of the desktops: the provisioner makes one pair per desktop; no
+# service is given any in its environment.
+DESKTOP_SECRETS = {
+    "VNC_PASSWORD",
+    "SANDBOX_EXEC_TOKEN",
+    "ACTUATOR_VNC_PASSWORD",
+    "ACTUATOR_EXEC_TOKEN",
+    "GATEWAY_VNC_PASSWORD",
+}
 
 
 def _env_file(path: Path, **values: str) -> Path:
@@ -48,8 +67,6 @@ def _complete_values() -> dict[str, str]:
         "LLM_API_BASE_URL": "http://127.0.0.1:9/v1",
         "LLM_MODEL": "fake-model",
         "SELFAGENT_TOKEN": "gw-" + uuid.uuid4().hex,
-        "VNC_PASSWORD": "vnc-" + uuid.uuid4().hex[:4],
-        "SANDBOX_EXEC_TOKEN": "ex-" + uuid.uuid4().hex,
     }
 
 
@@ -111,19 +128,70 @@ def test_sandbox_is_not_on_the_bus(config: dict[str, Any]) -> None:
     services = config["services"]
     on_bus = {name for name, svc in services.items() if "bus" in _networks(svc)}
     on_desktop = {name for name, svc in services.items() if "desktop" in _networks(svc)}
-    assert on_bus == {"nats", "planner", "grounder", "actuator", "gateway"}
-    assert on_desktop == {"sandbox", "actuator", "gateway"}
+    on_docker_api = {name for name, svc in services.items() if "docker-api" in _networks(svc)}
+    assert on_bus == {"nats", "planner", "grounder", "actuator", "gateway", "provisioner"}
+    # The provisioner probes each new desktop's readiness over it.
+    assert on_desktop == {"actuator", "gateway", "provisioner"}
+    assert on_docker_api == {"docker-proxy", "provisioner"}
+    assert _networks(services["docker-proxy"]) == {"docker-api"}
+    assert config["networks"]["docker-api"].get("internal") is True
     for name, svc in services.items():
         assert svc.get("network_mode") is None, f"{name} sets network_mode"
+    # Sandboxes are the provisioner's containers, on the desktop network by its fixed name.
+    desktop = config["networks"]["desktop"]["name"]
+    assert services["provisioner"]["environment"]["PROVISIONER_DOCKER_NETWORK"] == desktop
+    assert services["docker-proxy"]["environment"]["DOCKER_PROXY_NETWORK"] == desktop
 
 
-def test_no_docker_socket_and_no_privileges(config: dict[str, Any]) -> None:
+def test_the_sandbox_service_only_builds_the_image(config: dict[str, Any]) -> None:
+    sandbox = config["services"]["sandbox"]
+    assert sandbox["build"]["dockerfile"] == "sandbox/Dockerfile"
+    assert sandbox["image"] == "selfagent/sandbox:latest"
+    assert sandbox["scale"] == 0
+    assert not sandbox.get("environment") and not sandbox.get("ports")
+    provisioner = config["services"]["provisioner"]["environment"]
+    assert provisioner["PROVISIONER_DOCKER_IMAGE"] == sandbox["image"]
+    assert (
+        config["services"]["docker-proxy"]["environment"]["DOCKER_PROXY_IMAGE"]
+        == (sandbox["image"])
+    )
+
+
+def test_only_the_docker_proxy_has_the_docker_socket(config: dict[str, Any]) -> None:
+    with_socket = set()
     for name, svc in config["services"].items():
         for volume in svc.get("volumes") or []:
             source = volume.get("source", "") if isinstance(volume, dict) else str(volume)
-            assert "docker.sock" not in source, f"{name} mounts the Docker socket"
+            target = volume.get("target", "") if isinstance(volume, dict) else str(volume)
+            if "docker.sock" in source or "docker.sock" in target:
+                with_socket.add(name)
         assert not svc.get("privileged"), f"{name} is privileged"
         assert svc.get("pid") is None and not svc.get("cap_add"), name
+    assert with_socket == {"docker-proxy"}
+    proxy = config["services"]["docker-proxy"]
+    assert proxy["read_only"] is True
+    assert "no-new-privileges:true" in proxy["security_opt"]
+    assert proxy["cap_drop"] == ["ALL"]
+    assert proxy["command"] == ["python", "-m", "selfagent.provisioner.socket_proxy"]
+    # The provisioner reaches the engine through the proxy only.
+    provisioner = config["services"]["provisioner"]
+    assert provisioner["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+    assert provisioner["depends_on"]["docker-proxy"]["condition"] == "service_healthy"
+
+
+def test_the_provisioner_runs_a_warm_pool_and_leaves_nothing_at_down(
+    config: dict[str, Any],
+) -> None:
+    provisioner = config["services"]["provisioner"]
+    env = provisioner["environment"]
+    assert env["PROVISIONER_WARM"] == "1"
+    assert env["PROVISIONER_KEEP_ON_STOP"] == "false"
+    assert env["PROVISIONER_DOCKER_READY_PROBE"] == "endpoint"
+    # Compose's default 10 s would SIGKILL it while it stops the desktops.
+    grace = str(provisioner["stop_grace_period"])
+    assert re.fullmatch(r"[0-9]+s", grace) and int(grace[:-1]) >= 30, grace
+    for name in ("planner", "actuator", "gateway"):
+        assert config["services"][name]["environment"]["SELFAGENT_DESKTOPS"] == "per_session"
 
 
 def test_grounder_can_scale(config: dict[str, Any]) -> None:
@@ -134,19 +202,23 @@ def test_grounder_can_scale(config: dict[str, Any]) -> None:
 
 def test_secrets_reach_only_the_services_that_use_them(config: dict[str, Any]) -> None:
     env = {name: set(svc.get("environment") or {}) for name, svc in config["services"].items()}
-    assert not env["sandbox"] & {"LLM_API_KEY", "SELFAGENT_TOKEN", "NATS_URL", "GROUNDER_API_KEY"}
-    assert not env["planner"] & {"VNC_PASSWORD", "SANDBOX_EXEC_TOKEN", "SELFAGENT_TOKEN"}
-    assert not env["grounder"] & {"VNC_PASSWORD", "SANDBOX_EXEC_TOKEN", "LLM_API_KEY"}
-    assert "ACTUATOR_EXEC_TOKEN" in env["actuator"]
+    assert not env["sandbox"]
+    assert not env["planner"] & {"SELFAGENT_TOKEN"}
+    assert not env["grounder"] & {"LLM_API_KEY"}
+    assert not env["provisioner"] & {"LLM_API_KEY", "SELFAGENT_TOKEN", "GROUNDER_API_KEY"}
+    assert env["docker-proxy"] == {"DOCKER_PROXY_IMAGE", "DOCKER_PROXY_NETWORK"}
+    for name, names in env.items():
+        assert not names & DESKTOP_SECRETS, name
     assert "SELFAGENT_TOKEN" in env["gateway"]
 
 
-def test_dependencies_wait_for_a_healthy_sandbox(config: dict[str, Any]) -> None:
+def test_dependencies_wait_for_nats_and_the_engine(config: dict[str, Any]) -> None:
     services = config["services"]
-    for name in ("actuator", "gateway"):
-        assert services[name]["depends_on"]["sandbox"]["condition"] == "service_healthy"
-    for name in ("planner", "grounder", "actuator", "gateway"):
+    for name in ("planner", "grounder", "actuator", "gateway", "provisioner"):
         assert "nats" in services[name]["depends_on"]
+        assert "sandbox" not in (services[name].get("depends_on") or {}), name
+    assert services["provisioner"]["depends_on"]["docker-proxy"]["condition"] == "service_healthy"
+    assert "provisioner" in services["planner"]["depends_on"]
 
 
 def test_nats_has_jetstream_and_a_screenshot_sized_payload(config: dict[str, Any]) -> None:
@@ -167,7 +239,7 @@ def test_nats_has_jetstream_and_a_screenshot_sized_payload(config: dict[str, Any
 SERVICE_IMAGES = ("planner", "grounder", "actuator", "gateway")
 
 
-@pytest.mark.parametrize("service", SERVICE_IMAGES)
+@pytest.mark.parametrize("service", (*SERVICE_IMAGES, "provisioner"))
 def test_service_dockerfiles(service: str) -> None:
     text = (ROOT / "services" / service / "Dockerfile").read_text()
     assert re.search(r"(?m)^FROM debian:bookworm-slim$", text)
@@ -196,7 +268,7 @@ def test_service_dockerfiles_share_one_shape() -> None:
 
 
 def test_compose_does_not_repeat_the_images_health_checks(config: dict[str, Any]) -> None:
-    for name in SERVICE_IMAGES:
+    for name in (*SERVICE_IMAGES, "provisioner"):
         assert "healthcheck" not in config["services"][name], name
 
 
@@ -217,16 +289,39 @@ def compose_llm() -> Iterator[FakeLLM]:
     server.stop()
 
 
+Stack = tuple[Path, str, dict[str, str]]
+
+
+def _sandboxes(stack: Stack, *labels: str) -> list[str]:
+    """Ids of this stack's desktop containers (the provisioner's, not compose's)."""
+    desktop = stack[2]["DESKTOP_NETWORK"]
+    filters = [
+        "--filter",
+        "label=selfagent.sandbox=1",
+        "--filter",
+        f"label=selfagent.host={desktop}",
+    ]
+    for label in labels:
+        filters += ["--filter", f"label={label}"]
+    return run(["docker", "ps", "-aq", "--no-trunc", *filters]).stdout.split()
+
+
+def _inspect(container_id: str) -> dict[str, Any]:
+    found = json.loads(run(["docker", "inspect", container_id]).stdout)
+    assert isinstance(found, list) and len(found) == 1
+    return dict(found[0])
+
+
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, compose_llm: FakeLLM
-) -> Iterator[tuple[Path, str, dict[str, str]]]:
+def stack(tmp_path_factory: pytest.TempPathFactory, compose_llm: FakeLLM) -> Iterator[Stack]:
     require_engine()
     values = _complete_values() | {
         "GATEWAY_PORT": str(_free_port()),
         "LLM_API_BASE_URL": f"http://host.docker.internal:{compose_llm.port}/v1",
         # The start-up canary would take the first scripted reply.
         "PLANNER_CANARY": "false",
+        # Its own desktop network (and so its own label on its desktops).
+        "DESKTOP_NETWORK": f"selfagent-e2e-desktop-{uuid.uuid4().hex[:8]}",
     }
     env_file = _env_file(tmp_path_factory.mktemp("stack") / "env", **values)
     project = f"selfagent-e2e-{uuid.uuid4().hex[:8]}"
@@ -234,27 +329,48 @@ def stack(
     # reuses their layers.
     prebuild.wait_all(timeout=1800)
     started = time.monotonic()
+    found: Stack = (env_file, project, values)
     try:
         _compose(env_file, "-p", project, "up", "-d", "--build", timeout=1800)
         print(f"\ncompose up --build: {time.monotonic() - started:.0f} s")
-        yield env_file, project, values
+        yield found
     finally:
         logs = _compose(env_file, "-p", project, "logs", "--no-color", "--tail", "40", check=False)
         print(logs.stdout[-6000:])
         _compose(
             env_file, "-p", project, "down", "-v", "--remove-orphans", timeout=300, check=False
         )
+        # What a failed test left: desktops, and the homes sessions keep after `down`.
+        label = f"label=selfagent.host={values['DESKTOP_NETWORK']}"
+        for container_id in _sandboxes(found):
+            run(["docker", "rm", "-f", container_id], check=False)
+        for volume in run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split():
+            run(["docker", "volume", "rm", "-f", volume], check=False)
+        run(["docker", "network", "rm", values["DESKTOP_NETWORK"]], check=False)
 
 
-def _exec_in(stack: tuple[Path, str, dict[str, str]], service: str, code: str) -> Any:
+def _exec_in(stack: Stack, service: str, code: str) -> Any:
     env_file, project, _ = stack
-    python = "python3" if service == "sandbox" else "python"
-    return _compose(env_file, "-p", project, "exec", "-T", service, python, "-c", code, check=False)
+    return _compose(
+        env_file, "-p", project, "exec", "-T", service, "python", "-c", code, check=False
+    )
 
 
-def test_stack_gateway_answers_on_the_published_port(
-    stack: tuple[Path, str, dict[str, str]],
-) -> None:
+def _exec_in_sandbox(container_id: str, code: str) -> Any:
+    return run(["docker", "exec", container_id, "python3", "-c", code], check=False)
+
+
+def _warm_sandbox(stack: Stack, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for container_id in _sandboxes(stack):
+            if _inspect(container_id)["State"]["Running"]:
+                return container_id
+        time.sleep(1)
+    pytest.fail("the provisioner started no desktop (its warm pool)")
+
+
+def test_stack_gateway_answers_on_the_published_port(stack: Stack) -> None:
     port = stack[2]["GATEWAY_PORT"]
     deadline = time.monotonic() + 180
     last = ""
@@ -285,13 +401,12 @@ CONNECT = (
 )
 
 
-def test_stack_nats_reachable_from_actuator_not_from_sandbox(
-    stack: tuple[Path, str, dict[str, str]],
-) -> None:
+def test_stack_nats_reachable_from_actuator_not_from_sandbox(stack: Stack) -> None:
     env_file, project, _ = stack
     from_actuator = _exec_in(stack, "actuator", CONNECT)
     assert from_actuator.stdout.strip() == "reached", from_actuator.stdout + from_actuator.stderr
-    from_sandbox = _exec_in(stack, "sandbox", CONNECT)
+    sandbox = _warm_sandbox(stack)
+    from_sandbox = _exec_in_sandbox(sandbox, CONNECT)
     assert from_sandbox.stdout.startswith("blocked"), from_sandbox.stdout + from_sandbox.stderr
     # Not by name, and not by address either.
     nats_id = _compose(env_file, "-p", project, "ps", "-q", "nats").stdout.strip()
@@ -305,16 +420,28 @@ def test_stack_nats_reachable_from_actuator_not_from_sandbox(
         ]
     ).stdout.split()[0]
     code = CONNECT.replace("sys.argv[1] if len(sys.argv) > 1 else 'nats'", repr(address))
-    by_address = _exec_in(stack, "sandbox", code)
+    by_address = _exec_in_sandbox(sandbox, code)
     assert by_address.stdout.startswith("blocked"), by_address.stdout + by_address.stderr
+    # Nor the Docker proxy: it is on a network no desktop joins.
+    to_proxy = _exec_in_sandbox(
+        sandbox, code.replace(", 4222)", ", 2375)").replace(repr(address), "'docker-proxy'")
+    )
+    assert to_proxy.stdout.startswith("blocked"), to_proxy.stdout + to_proxy.stderr
 
 
-def test_stack_services_become_healthy(stack: tuple[Path, str, dict[str, str]]) -> None:
+def test_stack_services_become_healthy(stack: Stack) -> None:
     env_file, project, _ = stack
     deadline = time.monotonic() + 180
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
-        for service in ("sandbox", "planner", "grounder", "actuator", "gateway"):
+        for service in (
+            "docker-proxy",
+            "provisioner",
+            "planner",
+            "grounder",
+            "actuator",
+            "gateway",
+        ):
             cid = _compose(env_file, "-p", project, "ps", "-q", service).stdout.strip()
             states[service] = run(
                 [
@@ -330,12 +457,56 @@ def test_stack_services_become_healthy(stack: tuple[Path, str, dict[str, str]]) 
         time.sleep(2)
     print(f"\nservice states: {states}")
     assert all(s == "running/healthy" for s in states.values()), states
+    # Compose runs no sandbox container: the build-only service has none.
+    assert _compose(env_file, "-p", project, "ps", "-q", "sandbox").stdout.strip() == ""
 
 
-def test_stack_runs_an_instruction_end_to_end(
-    stack: tuple[Path, str, dict[str, str]], compose_llm: FakeLLM
+def _check_every_container(stack: Stack) -> int:
+    """Ports, the socket, users and networks of every container, the desktops included;
+    returns how many desktops were checked."""
+    env_file, project, values = stack
+    services = _compose(env_file, "-p", project, "ps", "-q").stdout.split()
+    sandboxes = _sandboxes(stack)
+    assert sandboxes, "no desktop to check"
+    for container_id in services + sandboxes:
+        attrs = _inspect(container_id)
+        service = attrs["Config"]["Labels"].get("com.docker.compose.service", "sandbox")
+        published = {
+            port: bindings
+            for port, bindings in (attrs["NetworkSettings"]["Ports"] or {}).items()
+            if bindings
+        }
+        if service == "gateway":
+            assert list(published) == ["8080/tcp"], published
+            assert all(b["HostIp"] == "127.0.0.1" for b in published["8080/tcp"]), published
+        else:
+            assert not published, (service, published)
+        sockets = [
+            m for m in attrs["Mounts"] if "docker.sock" in f"{m.get('Source')} {m['Destination']}"
+        ]
+        assert bool(sockets) == (service == "docker-proxy"), (service, attrs["Mounts"])
+        assert not attrs["HostConfig"]["Privileged"], service
+    for container_id in sandboxes:
+        attrs = _inspect(container_id)
+        assert attrs["Config"]["User"] == "agent"
+        assert list(attrs["NetworkSettings"]["Networks"]) == [values["DESKTOP_NETWORK"]]
+        assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
+        assert [m["Type"] for m in attrs["Mounts"]] == ["volume"]
+        if attrs["State"]["Running"]:
+            who = run(["docker", "exec", container_id, "id", "-u"]).stdout.strip()
+            assert who != "0", container_id
+    return len(sandboxes)
+
+
+def test_stack_publishes_only_the_gateway_and_only_the_proxy_has_the_socket(
+    stack: Stack,
 ) -> None:
-    """The real images together: gateway -> NATS -> planner -> actuator -> sandbox desktop."""
+    _warm_sandbox(stack)
+    assert _check_every_container(stack) >= 1
+
+
+def test_stack_runs_an_instruction_end_to_end(stack: Stack, compose_llm: FakeLLM) -> None:
+    """The real images together: gateway -> NATS -> planner -> provisioner's desktop <- actuator."""
     values = stack[2]
     port = values["GATEWAY_PORT"]
     headers = {"Authorization": f"Bearer {values['SELFAGENT_TOKEN']}"}
@@ -364,6 +535,32 @@ def test_stack_runs_an_instruction_end_to_end(
     body = reply.json()
     assert body["status"] == "succeeded", body
     assert body["reply"] == "Done inside the containers."
-    written = _exec_in(stack, "sandbox", "print(open('/home/agent/Desktop/c.txt').read(), end='')")
+    # The session's own desktop, a container the provisioner started.
+    session = httpx.get(
+        f"http://127.0.0.1:{port}/api/sessions/{body['session_id']}", headers=headers, timeout=10
+    ).json()
+    assert session["sandbox_id"], session
+    (desktop,) = _sandboxes(stack, f"selfagent.sandbox-id={session['sandbox_id']}")
+    written = _exec_in_sandbox(desktop, "print(open('/home/agent/Desktop/c.txt').read(), end='')")
     assert written.stdout == "compose-ok\n", written.stdout + written.stderr
     assert len(compose_llm.requests) == 4
+    # The leased desktop and the refilled warm one: the same rules.
+    assert _check_every_container(stack) >= 1
+
+
+def test_stack_down_leaves_no_sandbox(stack: Stack) -> None:
+    env_file, project, values = stack
+    _warm_sandbox(stack)
+    started = time.monotonic()
+    _compose(env_file, "-p", project, "down", "--remove-orphans", timeout=300)
+    print(f"\ncompose down: {time.monotonic() - started:.0f} s")
+    assert _sandboxes(stack) == []
+    left = run(["docker", "ps", "-aq", "--filter", "label=selfagent.sandbox=1"]).stdout.split()
+    ours = [
+        c
+        for c in left
+        if _inspect(c)["Config"]["Labels"].get("selfagent.host") in (values["DESKTOP_NETWORK"],)
+    ]
+    assert ours == []
+    networks = run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert values["DESKTOP_NETWORK"] not in networks

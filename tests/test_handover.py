@@ -59,6 +59,12 @@ class Session:
         self.seen: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> Session:
+        # The gateway accepts tasks only for sessions it knows: this one starts here.
+        headers = {"Authorization": f"Bearer {self.stack.token}"}
+        async with httpx.AsyncClient(base_url=self.stack.gateway_url, headers=headers) as http:
+            created = await http.post("/api/sessions")
+        assert created.status_code == 201, created.text
+        self.id = created.json()["session_id"]
         self._client = await nats.connect(self.stack.nats_url_as("admin"))
         self._events = await self._client.subscribe(f"agent.session.{self.id}.event.>")
         return self

@@ -217,9 +217,10 @@ async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
     ]
     session = await _submit(sessions_stack, "[doomed] keep a file, then wait")
     deadline = time.monotonic() + 60
-    while not any(e["kind"] == "step.planned" and e["step"] == 2 for e in await _events(
-        sessions_stack, session
-    )):
+    while not any(
+        e["kind"] == "step.planned" and e["step"] == 2
+        for e in await _events(sessions_stack, session)
+    ):
         assert time.monotonic() < deadline, "the task never reached its wait"
         await asyncio.sleep(0.2)
     desktop = await _desktop_of(bus, session)
@@ -314,4 +315,43 @@ async def test_an_actuator_killed_mid_action_is_noticed_and_the_task_goes_on(
     assert executed[1]["ok"] and executed[1]["action"]["command"] == "echo $DISPLAY"
     print(f"task went on {took:.1f}s after the actuator was back")
     assert took < 10, f"the task went on only {took:.1f}s after the actuator was back"
+    await _release(bus, session)
+
+
+async def test_a_denied_command_is_not_run_and_the_model_is_told(
+    sessions_stack: LocalStack, router: TaggedScripts, bus: NatsBroker
+) -> None:
+    router.scripts["gate"] = [
+        computer(action="shell", command="mkdir -p ~/Documents/keep && touch ~/Documents/keep/a"),
+        computer(action="shell", command="rm -rf ~/Documents/keep"),
+        computer(action="shell", command="ls ~/Documents/keep"),
+        computer(action="done", message="kept"),
+    ]
+    session = await _submit(sessions_stack, "[gate] tidy up my documents")
+    deadline = time.monotonic() + 60
+    while True:
+        asked = [
+            e for e in await _events(sessions_stack, session) if e["kind"] == "approval.requested"
+        ]
+        if asked:
+            break
+        assert time.monotonic() < deadline, "no approval was asked for"
+        await asyncio.sleep(0.2)
+    assert asked[0]["rule"] == "recursive removal"
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{sessions_stack.gateway_url}/api/sessions/{session}/control",
+            json={"command": "deny", "approval_id": asked[0]["approval_id"], "text": "keep them"},
+            headers=_headers(sessions_stack),
+            timeout=10,
+        )
+    assert reply.status_code == 202, reply.text
+    events = await _finished(sessions_stack, session)
+    # A deny does not end the task: the model hears it and goes on.
+    assert _last_finish(events)["status"] == "succeeded", events[-4:]
+    assert _outputs(events)[-1].strip() == "a"
+    told = json.dumps(router.seen["gate"][2]["messages"])
+    assert "denied by the user" in told and "keep them" in told
+    decided = [e for e in events if e["kind"] == "approval.decided"]
+    assert [(d["decision"], d["by"]) for d in decided] == [("denied", "web user")]
     await _release(bus, session)

@@ -17,6 +17,10 @@ const state = {
   answers: new Set(),
   pendingPrompt: null,
   idPattern: null,
+  sessions: [],
+  desktops: 'fixed',
+  desktopGen: 0,
+  emptyTemplate: null,
 };
 window.selfagent = state; // for debugging from the console and for tests
 
@@ -40,14 +44,24 @@ function clip(text, max) {
   return s.length > max ? `${s.slice(0, max - 1)}…` : s;
 }
 
+function ago(iso) {
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return '';
+  const s = Math.max(0, (Date.now() - t) / 1000);
+  if (s < 45) return 'just now';
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(t).toLocaleDateString();
+}
+
 function fmtMs(ms) {
   if (ms == null) return '';
   return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
 }
 
-async function api(path, body) {
+async function api(path, body, method) {
   const res = await fetch(path, {
-    method: body === undefined ? 'GET' : 'POST',
+    method: method || (body === undefined ? 'GET' : 'POST'),
     headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
     body: body === undefined ? undefined : JSON.stringify(body),
     credentials: 'same-origin',
@@ -103,7 +117,7 @@ export function summarize(a) {
 // --- status and controls -----------------------------------------------------
 
 const STATUS_TEXT = {
-  idle: 'Idle', running: 'Running', paused: 'Paused', takeover: 'You have control',
+  idle: 'Idle', waiting: 'Waiting for a desktop', running: 'Running', interrupted: 'Interrupted', paused: 'Paused', takeover: 'You have control',
   needs_user: 'Needs you', succeeded: 'Done', failed: 'Failed', stopped: 'Stopped',
 };
 
@@ -121,7 +135,7 @@ function setStatus(status) {
 }
 
 function refreshControls() {
-  const active = ['running', 'paused', 'takeover', 'needs_user'].includes(state.status);
+  const active = ['waiting', 'running', 'paused', 'takeover', 'needs_user'].includes(state.status);
   const buttons = Object.fromEntries(
     [...document.querySelectorAll('.controls button')].map((b) => [b.dataset.command, b]));
   buttons.pause.disabled = state.status !== 'running';
@@ -262,6 +276,42 @@ const render = {
       $('#prompt').focus();
     }
   },
+  'approval.requested'(ev) {
+    // The actuator holds this action until someone here (or over REST/NATS) answers.
+    const node = el('li', 'approval');
+    node.dataset.testid = 'approval';
+    node.dataset.approvalId = ev.approval_id;
+    node.dataset.state = 'pending';
+    const where = ev.point ? ` at (${ev.point[0]}, ${ev.point[1]})` : '';
+    node.append(
+      el('div', 'approval-head', `Approve? ${summarize(ev.action)}${where}`),
+      el('div', 'approval-rule', `Rule: ${ev.rule} · expires ${new Date(ev.expires_at).toLocaleTimeString()}`),
+    );
+    const note = el('input', 'approval-note');
+    note.placeholder = 'Optional note for the agent';
+    note.maxLength = 2000;
+    note.dataset.testid = 'approval-note';
+    const buttons = el('div', 'approval-buttons');
+    for (const [command, label, cls] of [['approve', 'Approve', 'primary'], ['deny', 'Deny', 'danger']]) {
+      const button = el('button', cls, label);
+      button.type = 'button';
+      button.dataset.testid = command;
+      button.addEventListener('click', () => decide(node, command, note.value.trim()));
+      buttons.appendChild(button);
+    }
+    node.append(note, buttons);
+    append(node);
+  },
+  'approval.decided'(ev) {
+    const node = timeline().querySelector(`[data-approval-id="${CSS.escape(ev.approval_id)}"]`);
+    const text = `${ev.decision === 'approved' ? 'Approved' : 'Denied'} by ${ev.by}${ev.note ? `: ${ev.note}` : ''}`;
+    if (!node) { append(el('li', 'state-line', text)); return; }
+    node.dataset.state = ev.decision;
+    node.querySelectorAll('button, input').forEach((b) => { b.disabled = true; });
+    const line = el('div', 'approval-decision', text);
+    line.dataset.testid = 'approval-decision';
+    node.appendChild(line);
+  },
   'task.finished'(ev) {
     setStatus(ev.status);
     // A step that never reported back (the task was stopped or crashed) must
@@ -288,6 +338,7 @@ function handleEvent(ev) {
     return;
   }
   if (ev.session_id !== state.sessionId) return;
+  if (['task.started', 'task.state', 'task.finished'].includes(ev.kind)) refreshSessionsSoon();
   // History and the live socket overlap around a reload; show each event once.
   const key = `${ev.kind}|${ev.task_id}|${ev.step ?? ''}|${ev.at}`;
   if (state.seen.has(key)) return;
@@ -319,6 +370,7 @@ function connectEvents(delay = 500) {
     }
   };
   ws.onmessage = (msg) => {
+    if (state.events !== ws) return; // a socket of the session shown before
     try { handleEvent(JSON.parse(msg.data)); } catch (err) { console.error('bad event', err); }
   };
   ws.onclose = (evt) => {
@@ -332,9 +384,18 @@ function connectEvents(delay = 500) {
 // --- live desktop --------------------------------------------------------------
 
 function connectDesktop(delay = 1000) {
+  // Each session shows its own desktop (the gateway picks it by session id);
+  // a retry of the desktop shown before must not replace the current one.
+  const gen = ++state.desktopGen;
+  if (state.rfb) {
+    const old = state.rfb;
+    state.rfb = null;
+    try { old.disconnect(); } catch { /* already closed */ }
+  }
   const overlay = $('#screen-overlay');
   setDot('#vnc-status', 'connecting', 'Connecting…');
-  const rfb = new RFB($('#screen'), `${wsBase}/ws/vnc`, { shared: true });
+  const sid = state.sessionId;
+  const rfb = new RFB($('#screen'), `${wsBase}/ws/vnc?session_id=${encodeURIComponent(sid)}`, { shared: true });
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.viewOnly = !state.takeover;
@@ -342,6 +403,7 @@ function connectDesktop(delay = 1000) {
   state.rfb = rfb;
   let reason = '';
   rfb.addEventListener('connect', () => {
+    if (state.rfb !== rfb) return;
     delay = 1000;
     overlay.hidden = true;
     setDot('#vnc-status', 'connected', 'Live');
@@ -354,24 +416,128 @@ function connectDesktop(delay = 1000) {
     $('#screen-overlay-text').textContent =
       `${reason || (e.detail.clean ? 'The desktop closed the connection.' : 'Connection lost.')} Retrying…`;
     overlay.hidden = false;
-    setTimeout(() => connectDesktop(Math.min(delay * 2, 15000)), delay);
+    setTimeout(() => { if (state.desktopGen === gen) connectDesktop(Math.min(delay * 2, 15000)); }, delay);
   });
+}
+
+// --- session list --------------------------------------------------------------
+
+function sessionItem(s) {
+  const li = el('li', 'session-item');
+  li.dataset.testid = 'session-item';
+  li.dataset.session = s.session_id;
+  li.dataset.status = s.status;
+  li.title = s.session_id;
+  if (s.session_id === state.sessionId) li.classList.add('current');
+  const prompt = s.last_prompt
+    ? el('div', 'session-prompt', clip(s.last_prompt, 90))
+    : el('div', 'session-prompt none', 'New session');
+  const meta = el('div', 'session-meta');
+  const badge = el('span', 'badge', STATUS_TEXT[s.status] || s.status);
+  badge.dataset.status = s.status;
+  badge.dataset.testid = 'session-status';
+  meta.append(badge, el('span', 'session-time', ago(s.updated)));
+  const close = el('button', 'session-close', '×');
+  close.type = 'button';
+  close.title = state.desktops === 'per_session'
+    ? 'Close: stop its task and free its desktop' : 'Close: stop its task';
+  close.dataset.testid = 'session-close';
+  close.addEventListener('click', (e) => { e.stopPropagation(); closeSession(s.session_id); });
+  li.append(prompt, meta, close);
+  li.addEventListener('click', () => { if (s.session_id !== state.sessionId) openSession(s.session_id); });
+  return li;
+}
+
+function renderSessions() {
+  const shown = [...state.sessions];
+  // Just started and not listed yet: still the one on screen.
+  if (state.sessionId && !shown.some((s) => s.session_id === state.sessionId)) {
+    const now = new Date().toISOString();
+    shown.unshift({ session_id: state.sessionId, status: state.status, last_prompt: null, updated: now });
+  }
+  $('#session-list').replaceChildren(...shown.map(sessionItem));
+}
+
+async function refreshSessions() {
+  try {
+    const res = await api('/api/sessions');
+    state.sessions = res.sessions;
+    state.desktops = res.desktops;
+  } catch (err) {
+    console.warn('could not list the sessions', err);
+  }
+  renderSessions();
+  return state.sessions;
+}
+
+let refreshTimer = null;
+function refreshSessionsSoon() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; refreshSessions(); }, 300);
+}
+
+async function newSession() {
+  const buttons = [$('#new-session'), $('#new-session-side')];
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    // With per-session desktops this returns once the new desktop is ready.
+    const res = await api('/api/sessions', undefined, 'POST');
+    openSession(res.session_id);
+    await refreshSessions();
+    return res.session_id;
+  } catch (err) {
+    addError(`Could not start a new session: ${err.message}`);
+    return null;
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+async function closeSession(sid) {
+  try {
+    await api(`/api/sessions/${encodeURIComponent(sid)}`, undefined, 'DELETE');
+  } catch (err) {
+    addError(`Could not close the session: ${err.message}`);
+    return;
+  }
+  const sessions = (await refreshSessions()).filter((s) => s.session_id !== sid);
+  if (sid !== state.sessionId) return;
+  if (sessions.length) openSession(sessions[0].session_id);
+  else await newSession();
 }
 
 // --- sessions and composer -----------------------------------------------------
 
 function openSession(sid) {
+  const switching = sid !== state.sessionId;
   state.sessionId = sid;
   localStorage.setItem('selfagent.session', sid);
   $('#session-id').textContent = sid.slice(0, 8);
   $('#session-id').title = sid;
+  if (state.emptyTemplate) timeline().replaceChildren(state.emptyTemplate);
   state.seen.clear();
   state.steps.clear();
   state.thoughts.clear();
   state.answers.clear();
   setStatus('idle');
+  // View only until the session's own take-over notice (the events socket's first frame) says otherwise.
+  setTakeover(false);
   if (state.events) { const old = state.events; state.events = null; old.close(); }
   connectEvents();
+  if (switching || !state.rfb) connectDesktop();
+  renderSessions();
+}
+
+async function decide(node, command, text) {
+  node.querySelectorAll('button').forEach((b) => { b.disabled = true; });
+  const body = { command, approval_id: node.dataset.approvalId };
+  if (text) body.text = text;
+  try {
+    await api(`/api/sessions/${state.sessionId}/control`, body);
+  } catch (err) {
+    node.querySelectorAll('button').forEach((b) => { b.disabled = false; });
+    addError(`Decision not sent: ${err.message}`);
+  }
 }
 
 async function answer(text) {
@@ -396,12 +562,19 @@ async function submit(prompt) {
   const text = prompt.trim();
   if (!text) return;
   if (state.status === 'needs_user') { await answer(text); return; }
-  const bubble = addUser(text);
+  let bubble = addUser(text);
   $('#prompt').value = '';
   $('#send').disabled = true;
   try {
-    const res = await api('/api/tasks', { prompt: text, session_id: state.sessionId });
+    // No session (starting one failed): the task starts one.
+    const body = state.sessionId ? { prompt: text, session_id: state.sessionId } : { prompt: text };
+    const res = await api('/api/tasks', body);
+    if (!state.sessionId) {
+      openSession(res.session_id);
+      bubble = addUser(text);
+    }
     bubble.dataset.task = res.task_id;
+    refreshSessionsSoon();
     if (state.status === 'idle' || ['succeeded', 'failed', 'stopped'].includes(state.status)) setStatus('running');
   } catch (err) {
     bubble.remove();
@@ -422,6 +595,7 @@ async function loadIdPattern() {
 
 async function init() {
   const emptyTemplate = timeline().querySelector('.empty');
+  state.emptyTemplate = emptyTemplate;
   emptyTemplate.querySelectorAll('.chip').forEach((chip) => chip.addEventListener('click', () => {
     $('#prompt').value = chip.textContent;
     $('#prompt').focus();
@@ -432,22 +606,24 @@ async function init() {
   });
   document.querySelectorAll('.controls button').forEach((b) =>
     b.addEventListener('click', () => sendControl(b.dataset.command)));
-  $('#new-session').addEventListener('click', () => {
-    const list = timeline();
-    list.replaceChildren(emptyTemplate);
-    openSession(newId());
-  });
+  $('#new-session').addEventListener('click', () => newSession());
+  $('#new-session-side').addEventListener('click', () => newSession());
   const saved = localStorage.getItem('selfagent.session');
   let validId = () => false;
   try {
     const pattern = await loadIdPattern();
     validId = (id) => pattern.test(id);
   } catch (err) {
-    // Without the rule a saved id cannot be trusted; a fresh one always fits it.
+    // Without the rule a saved id cannot be trusted; the gateway's ids always fit it.
     console.warn('could not load the id pattern', err);
   }
-  openSession(saved && validId(saved) ? saved : newId());
-  connectDesktop();
+  // The session viewed last if it still exists, else the newest, else a new one.
+  const sessions = await refreshSessions();
+  const exists = (id) => sessions.some((s) => s.session_id === id);
+  if (saved && validId(saved) && exists(saved)) openSession(saved);
+  else if (sessions.length) openSession(sessions[0].session_id);
+  else if (!await newSession()) setStatus('idle');
+  setInterval(refreshSessions, 5000);
 }
 
 init();

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -44,6 +46,9 @@ class Settings(ServiceSettings):
     settle_quiet: float = 0.1
     settle_max: float = 5.0
     settle_expect_change: float = 1.5
+
+    # The approval policy (TOML, see policy.py); none: the built-in rules.
+    policy_file: Path | None = None
 
     type_chunk_chars: int = 64
     idempotency_cache: int = 2048

@@ -38,6 +38,8 @@ class Served:
     desktop: VncDesktop
     sandbox: SandboxExec
     executor: Executor
+    # The session holding it, as the provisioner says (None: a fixed desktop).
+    session_id: str | None = None
 
     @classmethod
     def open(cls, sandbox_id: str, endpoint: SandboxEndpoint, settings: Settings) -> Served:
@@ -52,7 +54,8 @@ class Served:
         sandbox = SandboxExec(
             endpoint.exec_url or None, endpoint.exec_token or None, settings.exec_timeout_margin
         )
-        return cls(sandbox_id, desktop, sandbox, Executor(desktop, sandbox, settings))
+        executor = Executor(desktop, sandbox, settings)
+        return cls(sandbox_id, desktop, sandbox, executor, endpoint.session_id)
 
     async def close(self) -> None:
         await self.desktop.stop()

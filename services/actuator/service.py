@@ -15,6 +15,7 @@ import secrets
 from datetime import UTC, datetime
 
 from faststream.nats.annotations import NatsMessage
+from pydantic import BaseModel
 
 from selfagent.bus import (
     RemoteError,
@@ -33,6 +34,7 @@ from selfagent.schemas import (
     ActRequest,
     ActuatorHeartbeat,
     ConnectRequest,
+    ControlCommand,
     ErrorCode,
     ErrorInfo,
     Observation,
@@ -47,6 +49,8 @@ from selfagent.schemas.sandboxes import SandboxLeased, SandboxLost, SandboxRelea
 from .backend import VncDesktop
 from .config import Settings
 from .fleet import Fleet, Served
+from .gate import ApprovalGate
+from .policy import load_policy
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ class ActuatorService(Service):
         name = SERVICE if settings.desktops == "per_session" else f"{SERVICE}-{settings.sandbox_id}"
         self.broker = make_broker(settings.nats_url, name, settings.bus_auth())
         self.fleet = Fleet(settings, self._connect)
+        self.gate = ApprovalGate(load_policy(settings.policy_file), self._publish)
         self.fixed: set[str] = set()
         self._opening: set[asyncio.Task[None]] = set()
         if settings.desktops == "fixed":
@@ -93,6 +98,7 @@ class ActuatorService(Service):
             self._subscribe_fixed(settings.sandbox_id)
         else:
             self._subscribe_leased()
+        self._subscribe_controls()
 
     @property
     def desktop(self) -> VncDesktop:
@@ -114,8 +120,20 @@ class ActuatorService(Service):
                 actuator=self.instance,
                 error=ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc)),
             )
+        verdict = await self.gate.check(request, sandbox_id, served.session_id)
+        if not verdict.go:
+            return ActionResult(
+                ok=False, action_id=request.action.id, actuator=self.instance, error=verdict.error
+            )
         result = await served.executor.act(request)
-        return result.model_copy(update={"actuator": self.instance})
+        update: dict[str, object] = {"actuator": self.instance}
+        if verdict.note:
+            # The model reads the person's words with the outcome.
+            update["output"] = f"Approved by the user: {verdict.note}\n" + (result.output or "")
+        return result.model_copy(update=update)
+
+    async def _publish(self, message: BaseModel, subject: str) -> None:
+        await self.broker.publish(message, subject)
 
     async def _observe(self, sandbox_id: str, request: ObserveRequest) -> Observation:
         try:
@@ -186,6 +204,14 @@ class ActuatorService(Service):
                     await self.fleet.close(lost.sandbox_id, f"lost: {lost.reason}")
             except InvalidMessage as exc:
                 log.warning("ignoring a sandbox event: %s", exc)
+
+    def _subscribe_controls(self) -> None:
+        broker = self.broker
+
+        @broker.subscriber(subjects.SESSION_CONTROL_ALL, title="approvals")
+        @typed_handler(broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)
+        async def on_control(command: ControlCommand) -> None:
+            self.gate.on_control(command)
 
     async def _connect(self, sandbox_id: str) -> SandboxEndpoint:
         return await request(

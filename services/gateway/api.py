@@ -19,6 +19,7 @@ from pydantic import (
 )
 from starlette.websockets import WebSocketDisconnect
 
+from selfagent.errors import BusError, RemoteError
 from selfagent.schemas import (
     ControlCommand,
     SessionState,
@@ -27,12 +28,13 @@ from selfagent.schemas import (
     TaskSubmitted,
 )
 from selfagent.schemas.export import EXPORTED, json_schema
-from selfagent.schemas.messages import ControlVerb, SubjectId, TaskStatus
+from selfagent.schemas.messages import ApprovalMode, ControlVerb, SubjectId, TaskStatus, new_id
 from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 
+from .catalog import SessionList
 from .deps import Gateway, GatewayDep
 from .hub import Listener
-from .vnc_bridge import bridge
+from .vnc_bridge import NoTarget, VncTarget, bridge
 
 # Ids become NATS subject tokens: the pattern is the schemas' own (subjects.ID_PATTERN).
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description=f"Session id: {ID_PATTERN}")]
@@ -84,7 +86,14 @@ class ControlRequest(_Body):
         default=None,
         min_length=1,
         max_length=20_000,
-        description="answer: the reply to the question the task is waiting on (needs_user)",
+        description="answer: the reply to the question the task is waiting on (needs_user); "
+        "approve/deny: a note the model is told",
+    )
+    approval_id: SubjectId | None = Field(
+        default=None, description="approve/deny: the approval.requested event's approval_id"
+    )
+    mode: ApprovalMode | None = Field(
+        default=None, description="set_mode: ask, autonomous or review-all"
     )
 
     @model_validator(mode="after")
@@ -107,8 +116,24 @@ class SessionHistory(BaseModel):
 
 
 class TakeoverInfo(BaseModel):
-    takeover: bool
-    session_id: str | None
+    takeover: bool = Field(
+        description="Whether the desktop (of the session asked about, else any) takes input"
+    )
+    session_id: str | None = Field(description="The session holding it")
+    sessions: list[str] = Field(description="Every session whose desktop is taken over")
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    sandbox_id: str | None = Field(description="Its desktop (per-session) or the shared one")
+    warm: bool = Field(description="The desktop came ready-made from the provisioner's pool")
+    wait_ms: float = Field(description="How long getting the desktop took")
+
+
+class SessionClosed(BaseModel):
+    session_id: str
+    sandbox_id: str | None = Field(description="The desktop that was stopped; null if none")
+    home_deleted: bool
 
 
 class Health(BaseModel):
@@ -117,24 +142,38 @@ class Health(BaseModel):
     vnc_bridges: int
 
 
-def _task(body: TaskRequest, sandbox_id: str | None) -> TaskSubmitted:
-    fields: dict[str, Any] = {"prompt": body.prompt, "sandbox_id": sandbox_id}
+def _sandbox_id(gateway: Gateway) -> str | None:
+    # None: the session's own desktop, which the planner leases.
+    return None if gateway.settings.desktops == "per_session" else gateway.settings.sandbox_id
+
+
+async def _require_session(gateway: Gateway, session_id: str) -> None:
+    """404 for a session nobody knows: a typo must not start a new desktop."""
+    if not await gateway.catalog.exists(session_id):
+        raise HTTPException(
+            404,
+            detail=f"no session {session_id!r}: start one with POST /api/sessions, "
+            "or leave session_id out",
+        )
+
+
+async def _task(body: TaskRequest, gateway: Gateway) -> TaskSubmitted:
+    fields: dict[str, Any] = {"prompt": body.prompt, "sandbox_id": _sandbox_id(gateway)}
     if body.session_id:
+        await _require_session(gateway, body.session_id)
         fields["session_id"] = body.session_id
     if body.max_steps is not None:
         fields["max_steps"] = body.max_steps
     try:
-        return TaskSubmitted(**fields)
+        task = TaskSubmitted(**fields)
     except ValidationError as exc:
         raise HTTPException(
             422, detail=exc.errors(include_url=False, include_context=False)
         ) from exc
-
-
-def _fixed_sandbox(gateway: Gateway) -> str | None:
-    # Per-session desktops: the planner leases the session's own.
-    settings = gateway.settings
-    return settings.sandbox_id if settings.desktops == "fixed" else None
+    if not body.session_id:
+        # Known from now on, before the planner records it.
+        gateway.catalog.remember(task.session_id)
+    return task
 
 
 @router.get("/healthz", response_model=Health, tags=["ops"])
@@ -150,7 +189,7 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
 
 @router.post("/api/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"])
 async def submit_task(body: TaskRequest, gateway: GatewayDep) -> TaskAccepted:
-    task = _task(body, _fixed_sandbox(gateway))
+    task = await _task(body, gateway)
     await gateway.bus.submit(task)
     return TaskAccepted(task_id=task.task_id, session_id=task.session_id)
 
@@ -158,7 +197,7 @@ async def submit_task(body: TaskRequest, gateway: GatewayDep) -> TaskAccepted:
 @router.post("/api/chat", response_model=ChatReply, tags=["tasks"])
 async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
     """Run one instruction and answer with the agent's final reply."""
-    task = _task(body, _fixed_sandbox(gateway))
+    task = await _task(body, gateway)
     timeout = gateway.settings.chat_timeout
     # Listen before publishing: a fast planner could otherwise finish unseen.
     kinds = frozenset({"task.finished", "task.state"})
@@ -210,7 +249,20 @@ async def chat(body: TaskRequest, gateway: GatewayDep) -> ChatReply:
 async def control(
     session_id: SessionId, body: ControlRequest, gateway: GatewayDep
 ) -> ControlAccepted:
-    command = ControlCommand(session_id=session_id, command=body.command, text=body.text)
+    try:
+        command = ControlCommand(
+            session_id=session_id,
+            command=body.command,
+            text=body.text,
+            approval_id=body.approval_id,
+            mode=body.mode,
+            # Whoever holds the token: kept with an approval decision.
+            by="web user" if body.command in ("approve", "deny") else None,
+        )
+    except ValidationError as exc:
+        raise HTTPException(
+            422, detail=exc.errors(include_url=False, include_context=False)
+        ) from exc
     if command.command == "answer":
         state = await gateway.bus.session_state(session_id)
         if state is None or state.status != "needs_user":
@@ -225,7 +277,9 @@ async def control(
     # without waiting for the command's round trip through NATS.
     gateway.takeover.apply(command)
     return ControlAccepted(
-        session_id=session_id, command=body.command, takeover=gateway.takeover.active
+        session_id=session_id,
+        command=body.command,
+        takeover=gateway.takeover.active_for(session_id),
     )
 
 
@@ -248,9 +302,79 @@ async def session_state(session_id: SessionId, gateway: GatewayDep) -> SessionSt
     return state
 
 
+@router.get("/api/sessions", response_model=SessionList, tags=["sessions"])
+async def list_sessions(gateway: GatewayDep) -> SessionList:
+    """Sessions, newest first: those with a record, a desktop, or just started here."""
+    return await gateway.catalog.listing()
+
+
+@router.post("/api/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"])
+async def create_session(gateway: GatewayDep) -> SessionCreated:
+    """A new session; with per-session desktops, once its desktop is ready.
+
+    That may wait for the provisioner to have room (503 with its reason when
+    it has none in time).
+    """
+    session_id = new_id()
+    if gateway.settings.desktops != "per_session":
+        gateway.catalog.remember(session_id)
+        return SessionCreated(
+            session_id=session_id, sandbox_id=gateway.settings.sandbox_id, warm=True, wait_ms=0
+        )
+    try:
+        lease = await gateway.catalog.lease(session_id)
+    except RemoteError as exc:
+        reason = exc.error.message
+        raise HTTPException(503, detail=f"no desktop for a new session: {reason}") from exc
+    except BusError as exc:
+        raise HTTPException(503, detail=f"no desktop for a new session: {exc}") from exc
+    gateway.catalog.remember(session_id)
+    return SessionCreated(
+        session_id=session_id, sandbox_id=lease.sandbox_id, warm=lease.warm, wait_ms=lease.wait_ms
+    )
+
+
+@router.delete("/api/sessions/{session_id}", response_model=SessionClosed, tags=["sessions"])
+async def close_session(
+    session_id: SessionId,
+    gateway: GatewayDep,
+    keep_home: Annotated[bool, Query(description="Keep the session's home for later")] = True,
+) -> SessionClosed:
+    """Stop the session's task and give its desktop back (its record stays as history)."""
+    await _require_session(gateway, session_id)
+    await gateway.bus.control(ControlCommand(session_id=session_id, command="stop"))
+    if gateway.takeover.holder(session_id) == session_id:
+        # Nobody drives a desktop that is going away (or, fixed, whose session ended).
+        gateway.takeover.apply(ControlCommand(session_id=session_id, command="release"))
+    gateway.catalog.forget(session_id)
+    if gateway.settings.desktops != "per_session":
+        return SessionClosed(session_id=session_id, sandbox_id=None, home_deleted=False)
+    try:
+        released = await gateway.catalog.release(session_id, keep_home)
+    except RemoteError as exc:
+        reason = exc.error.message
+        raise HTTPException(503, detail=f"could not release the desktop: {reason}") from exc
+    return SessionClosed(
+        session_id=session_id, sandbox_id=released.sandbox_id, home_deleted=released.home_deleted
+    )
+
+
 @router.get("/api/takeover", response_model=TakeoverInfo, tags=["sessions"])
-async def takeover_state(gateway: GatewayDep) -> TakeoverInfo:
-    return TakeoverInfo(takeover=gateway.takeover.active, session_id=gateway.takeover.session_id)
+async def takeover_state(
+    gateway: GatewayDep,
+    session_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+) -> TakeoverInfo:
+    """Whether a person drives a desktop: that of ``session_id``, else any."""
+    takeover = gateway.takeover
+    if session_id is None:
+        return TakeoverInfo(
+            takeover=takeover.active, session_id=takeover.session_id, sessions=takeover.sessions()
+        )
+    return TakeoverInfo(
+        takeover=takeover.active_for(session_id),
+        session_id=takeover.holder(session_id),
+        sessions=takeover.sessions(),
+    )
 
 
 @router.get("/api/schemas/{name}.json", tags=["schemas"])
@@ -304,7 +428,7 @@ async def ws_events(ws: WebSocket, gateway: GatewayDep) -> None:
     with gateway.hub.listen(session_id=session_id) as listener:
         closed = asyncio.create_task(_wait_disconnect(ws))
         try:
-            await ws.send_text(json.dumps(gateway.takeover.snapshot()))
+            await ws.send_text(json.dumps(gateway.takeover.snapshot(session_id)))
             while True:
                 text = await _next_frame(ws, listener, closed)
                 if text is None:
@@ -321,5 +445,44 @@ async def ws_events(ws: WebSocket, gateway: GatewayDep) -> None:
 
 @router.websocket("/ws/vnc")
 async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
-    """RFB over WebSocket for noVNC; the gateway logs in to the VNC server itself."""
-    await bridge(ws, gateway.settings, gateway.takeover, gateway.vnc)
+    """RFB over WebSocket for noVNC; the gateway logs in to the VNC server itself.
+
+    With per-session desktops ``?session_id=`` names whose desktop; with the
+    fixed desktop it only says whose take-over counts (any session's).
+    """
+    settings = gateway.settings
+    session_id = ws.query_params.get("session_id")
+    if session_id is not None and not is_subject_id(session_id):
+        session_id, invalid = None, True
+    else:
+        invalid = False
+
+    async def fixed() -> VncTarget:
+        return VncTarget(
+            settings.vnc_host,
+            settings.vnc_port,
+            settings.vnc_password.get_secret_value(),
+            password_hint="check GATEWAY_VNC_PASSWORD",
+        )
+
+    async def own_desktop() -> VncTarget:
+        if invalid:
+            raise NoTarget(f"invalid session_id: it must match {ID_PATTERN}")
+        if session_id is None:
+            raise NoTarget("which desktop? /ws/vnc needs ?session_id= with per-session desktops")
+        try:
+            endpoint = await gateway.catalog.endpoint(session_id)
+        except BusError as exc:
+            raise NoTarget(f"cannot look up the desktop of session {session_id}: {exc}") from exc
+        if endpoint is None:
+            raise NoTarget(f"session {session_id} has no desktop (it gets one with its next task)")
+        return VncTarget(endpoint.vnc_host, endpoint.vnc_port, endpoint.vnc_password)
+
+    per_session = settings.desktops == "per_session"
+    await bridge(
+        ws,
+        own_desktop if per_session else fixed,
+        lambda: gateway.takeover.active_for(session_id),
+        gateway.vnc,
+        settings.vnc_connect_timeout,
+    )

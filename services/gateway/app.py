@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from selfagent.errors import BusUnavailable
+from selfagent.errors import BusError, BusUnavailable
 
 from .api import router
 from .auth import TokenAuthMiddleware
@@ -61,6 +61,11 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.exception_handler(BusUnavailable)
     async def bus_unavailable(_: Request, exc: BusUnavailable) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(BusError)
+    async def bus_error(_: Request, exc: BusError) -> JSONResponse:
+        # Another service (the provisioner) did not answer or refused.
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     app.include_router(router)
     for name, folder in (("ui", settings.ui_dir), ("novnc", settings.novnc_dir)):

@@ -10,16 +10,26 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream.exceptions import IncorrectState
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BucketNotFoundError
 
-from selfagent.bus import Service, jetstream, make_broker, sessions, start_with_retry, typed_handler
+from selfagent.bus import (
+    Service,
+    jetstream,
+    make_broker,
+    request,
+    sessions,
+    start_with_retry,
+    typed_handler,
+)
 from selfagent.bus.streams import ensure_streams
 from selfagent.errors import BusAuthError, BusUnavailable
 from selfagent.schemas import ControlCommand, SessionState, TaskSubmitted, subjects
+from selfagent.schemas.messages import Message, Reply
 
 from .config import Settings
 from .hub import SESSION_EVENT, EventHub, TakeoverState
@@ -27,6 +37,8 @@ from .hub import SESSION_EVENT, EventHub, TakeoverState
 log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
+
+ReplyT = TypeVar("ReplyT", bound=Reply)
 
 
 @dataclass
@@ -110,7 +122,45 @@ class GatewayBus(Service):
         self._require()
         await self.broker.publish(command, subjects.session_control(command.session_id))
 
+    async def ask(
+        self, subject: str, message: Message, reply: type[ReplyT], timeout: float
+    ) -> ReplyT:
+        """A request to another service (the provisioner); raises RemoteError / RequestTimeout."""
+        self._require()
+        return await request(self.broker, subject, message, reply, timeout=timeout)
+
     # --- history -----------------------------------------------------------
+
+    async def session_states(self, timeout: float) -> tuple[list[SessionState], bool]:
+        """Every record of the ``agent_sessions`` bucket; and whether all were read in time.
+
+        One watcher delivers the latest value of each key, which costs one
+        round trip instead of one per session.
+        """
+        self._require()
+        states: list[SessionState] = []
+        try:
+            bucket = await sessions.open_bucket(self.broker)
+        except (BucketNotFoundError, TimeoutError):
+            return states, True  # no planner has written any yet
+        watcher = await bucket.watchall(ignore_deletes=True)
+        complete = False
+        try:
+            async with asyncio.timeout(timeout):
+                while (entry := await watcher.updates(timeout)) is not None:  # type: ignore[no-untyped-call]
+                    if not entry.value:
+                        continue
+                    try:
+                        states.append(SessionState.model_validate_json(entry.value))
+                    except ValueError:
+                        log.warning("session %s: unreadable state in the KV bucket", entry.key)
+                complete = True
+        except (TimeoutError, NatsTimeoutError):
+            log.warning("reading the session records took over %.1fs; listing part", timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return states, complete
 
     async def session_state(self, session_id: str) -> SessionState | None:
         """The planner's record of a session (the ``agent_sessions`` KV bucket)."""

@@ -34,8 +34,20 @@ class Settings(ServiceSettings):
     novnc_dir: Path = Path("/usr/share/novnc")
     ui_dir: Path = _DEFAULT_UI_DIR
 
+    # fixed: every session drives the one desktop at vnc_host:vnc_port (its
+    # tasks name sandbox_id); per_session: each session has its own desktop
+    # from the provisioner, leased when the session is created or its first
+    # task starts.
     desktops: DesktopsMode = desktops_field("GATEWAY_")
     sandbox_id: str = "default"
+    # A lease may wait for capacity (PROVISIONER_LEASE_WAIT) and then for a
+    # desktop to start: the default covers both with the provisioner's defaults.
+    lease_timeout: float = Field(default=150.0, gt=0)
+    # Looking a desktop up (status, connect) is bookkeeping: a provisioner
+    # slower than this is treated as absent so a session list never hangs.
+    provisioner_timeout: float = Field(default=3.0, gt=0)
+    # Releasing stops a desktop, which can take a while.
+    release_timeout: float = Field(default=60.0, gt=0)
     chat_timeout: float = Field(default=600.0, gt=0, description="Seconds /api/chat waits")
     history_limit: int = Field(default=5000, ge=1, description="Events /events returns at most")
 

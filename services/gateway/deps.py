@@ -9,6 +9,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from .bus import GatewayBus
+from .catalog import SessionCatalog
 from .config import Settings
 from .hub import EventHub, TakeoverState
 from .vnc_bridge import BridgeStats
@@ -20,13 +21,15 @@ class Gateway:
     hub: EventHub
     takeover: TakeoverState
     bus: GatewayBus
+    catalog: SessionCatalog
     vnc: BridgeStats = field(default_factory=BridgeStats)
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
         hub = EventHub()
-        takeover = TakeoverState(hub)
-        return cls(settings, hub, takeover, GatewayBus(settings, hub, takeover))
+        takeover = TakeoverState(hub, per_session=settings.desktops == "per_session")
+        bus = GatewayBus(settings, hub, takeover)
+        return cls(settings, hub, takeover, bus, SessionCatalog(settings, bus))
 
 
 def get_gateway(conn: HTTPConnection) -> Gateway:

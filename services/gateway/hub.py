@@ -78,10 +78,13 @@ class EventHub:
             if listener.wants(event):
                 self._offer(listener, frame)
 
-    def notice(self, payload: dict[str, Any]) -> None:
+    def notice(self, payload: dict[str, Any], session_id: str | None = None) -> None:
+        """A gateway notice for the event sockets: all of them, or those of one session."""
         frame = Frame(text=json.dumps(payload))
         for listener in list(self.listeners):
-            if listener.task_id is None and listener.kinds is None:
+            if listener.task_id is not None or listener.kinds is not None:
+                continue
+            if session_id is None or listener.session_id in (None, session_id):
                 self._offer(listener, frame)
 
     @staticmethod
@@ -95,39 +98,100 @@ class EventHub:
 
 
 @dataclass
-class TakeoverState:
-    """Whether a person currently drives the sandbox desktop.
+class _Holder:
+    session_id: str
+    since: datetime
 
-    Global for the sandbox: while anyone has taken over, browsers' input is
-    forwarded to the VNC server; otherwise it is dropped so watching cannot
-    disturb the agent. Starts released, so a gateway restart errs on the side
-    of view-only.
+
+@dataclass
+class TakeoverState:
+    """Whether a person currently drives a desktop, per desktop.
+
+    While a desktop is taken over, the input of browsers watching it is
+    forwarded to its VNC server; otherwise it is dropped so watching cannot
+    disturb the agent. With per-session desktops each session's desktop is
+    taken over on its own; with the fixed desktop every session shares the one
+    desktop, so a take-over by any session unlocks it and a release by any
+    session locks it again. Starts released, so a gateway restart errs on the
+    side of view-only.
     """
 
     hub: EventHub
-    active: bool = False
-    session_id: str | None = None
+    per_session: bool = False
+    # Keyed by desktop: the session id with per-session desktops, "" for the fixed one.
+    holders: dict[str, _Holder] = field(default_factory=dict)
     changed_at: datetime | None = None
+
+    def _key(self, session_id: str | None) -> str:
+        return (session_id or "") if self.per_session else ""
+
+    def active_for(self, session_id: str | None) -> bool:
+        """Whether input on the desktop of ``session_id`` goes through."""
+        if self.per_session and session_id is None:
+            return False
+        return self._key(session_id) in self.holders
+
+    @property
+    def active(self) -> bool:
+        """Whether any desktop is taken over."""
+        return bool(self.holders)
+
+    @property
+    def session_id(self) -> str | None:
+        """The session that took over most recently (of any desktop)."""
+        if not self.holders:
+            return None
+        return max(self.holders.values(), key=lambda h: h.since).session_id
+
+    def sessions(self) -> list[str]:
+        return sorted(h.session_id for h in self.holders.values())
+
+    def holder(self, session_id: str | None) -> str | None:
+        """Who holds the desktop of ``session_id`` (fixed: maybe another session)."""
+        if session_id is None:
+            return self.session_id
+        held = self.holders.get(self._key(session_id))
+        return held.session_id if held else None
 
     def apply(self, command: ControlCommand) -> bool:
         if command.command not in ("takeover", "release"):
             return False
-        active = command.command == "takeover"
-        if active == self.active and (not active or command.session_id == self.session_id):
-            return False
-        self.active = active
-        self.session_id = command.session_id if active else None
+        key = self._key(command.session_id)
+        held = self.holders.get(key)
+        if command.command == "takeover":
+            if held is not None and held.session_id == command.session_id:
+                return False
+            self.holders[key] = _Holder(command.session_id, datetime.now(UTC))
+        else:
+            if held is None:
+                return False
+            del self.holders[key]
         self.changed_at = datetime.now(UTC)
         log.info(
-            "desktop %s by session %s", "taken over" if active else "released", command.session_id
+            "desktop %s by session %s",
+            "taken over" if command.command == "takeover" else "released",
+            command.session_id,
         )
-        self.hub.notice(self.snapshot())
+        if self.per_session:
+            self.hub.notice(self.snapshot(command.session_id), session_id=command.session_id)
+        else:
+            self.hub.notice(self.snapshot(None))
         return True
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, session_id: str | None) -> dict[str, Any]:
+        """The ``gateway.takeover`` notice for a watcher of ``session_id`` (None: any).
+
+        ``takeover`` says whether that session's desktop takes input;
+        ``session_id`` is the session holding it (with the fixed desktop it
+        may be another session than the watcher's).
+        """
+        if session_id is None:
+            takeover, holder = self.active, self.session_id
+        else:
+            takeover, holder = self.active_for(session_id), self.holder(session_id)
         return {
             "kind": TAKEOVER_KIND,
-            "takeover": self.active,
-            "session_id": self.session_id,
+            "takeover": takeover,
+            "session_id": holder if holder is not None else session_id,
             "at": (self.changed_at or datetime.now(UTC)).isoformat(),
         }

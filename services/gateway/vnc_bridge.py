@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -19,9 +20,6 @@ from selfagent.rfb import (
     refusal,
     server_handshake,
 )
-
-from .config import Settings
-from .hub import TakeoverState
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +34,23 @@ BROWSER_HANDSHAKE_TIMEOUT = 10.0
 
 class _BrowserGone(Exception):
     pass
+
+
+class NoTarget(Exception):
+    """There is no desktop to bridge to; the message is what noVNC shows."""
+
+
+@dataclass(frozen=True)
+class VncTarget:
+    host: str
+    port: int
+    password: str = field(repr=False)
+    # Added to a failed login's message: where the password comes from.
+    password_hint: str = ""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 @dataclass
@@ -104,20 +119,37 @@ async def _refuse(ws: WebSocket, reader: _BrowserStream, reason: str) -> None:
 
 
 async def bridge(
-    ws: WebSocket, settings: Settings, takeover: TakeoverState, stats: BridgeStats
+    ws: WebSocket,
+    resolve: Callable[[], Awaitable[VncTarget]],
+    allow_input: Callable[[], bool],
+    stats: BridgeStats,
+    connect_timeout: float,
 ) -> None:
+    """Serve one noVNC connection.
+
+    ``resolve`` names the desktop (raising :class:`NoTarget` with the reason
+    when there is none); ``allow_input`` is asked for every client message
+    whether pointer and key input may pass (the desktop is taken over).
+    """
     await ws.accept()
     browser = _BrowserStream(ws)
-    target = f"{settings.vnc_host}:{settings.vnc_port}"
+    try:
+        target = await resolve()
+    except NoTarget as exc:
+        stats.last_error = str(exc)
+        await _refuse(ws, browser, stats.last_error)
+        return
     try:
         tcp_reader, tcp_writer = await asyncio.wait_for(
             # A large stream limit lets one read take a whole burst of
             # framebuffer data, so it crosses the WebSocket in few messages.
-            asyncio.open_connection(settings.vnc_host, settings.vnc_port, limit=STREAM_LIMIT),
-            settings.vnc_connect_timeout,
+            asyncio.open_connection(target.host, target.port, limit=STREAM_LIMIT),
+            connect_timeout,
         )
     except (OSError, TimeoutError) as exc:
-        stats.last_error = f"cannot reach the sandbox VNC server at {target}: {exc or 'timeout'}"
+        stats.last_error = (
+            f"cannot reach the sandbox VNC server at {target.address}: {exc or 'timeout'}"
+        )
         await _refuse(ws, browser, stats.last_error)
         return
 
@@ -130,16 +162,15 @@ async def bridge(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             login = await asyncio.wait_for(
-                client_handshake(tcp_reader, tcp_writer, settings.vnc_password.get_secret_value()),
-                settings.vnc_connect_timeout,
+                client_handshake(tcp_reader, tcp_writer, target.password), connect_timeout
             )
         except (RFBError, OSError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
-            if isinstance(exc, VncAuthFailed):
-                detail += " (check GATEWAY_VNC_PASSWORD)"
+            if isinstance(exc, VncAuthFailed) and target.password_hint:
+                detail += f" ({target.password_hint})"
             elif isinstance(exc, TimeoutError):
                 detail = "the VNC server did not complete the handshake in time"
-            stats.last_error = f"VNC server {target}: {detail}"
+            stats.last_error = f"VNC server {target.address}: {detail}"
             await _refuse(ws, browser, stats.last_error)
             return
 
@@ -154,7 +185,7 @@ async def bridge(
         except _BrowserGone:
             return
 
-        await _relay(ws, browser, tcp_reader, tcp_writer, takeover, stats)
+        await _relay(ws, browser, tcp_reader, tcp_writer, allow_input, stats)
     finally:
         stats.active -= 1
         tcp_writer.close()
@@ -167,7 +198,7 @@ async def _relay(
     browser: _BrowserStream,
     tcp_reader: asyncio.StreamReader,
     tcp_writer: asyncio.StreamWriter,
-    takeover: TakeoverState,
+    allow_input: Callable[[], bool],
     stats: BridgeStats,
 ) -> None:
     messages = ClientMessageFilter()
@@ -177,7 +208,7 @@ async def _relay(
         browser.buf.clear()
         while True:
             dropped = messages.dropped
-            data = messages.feed(pending, allow_input=takeover.active)
+            data = messages.feed(pending, allow_input=allow_input())
             stats.dropped_input += messages.dropped - dropped
             if data:
                 tcp_writer.write(data)

@@ -93,6 +93,9 @@ class Settings(ServiceSettings):
     desktop_wait: float = Field(default=30.0, gt=0)
 
     act_timeout: float = 120.0
+    # An action may wait this long for a person's approval (the actuator's
+    # policy timeout, 300 s by default, plus margin) on top of act_timeout.
+    approval_wait: float = Field(default=330.0, ge=0)
     observe_timeout: float = 15.0
     ground_timeout: float = 90.0
 

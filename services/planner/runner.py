@@ -836,9 +836,16 @@ class TaskRunner:
                     request(
                         self.broker,
                         subjects.sandbox_act(self.sandbox_id),
-                        ActRequest(action=action, observe=self._observe_request()),
+                        ActRequest(
+                            action=action,
+                            observe=self._observe_request(),
+                            session_id=self.task.session_id,
+                            task_id=self.task.task_id,
+                        ),
                         ActionResult,
-                        timeout=self.settings.act_timeout + _action_time(action),
+                        timeout=self.settings.act_timeout
+                        + self.settings.approval_wait
+                        + _action_time(action),
                     )
                 )
             )

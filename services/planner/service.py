@@ -146,6 +146,8 @@ class PlannerService(Service):
         @broker.subscriber(subjects.SESSION_CONTROL_ALL, title="session.control")
         @typed_handler(broker, SERVICE, ControlCommand, subjects.SESSION_CONTROL_ALL)
         async def on_control(command: ControlCommand) -> None:
+            if command.command in ("approve", "deny", "set_mode"):
+                return  # the actuator's approval gate takes these
             control = self.controls.get(command.session_id)
             if command.command in ("takeover", "release"):
                 # A person holding the mouse holds the whole desktop: every

@@ -86,6 +86,10 @@ class Settings(ServiceSettings):
     docker_memory: str = Field(default="1g", pattern=r"^[0-9]+[bkmg]?$")
     docker_pids: int = Field(default=512, ge=64)
     docker_shm: str = Field(default="512m", pattern=r"^[0-9]+[bkmg]?$")
+    # How readiness is probed: `docker exec` in the container, or (behind the
+    # filtering Docker proxy, which refuses exec) the desktop's own exec
+    # endpoint over the desktop network, which the provisioner must then join.
+    docker_ready_probe: Literal["exec", "endpoint"] = "exec"
     # Seconds `docker stop` gives the desktop to close its programs.
     docker_stop_timeout: int = Field(default=3, ge=0)
 

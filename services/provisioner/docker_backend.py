@@ -11,6 +11,12 @@ labels: ``docker inspect`` shows labels to whoever can list containers.
 (It shows the environment too, to the same people; but they can also exec
 into the container, so that is the engine's trust boundary, not ours.)
 
+Readiness (the Xfce panel shows, then VNC greets) is probed either with
+``docker exec`` (no route to the desktop network needed) or, behind the
+filtering Docker proxy of compose, which refuses exec, through the desktop's
+own exec endpoint with its own token (the provisioner then joins the desktop
+network).
+
 The Docker SDK is synchronous; every call runs in a worker thread.
 """
 
@@ -18,10 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import socket
 import time
+import urllib.request
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -55,6 +64,9 @@ VNC_PORT = 5901
 EXEC_PORT = 8700
 HEALTHCHECK = "/opt/selfagent/sandbox/healthcheck.sh"
 PANEL_PROBE = ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"]
+ReadyProbe = Literal["exec", "endpoint"]
+# Never through an HTTP proxy from the environment: the desktop is on a local network.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class DockerBackend(SandboxBackend):
@@ -77,6 +89,7 @@ class DockerBackend(SandboxBackend):
         start_timeout: float = 90.0,
         stop_timeout: int = 3,
         ready_settle: float = 1.0,
+        ready_probe: ReadyProbe = "exec",
         client: docker.DockerClient | None = None,
     ) -> None:
         self.state = state
@@ -93,6 +106,7 @@ class DockerBackend(SandboxBackend):
         # Like local mode: the panel is the last part of Xfce to appear, and
         # a moment later the desktop is drawn.
         self.ready_settle = ready_settle
+        self.ready_probe = ready_probe
         self._client = client
         # Known once the engine answers, if not given.
         self._host = host
@@ -234,7 +248,10 @@ class DockerBackend(SandboxBackend):
             # Recorded before it is ready: a provisioner that dies now can
             # still adopt it (or remove it) at its next start.
             self.state.save_sandbox(sandbox_id, handle.record(self.name, name=container.name))
-            self._wait_ready(container)
+            if self.ready_probe == "endpoint":
+                self._wait_ready_endpoint(container, handle)
+            else:
+                self._wait_ready(container)
         except BaseException:
             self._remove(container, sandbox_id)
             raise
@@ -266,6 +283,51 @@ class DockerBackend(SandboxBackend):
                     # The panel is up; now the VNC banner and the exec endpoint.
                     probe = ["sh", "-c", f"{HEALTHCHECK} && echo ok"]
                     continue
+                time.sleep(self.ready_settle)
+                return
+            time.sleep(0.2)
+        raise SandboxStartFailed(f"sandbox desktop not ready within {self.start_timeout:.0f}s")
+
+    @staticmethod
+    def _endpoint_ok(handle: SandboxHandle, command: str) -> bool:
+        request = urllib.request.Request(
+            f"{handle.endpoint.exec_url}/exec",
+            data=json.dumps({"command": command, "timeout": 5}).encode(),
+            headers={
+                "Authorization": f"Bearer {handle.secrets.exec_token}",
+                "Content-Type": "application/json",
+            },
+            method="POST",
+        )
+        try:
+            with _DIRECT.open(request, timeout=10) as reply:
+                result = json.loads(reply.read())
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(result, dict)
+            and result.get("exit_code") == 0
+            and bool(str(result.get("stdout") or "").strip())
+        )
+
+    @staticmethod
+    def _vnc_greets(handle: SandboxHandle) -> bool:
+        try:
+            with socket.create_connection(
+                (handle.endpoint.vnc_host, handle.endpoint.vnc_port), timeout=3
+            ) as sock:
+                return sock.recv(12).startswith(b"RFB ")
+        except OSError:
+            return False
+
+    def _wait_ready_endpoint(self, container: Container, handle: SandboxHandle) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        panel = " ".join(PANEL_PROBE)
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status not in ("created", "running"):
+                raise self._stopped(container)
+            if self._endpoint_ok(handle, panel) and self._vnc_greets(handle):
                 time.sleep(self.ready_settle)
                 return
             time.sleep(0.2)

@@ -85,6 +85,7 @@ def make_backend(settings: Settings, state: StateStore) -> SandboxBackend:
             screen=screen,
             start_timeout=settings.start_timeout,
             stop_timeout=settings.docker_stop_timeout,
+            ready_probe=settings.docker_ready_probe,
         )
     from .native import NativeBackend
 

@@ -91,19 +91,48 @@ async def test_token_in_url_becomes_cookie(app: AppOnBus) -> None:
 
 async def test_post_task_publishes_task_submitted(app: AppOnBus, bus: NatsBroker) -> None:
     async with Subscription(bus, subjects.TASK_SUBMIT) as sub, app.client() as client:
+        created = await client.post("/api/sessions")
+        assert created.status_code == 201, created.text
+        sid = created.json()["session_id"]
+        assert subjects.is_subject_id(sid)
         response = await client.post(
-            "/api/tasks", json={"prompt": "open a terminal", "session_id": "sess-1"}
+            "/api/tasks", json={"prompt": "open a terminal", "session_id": sid}
         )
         assert response.status_code == 202
         body = response.json()
         task = TaskSubmitted.model_validate_json(await sub.next())
         assert task.task_id == body["task_id"]
-        assert task.session_id == body["session_id"] == "sess-1"
+        assert task.session_id == body["session_id"] == sid
         assert task.prompt == "open a terminal"
+        # The fixed desktop: every task names it.
+        assert task.sandbox_id == app.gateway.settings.sandbox_id
 
         fresh = (await client.post("/api/tasks", json={"prompt": "again"})).json()
         task2 = TaskSubmitted.model_validate_json(await sub.next())
-        assert task2.session_id == fresh["session_id"] != "sess-1"
+        assert task2.session_id == fresh["session_id"] != sid
+        # A session started by a task is known at once, before any planner records it.
+        again = await client.post(
+            "/api/tasks", json={"prompt": "more", "session_id": fresh["session_id"]}
+        )
+        assert again.status_code == 202, again.text
+        assert TaskSubmitted.model_validate_json(await sub.next()).session_id == fresh["session_id"]
+
+
+async def test_unknown_sessions_are_404_and_start_nothing(app: AppOnBus, bus: NatsBroker) -> None:
+    async with Subscription(bus, subjects.TASK_SUBMIT) as sub, app.client() as client:
+        for path in ("/api/tasks", "/api/chat"):
+            response = await client.post(path, json={"prompt": "x", "session_id": "nobody-here"})
+            assert response.status_code == 404, (path, response.text)
+            assert "no session 'nobody-here'" in response.json()["detail"]
+        closed = await client.delete("/api/sessions/nobody-here")
+        assert closed.status_code == 404, closed.text
+        assert sub.messages.empty(), "a task for an unknown session was published"
+
+        # A session the planner recorded is known, whoever started it.
+        await _record_state(bus, "recorded-1", "succeeded")
+        accepted = await client.post("/api/tasks", json={"prompt": "x", "session_id": "recorded-1"})
+        assert accepted.status_code == 202, accepted.text
+        assert TaskSubmitted.model_validate_json(await sub.next()).session_id == "recorded-1"
 
 
 @pytest.mark.parametrize(
@@ -327,3 +356,109 @@ async def test_gateway_starts_before_nats() -> None:
             assert (await client.post("/api/tasks", json={"prompt": "x"})).status_code == 202
     finally:
         server.cleanup()
+
+
+# --- sessions ---------------------------------------------------------------------
+
+
+async def test_sessions_with_the_fixed_desktop(app: AppOnBus, bus: NatsBroker) -> None:
+    async with app.client() as client:
+        await _record_state(bus, "listed-old", "succeeded")
+        created = await client.post("/api/sessions")
+        assert created.status_code == 201, created.text
+        body = created.json()
+        sid = body["session_id"]
+        # Every session shares the one desktop: nothing to lease, nothing to wait for.
+        assert body["sandbox_id"] == app.gateway.settings.sandbox_id and body["wait_ms"] == 0
+
+        listing = await client.get("/api/sessions")
+        assert listing.status_code == 200, listing.text
+        payload = listing.json()
+        assert payload["desktops"] == "fixed" and payload["complete"] is True
+        order = [s["session_id"] for s in payload["sessions"]]
+        assert order.index(sid) < order.index("listed-old"), "not newest first"
+        fresh = payload["sessions"][order.index(sid)]
+        assert (fresh["status"], fresh["steps"], fresh["last_prompt"]) == ("idle", 0, None)
+        old = payload["sessions"][order.index("listed-old")]
+        assert (old["status"], old["last_prompt"]) == ("succeeded", "open my file")
+        stamps = [s["created"] for s in payload["sessions"]]
+        assert stamps == sorted(stamps, reverse=True)
+
+        async with Subscription(bus, subjects.session_control(sid)) as controls:
+            closed = await client.delete(f"/api/sessions/{sid}")
+            assert closed.status_code == 200, closed.text
+            assert closed.json() == {"session_id": sid, "sandbox_id": None, "home_deleted": False}
+            stop = ControlCommand.model_validate_json(await controls.next())
+            assert (stop.session_id, stop.command) == (sid, "stop")
+        # Without a task it had no record: closed, it is gone.
+        listed = {s["session_id"] for s in (await client.get("/api/sessions")).json()["sessions"]}
+        assert sid not in listed and "listed-old" in listed
+        assert (await client.delete(f"/api/sessions/{sid}")).status_code == 404
+        # A recorded session stays listed as history after closing.
+        assert (await client.delete("/api/sessions/listed-old")).status_code == 200
+        assert (await client.delete("/api/sessions/a.b")).status_code == 422
+
+
+async def test_fixed_desktop_takeover_is_shared_by_all_sessions(app: AppOnBus) -> None:
+    async with app.client() as client:
+        taken = await client.post("/api/sessions/fx-a/control", json={"command": "takeover"})
+        assert taken.status_code == 202 and taken.json()["takeover"] is True
+        try:
+            # The one desktop is taken over, whichever session watches it.
+            other = (await client.get("/api/takeover", params={"session_id": "fx-b"})).json()
+            assert other == {"takeover": True, "session_id": "fx-a", "sessions": ["fx-a"]}
+            assert app.gateway.takeover.active_for("fx-b") and app.gateway.takeover.active_for(None)
+            bad = await client.get("/api/takeover", params={"session_id": "a.b"})
+            assert bad.status_code == 422
+        finally:
+            released = await client.post("/api/sessions/fx-b/control", json={"command": "release"})
+        assert released.json()["takeover"] is False
+        assert (await client.get("/api/takeover")).json()["takeover"] is False
+
+
+async def test_per_session_without_a_provisioner() -> None:
+    """No provisioner, or one that never answers: refusals in bounded time, never a hang."""
+    # A server of its own: no provisioner of another test can answer here.
+    server = EmbeddedNats(port=free_port()).start()
+    try:
+        await _without_a_provisioner(server.url)
+    finally:
+        server.cleanup()
+
+
+async def _without_a_provisioner(nats_url: str) -> None:
+    async with (
+        app_on_bus(
+            settings(nats_url, GATEWAY_DESKTOPS="per_session", provisioner_timeout=1.0)
+        ) as gw,
+        gw.client() as client,
+    ):
+        refused = await client.post("/api/sessions")
+        assert refused.status_code == 503, refused.text
+        assert "no desktop for a new session" in refused.json()["detail"]
+        listing = await client.get("/api/sessions")
+        assert listing.status_code == 200 and listing.json()["complete"] is False
+        unknown = await client.post("/api/tasks", json={"prompt": "x", "session_id": "nope"})
+        assert unknown.status_code == 503, unknown.text
+
+        # A provisioner that takes the request and never replies.
+        async def ignore(_msg: object) -> None:
+            return None
+
+        nc = gw.gateway.bus.broker.connection
+        stalled = await nc.subscribe(subjects.PROVISIONER_STATUS, cb=ignore)
+        try:
+            started = time.monotonic()
+            listing = await client.get("/api/sessions")
+            elapsed = time.monotonic() - started
+        finally:
+            await stalled.unsubscribe()
+        assert listing.status_code == 200 and listing.json()["complete"] is False
+        assert 1.0 <= elapsed < 5, elapsed
+
+        # A task without a session starts one; its sandbox is the session's own.
+        async with Subscription(gw.gateway.bus.broker, subjects.TASK_SUBMIT) as sub:
+            accepted = await client.post("/api/tasks", json={"prompt": "x"})
+            assert accepted.status_code == 202, accepted.text
+            task = TaskSubmitted.model_validate_json(await sub.next())
+            assert task.sandbox_id is None

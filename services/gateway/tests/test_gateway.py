@@ -50,9 +50,7 @@ async def _input_dropped(stats: BridgeStats, before: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_vnc_bridge_shows_real_desktop_pixels(
-    gateway: Served, desktop: Desktop
-) -> None:
+async def test_vnc_bridge_shows_real_desktop_pixels(gateway: Served, desktop: Desktop) -> None:
     client = await _open_vnc(gateway)
     try:
         assert (client.width, client.height) == (desktop.width, desktop.height)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +16,8 @@ import httpx
 
 from selfagent.provisioner.backend import SandboxBackend, SandboxHandle
 from selfagent.provisioner.pool import Pool
+from selfagent.provisioner.socket_proxy import Settings as ProxySettings
+from selfagent.provisioner.socket_proxy import SocketProxy
 from selfagent.provisioner.state import StateStore
 from selfagent.rfb import RFBClient
 from selfagent.schemas.sandboxes import SandboxEvent
@@ -70,3 +75,43 @@ async def shell(handle: SandboxHandle, command: str, token: str | None = None) -
             json={"command": command},
             headers={"Authorization": f"Bearer {token or handle.secrets.exec_token}"},
         )
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ProxyThread:
+    """The proxy on its own event loop: the SDK's calls block, and the tests make them."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.proxy = SocketProxy(settings)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.task: asyncio.Task[None] | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        started = asyncio.Event()
+        self.task = self.loop.create_task(self.proxy.serve(started))
+        self.loop.create_task(self._signal(started))
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.task)
+        self.loop.close()
+
+    async def _signal(self, started: asyncio.Event) -> None:
+        await started.wait()
+        self.ready.set()
+
+    def __enter__(self) -> ProxyThread:
+        self.thread.start()
+        assert self.ready.wait(10), "the proxy did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(10)
