@@ -144,17 +144,20 @@ IDENTITIES: tuple[Identity, ...] = (
     ),
     Identity(
         "actuator",
-        "the only subscriber of act and observe; asks the provisioner for desktops",
+        "the only subscriber of act and observe; asks the provisioner for desktops; "
+        "asks for approvals (events) and reads the decisions (controls)",
         publish=(
             subjects.ACTUATOR_HEARTBEAT,
             subjects.PROVISIONER_CONNECT,
             subjects.PROVISIONER_STATUS,
+            subjects.SESSION_EVENTS_ALL,
             subjects.dead_letter("actuator"),
         ),
         subscribe=(
             subjects.SANDBOX_ACT_ALL,
             subjects.SANDBOX_OBSERVE_ALL,
             subjects.PROVISIONER_EVENTS_ALL,
+            subjects.SESSION_CONTROL_ALL,
         ),
         responds=True,
     ),
@@ -175,6 +178,10 @@ IDENTITIES: tuple[Identity, ...] = (
             *_consume(subjects.EVENTS_STREAM),
             # Its history consumers are removed once read.
             f"{JS_API}.CONSUMER.DELETE.{subjects.EVENTS_STREAM}.*",
+            # The session list: one watcher (an ordered consumer) over the bucket.
+            *_consume(KV_STREAM),
+            f"{JS_API}.CONSUMER.DELETE.{KV_STREAM}.*",
+            f"$JS.FC.{KV_STREAM}.>",
         ),
         subscribe=(subjects.SESSION_EVENTS_ALL, subjects.SESSION_CONTROL_ALL),
     ),
