@@ -361,3 +361,41 @@ def markdown_table() -> str:
         answers = "yes" if identity.responds else "no"
         rows.append(f"| `{identity.name}` | {identity.why} | {publish} | {subscribe} | {answers} |")
     return "\n".join(rows) + "\n"
+
+
+def write_deployment(directory: Path, url: str = "nats://127.0.0.1:4222") -> list[Path]:
+    """Credentials for a deployment (compose): what ``selfagent nats-credentials`` writes.
+
+    ``<directory>/<identity>.env`` per identity (``NATS_USER``,
+    ``NATS_PASSWORD``; the automation and admin files also ``NATS_URL`` and
+    the inbox prefix, for programs on this machine) and ``auth.conf``, the
+    server's authorization block made from them. An existing identity file is
+    never overwritten: its password is kept (delete the file to rotate it);
+    ``auth.conf`` is always made again from the files. Returns the files
+    written. All are 0600, in a 0700 directory.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    passwords: dict[str, str] = {}
+    written: list[Path] = []
+    for identity in IDENTITIES:
+        path = directory / f"{identity.name}.env"
+        if path.exists():
+            kept = ClientCredentials.read(path)
+            if kept.user != identity.name or not kept.password:
+                raise ValueError(f"{path} does not hold {identity.name}'s user and password")
+            passwords[identity.name] = kept.password
+            continue
+        passwords[identity.name] = secrets.token_urlsafe(32)
+        if identity.name in (AUTOMATION, ADMIN):
+            ClientCredentials(url, identity.name, passwords[identity.name]).write(path)
+        else:
+            # A service's file: its identity only (compose sets its NATS_URL).
+            write_secret(
+                path, f"NATS_USER={identity.name}\nNATS_PASSWORD={passwords[identity.name]}\n"
+            )
+        written.append(path)
+    config = directory / "auth.conf"
+    write_secret(config, server_config(passwords))
+    written.append(config)
+    return written
