@@ -100,7 +100,8 @@ class Broker(NatsBroker):
         self.address = display_url(url)
         self._denied: dict[str, set[asyncio.Future[str]]] = {}
         auth = auth or BusAuth()
-        self.inbox = inbox_prefix(auth.user or url_user(url) or "") or DEFAULT_INBOX
+        self.user = auth.user or url_user(url)
+        self.inbox = inbox_prefix(self.user) or DEFAULT_INBOX
         super().__init__(
             url,
             name=name,
@@ -261,6 +262,7 @@ async def start_with_retry(
     declaring streams).
     """
     url = broker.address if isinstance(broker, Broker) else "the NATS server"
+    user = f" as user {broker.user!r}" if isinstance(broker, Broker) and broker.user else ""
     while True:
         try:
             if before_start is not None:
@@ -274,9 +276,9 @@ async def start_with_retry(
                 raise
             if is_refusal(exc):
                 raise BusAuthError(
-                    f"NATS at {url} refused the connection ({exc}); check the service's NATS user "
-                    "and password (<SERVICE>_NATS_USER and _NATS_PASSWORD, NATS_USER and "
-                    "NATS_PASSWORD, or the user in the NATS URL)"
+                    f"NATS at {url} refused the connection{user} ({exc}); check the service's NATS "
+                    "user and password (<SERVICE>_NATS_USER and <SERVICE>_NATS_PASSWORD, else "
+                    "NATS_USER and NATS_PASSWORD, or the user in the NATS URL)"
                 ) from exc
             if not isinstance(exc, OSError | nats.errors.Error | BusError):
                 raise

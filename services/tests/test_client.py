@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from nats.aio.client import Client
 
 from selfagent.bus import make_broker, start_with_retry
 from selfagent.bus.auth import ADMIN, AUTOMATION, generate_passwords, server_config
@@ -80,7 +81,7 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedde
 
 
 @pytest.fixture
-async def admin(tls_nats: tuple[EmbeddedNats, Path]) -> AsyncIterator[nats.aio.client.Client]:
+async def admin(tls_nats: tuple[EmbeddedNats, Path]) -> AsyncIterator[Client]:
     """A client as the admin, with the streams declared by a service that trusts the CA."""
     server, cert = tls_nats
     gateway = make_broker(
@@ -105,7 +106,7 @@ async def automation(server: EmbeddedNats, cert: Path) -> AutomationClient:
 
 
 async def test_submit_follow_and_stop_over_tls(
-    tls_nats: tuple[EmbeddedNats, Path], admin: nats.aio.client.Client
+    tls_nats: tuple[EmbeddedNats, Path], admin: Client
 ) -> None:
     server, cert = tls_nats
     async with await automation(server, cert) as client:
@@ -152,7 +153,7 @@ async def test_submit_follow_and_stop_over_tls(
 
 
 async def test_publishing_outside_its_permissions_raises_and_nothing_arrives(
-    tls_nats: tuple[EmbeddedNats, Path], admin: nats.aio.client.Client
+    tls_nats: tuple[EmbeddedNats, Path], admin: Client
 ) -> None:
     server, cert = tls_nats
     watched = await admin.subscribe(subjects.sandbox_act("default"))
