@@ -151,7 +151,7 @@ class Bench:
                 if len(finished) == n:
                     done.set()
 
-        events = await nats.connect(self.stack.nats_url)
+        events = await nats.connect(self.stack.nats_url_as("admin"))
         await events.subscribe(subjects.SESSION_EVENTS_ALL, cb=on_event)
         started = time.perf_counter()
         try:
@@ -182,7 +182,7 @@ class Bench:
         )
         env = {
             **os.environ,
-            "NATS_URL": self.stack.nats_url,
+            **self.stack.credentials("actuator").env(),
             "ACTUATOR_DESKTOPS": "fixed",
             "ACTUATOR_SANDBOX_ID": "benchfixed",
             "ACTUATOR_VNC_HOST": endpoint.vnc_host,
@@ -239,7 +239,7 @@ async def main_async(sizes: list[int], steps: int, runs: int) -> None:
         },
     )
     stack.start()
-    broker = make_broker(stack.nats_url, "bench")
+    broker = make_broker(stack.nats_url_as("admin"), "bench")
     await broker.start()
     bench = Bench(stack, broker, scripts)
     try:

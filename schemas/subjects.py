@@ -38,6 +38,8 @@ SANDBOX_ACT_ALL = "agent.sandbox.*.act"
 SANDBOX_OBSERVE_ALL = "agent.sandbox.*.observe"
 
 SESSION_EVENTS_ALL = "agent.session.*.event.>"
+# The approval gate's events (approval.requested, approval.decided), all sessions.
+APPROVAL_EVENTS_ALL = "agent.session.*.event.approval.>"
 SESSION_CONTROL_ALL = "agent.session.*.control"
 DEAD_LETTER_ALL = "agent.deadletter.>"
 

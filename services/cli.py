@@ -1,6 +1,7 @@
 """The ``selfagent`` command.
 
 selfagent up        run everything locally (no Docker) and print the URL
+selfagent nats-credentials   NATS identities and server config for compose
 selfagent schemas   rewrite schemas/json from the pydantic models
 """
 
@@ -55,6 +56,8 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     print(
         f"\n  selfagent is running: {stack.gateway_url}/?token={stack.token}\n"
+        f"  NATS for programs: {stack.nats_url}  (automation credentials: "
+        f"{stack.automation_credentials}; see docs/automation.md)\n"
         f"  data: {stack.run_dir}{' (deleted at exit: --ephemeral)' if data_dir is None else ''}\n"
         f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n",
         flush=True,
@@ -96,6 +99,21 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_credentials(args: argparse.Namespace) -> int:
+    from selfagent.bus.auth import write_deployment
+
+    try:
+        written = write_deployment(Path(args.dir), url=args.url)
+    except ValueError as exc:
+        print(f"selfagent: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    if not written[:-1]:
+        print("every identity already had its credentials; kept them")
+    return 0
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from selfagent.schemas.export import main as export
 
@@ -127,6 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         "fixed: one desktop every session shares",
     )
     up.set_defaults(run=_up)
+    credentials = commands.add_parser(
+        "nats-credentials",
+        help="write NATS identities and the server's authorization config (for compose)",
+    )
+    credentials.add_argument(
+        "--dir",
+        default=os.environ.get("SELFAGENT_SECRETS", "secrets") + "/nats",
+        help="where (default: $SELFAGENT_SECRETS/nats, else secrets/nats); existing files are kept",
+    )
+    credentials.add_argument(
+        "--url",
+        default="nats://127.0.0.1:4222",
+        help="the NATS URL written for automation and admin (NATS_BIND:NATS_PORT of compose)",
+    )
+    credentials.set_defaults(run=_nats_credentials)
     schemas = commands.add_parser("schemas", help="export JSON Schema files")
     schemas.set_defaults(run=_schemas)
     args = parser.parse_args(argv)

@@ -23,6 +23,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfagent.bus.auth import (
+    ADMIN,
+    AUTOMATION,
+    ClientCredentials,
+    generate_passwords,
+    server_config,
+)
 from selfagent.bus.natsd import EmbeddedNats, free_port
 from selfagent.bus.settings import DesktopsMode
 from selfagent.desktop import free_display, release_display, wait_for_panel
@@ -64,7 +71,12 @@ def _wait_port(port: int, timeout: float, process: subprocess.Popen[bytes], what
 
 @dataclass
 class LocalStack:
-    """Everything `selfagent up` runs. ``extra_env`` reaches every service."""
+    """Everything `selfagent up` runs. ``extra_env`` reaches every service.
+
+    ``auth``: NATS wants a user and password, one identity per service (see
+    ``selfagent.bus.auth``); the automation and admin credentials are written
+    to ``<run_dir>/credentials/`` (0600). The desktops get none.
+    """
 
     run_dir: Path | None = None
     gateway_port: int | None = None
@@ -75,7 +87,9 @@ class LocalStack:
     # a bookmarked URL keeps working across restarts.
     keep_token: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    auth: bool = True
     nats: EmbeddedNats | None = None
+    nats_passwords: dict[str, str] = field(default_factory=dict, repr=False)
     display_num: int = 0
     vnc_port: int = 0
     exec_port: int = 0
@@ -90,8 +104,48 @@ class LocalStack:
 
     @property
     def nats_url(self) -> str:
+        """The server's address, without credentials."""
         assert self.nats is not None
         return self.nats.url
+
+    @property
+    def credentials_dir(self) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "credentials"
+
+    @property
+    def automation_credentials(self) -> Path:
+        """The automation account's env file (NATS_URL, NATS_USER, NATS_PASSWORD, ...)."""
+        return self.credentials_dir / f"{AUTOMATION}.env"
+
+    def credentials(self, identity: str) -> ClientCredentials:
+        """How to connect as ``identity`` (without auth: as nobody)."""
+        return ClientCredentials(
+            url=self.nats_url,
+            user=identity if self.auth else "",
+            password=self.nats_passwords.get(identity, ""),
+        )
+
+    def nats_url_as(self, identity: str = ADMIN) -> str:
+        """The NATS URL with ``identity``'s user and password in it (for tests and tools)."""
+        if not self.auth:
+            return self.nats_url
+        assert self.nats is not None
+        return f"nats://{identity}:{self.nats_passwords[identity]}@127.0.0.1:{self.nats.port}"
+
+    def _start_nats(self) -> None:
+        assert self.run_dir is not None
+        (self.run_dir / "nats").mkdir(exist_ok=True)
+        config = ""
+        if self.auth:
+            self.nats_passwords = generate_passwords()
+            config = server_config(self.nats_passwords)
+        self.nats = EmbeddedNats(store_dir=self.run_dir / "nats", extra_config=config).start()
+        if self.auth:
+            self.credentials_dir.mkdir(mode=0o700, exist_ok=True)
+            self.credentials_dir.chmod(0o700)
+            for identity in (AUTOMATION, ADMIN):
+                self.credentials(identity).write(self.credentials_dir / f"{identity}.env")
 
     def start(self) -> LocalStack:
         self.run_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="selfagent-run-"))
@@ -107,8 +161,7 @@ class LocalStack:
                     "choose another with --port"
                 )
         try:
-            (self.run_dir / "nats").mkdir(exist_ok=True)
-            self.nats = EmbeddedNats(store_dir=self.run_dir / "nats").start()
+            self._start_nats()
             if self.desktops == "fixed":
                 self._start_sandbox()
             for name in self.services:
@@ -184,6 +237,12 @@ class LocalStack:
             "SELFAGENT_TOKEN": self.token or "",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.auth:
+            # Its own identity, under its own prefix so that nothing inherited
+            # (a shared NATS_USER in .env) can stand in for it.
+            prefix = f"{name.upper()}_"
+            env[f"{prefix}NATS_USER"] = name
+            env[f"{prefix}NATS_PASSWORD"] = self.nats_passwords[name]
         if self.desktops == "fixed":
             env.update(
                 {

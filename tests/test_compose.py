@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,13 @@ import httpx
 import pytest
 import yaml
 
+from selfagent.bus.auth import (
+    ADMIN,
+    AUTOMATION,
+    SERVICE_IDENTITIES,
+    ClientCredentials,
+    write_deployment,
+)
 from tests.harness import prebuild
 from tests.harness.docker import ROOT, compose_command, require_engine, run
 from tests.harness.fakellm import FakeLLM, tool_call
@@ -62,11 +70,19 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
+def _secrets() -> str:
+    """A directory with the NATS identities, as `selfagent nats-credentials` writes them."""
+    directory = Path(tempfile.mkdtemp(prefix="selfagent-compose-secrets-"))
+    write_deployment(directory / "nats")
+    return str(directory)
+
+
 def _complete_values() -> dict[str, str]:
     return {
         "LLM_API_BASE_URL": "http://127.0.0.1:9/v1",
         "LLM_MODEL": "fake-model",
         "SELFAGENT_TOKEN": "gw-" + uuid.uuid4().hex,
+        "SELFAGENT_SECRETS": _secrets(),
     }
 
 
@@ -115,13 +131,46 @@ def test_refuses_to_start_without_required_values(tmp_path: Path, missing: str) 
     assert f"set {missing} in .env" in result.stdout + result.stderr
 
 
-def test_only_the_gateway_publishes_a_port(config: dict[str, Any]) -> None:
+def test_only_the_gateway_and_nats_publish_a_port(config: dict[str, Any]) -> None:
     published = {name for name, svc in config["services"].items() if svc.get("ports")}
-    assert published == {"gateway"}
-    (port,) = config["services"]["gateway"]["ports"]
-    text = str(port) if not isinstance(port, dict) else f"{port.get('host_ip')}:{port['published']}"
-    # Loopback unless the user opts in to exposing the desktop on the network.
-    assert text.startswith("127.0.0.1:")
+    # NATS for automation clients (docs/automation.md), behind its credentials.
+    assert published == {"gateway", "nats"}
+    for name, target in (("gateway", 8080), ("nats", 4222)):
+        (port,) = config["services"][name]["ports"]
+        text = (
+            str(port)
+            if not isinstance(port, dict)
+            else f"{port.get('host_ip')}:{port['published']}"
+        )
+        # Loopback unless the user opts in to exposing it on the network.
+        assert text.startswith("127.0.0.1:"), (name, text)
+        assert isinstance(port, str) or int(port["target"]) == target
+
+
+def test_refuses_to_start_without_nats_credentials(tmp_path: Path) -> None:
+    require_engine()
+    values = _complete_values() | {"SELFAGENT_SECRETS": str(tmp_path / "none-written")}
+    result = _compose(_env_file(tmp_path / "env", **values), "config", check=False)
+    assert result.returncode != 0
+    assert "none-written/nats/" in result.stdout + result.stderr
+
+
+def test_each_service_has_its_own_nats_identity(config: dict[str, Any]) -> None:
+    services = config["services"]
+    passwords = {}
+    for name in SERVICE_IDENTITIES:
+        env = services[name]["environment"]
+        assert env["NATS_USER"] == name
+        passwords[name] = env["NATS_PASSWORD"]
+    assert len(set(passwords.values())) == len(passwords) and all(passwords.values())
+    # The automation and admin passwords are in no container.
+    secrets_dir = Path(services["nats"]["volumes"][1]["source"]).parent
+    for identity in (AUTOMATION, ADMIN):
+        password = ClientCredentials.read(secrets_dir / f"{identity}.env").password
+        for name, svc in services.items():
+            assert password not in json.dumps(svc.get("environment") or {}), (identity, name)
+    for name in ("sandbox", "docker-proxy"):
+        assert not {"NATS_USER", "NATS_PASSWORD"} & set(services[name].get("environment") or {})
 
 
 def test_sandbox_is_not_on_the_bus(config: dict[str, Any]) -> None:
@@ -230,6 +279,11 @@ def test_nats_has_jetstream_and_a_screenshot_sized_payload(config: dict[str, Any
     from selfagent.bus import MAX_PAYLOAD
 
     assert f"max_payload: {MAX_PAYLOAD}" in text
+    # No monitoring port; the generated authorization config is included and mounted.
+    assert "http_port" not in text and "http:" not in text
+    assert re.search(r"(?m)^include \./auth\.conf$", text)
+    auth = next(v for v in nats["volumes"] if isinstance(v, dict) and "auth.conf" in v["source"])
+    assert auth["target"] == "/etc/nats/auth.conf" and auth["read_only"] is True
     targets = {
         v["target"] if isinstance(v, dict) else str(v).split(":")[1] for v in nats["volumes"]
     }
@@ -317,6 +371,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, compose_llm: FakeLLM) -> Ite
     require_engine()
     values = _complete_values() | {
         "GATEWAY_PORT": str(_free_port()),
+        "NATS_PORT": str(_free_port()),
         "LLM_API_BASE_URL": f"http://host.docker.internal:{compose_llm.port}/v1",
         # The start-up canary would take the first scripted reply.
         "PLANNER_CANARY": "false",
@@ -427,6 +482,35 @@ def test_stack_nats_reachable_from_actuator_not_from_sandbox(stack: Stack) -> No
         sandbox, code.replace(", 4222)", ", 2375)").replace(repr(address), "'docker-proxy'")
     )
     assert to_proxy.stdout.startswith("blocked"), to_proxy.stdout + to_proxy.stderr
+
+
+def test_stack_nats_port_wants_the_automation_credentials(stack: Stack) -> None:
+    """NATS on the published port: the automation account works, no password does not."""
+    import asyncio
+
+    from selfagent.client import AutomationClient
+    from selfagent.errors import BusAuthError
+    from selfagent.schemas import ActRequest, subjects
+    from selfagent.schemas.actions import WaitAction
+
+    _, _, values = stack
+    url = f"nats://127.0.0.1:{values['NATS_PORT']}"
+    saved = Path(values["SELFAGENT_SECRETS"]) / "nats" / f"{AUTOMATION}.env"
+    credentials = ClientCredentials.read(saved)
+
+    async def check() -> None:
+        with pytest.raises(BusAuthError):
+            await AutomationClient.connect(url, AUTOMATION, "not-the-password")
+        client = await AutomationClient.connect(url, AUTOMATION, credentials.password)
+        try:
+            await client.stop("compose-check")
+            with pytest.raises(BusAuthError):
+                act = ActRequest(action=WaitAction(seconds=0.1))
+                await client.publish(subjects.sandbox_act("compose-check"), act)
+        finally:
+            await client.close()
+
+    asyncio.run(check())
 
 
 def test_stack_services_become_healthy(stack: Stack) -> None:

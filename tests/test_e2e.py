@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shlex
 import time
 from typing import Any
 
@@ -119,7 +121,8 @@ def test_bus_survives_invalid_messages(stack: LocalStack, llm: FakeLLM) -> None:
     import nats
 
     async def poke() -> dict[str, Any]:
-        client = await nats.connect(stack.nats_url)
+        # As the admin: garbage on subjects no single identity may both use.
+        client = await nats.connect(stack.nats_url_as("admin"))
         letters = await client.subscribe("agent.deadletter.>")
         await client.publish("agent.task.submit", b"{not json")
         reply = await client.request(
@@ -167,3 +170,75 @@ def test_sandbox_sees_no_secrets(stack: LocalStack, llm: FakeLLM) -> None:
         "NATS_URL",
     ):
         assert f"{name}=" not in environment, name
+
+
+async def _automate(stack: LocalStack, llm: FakeLLM) -> tuple[list[Any], Any, Any]:
+    from selfagent.client import AutomationClient
+
+    async with await AutomationClient.connect(
+        credentials_file=stack.automation_credentials
+    ) as client:
+        llm.push(
+            computer(action="shell", command="echo automated"),
+            computer(action="done", message="Ran it."),
+        )
+        task = await client.submit("run echo automated")
+        done = [event async for event in client.follow(task)]
+        # Following again from the start replays the same events, none missing.
+        again = [event async for event in client.follow(task)]
+        assert again == done
+        # A task held in a slow model call, stopped from outside.
+        llm.push({"delay": 20.0, **computer(action="done", message="too late")})
+        slow = await client.submit("wait for the model", session_id=task.session_id)
+        async with contextlib.aclosing(client.follow(slow)) as events:
+            async for event in events:
+                if event.kind == "task.started":
+                    await client.stop(slow.session_id)
+                    break
+        stopped = await client.wait(slow, timeout=15)
+        return done, await client.wait(task, timeout=5), stopped
+
+
+def test_automation_client_submits_follows_and_stops(stack: LocalStack, llm: FakeLLM) -> None:
+    """selfagent.client with the credentials `selfagent up` writes, through the real services."""
+    done, finished, stopped = asyncio.run(_automate(stack, llm))
+    kinds = [event.kind for event in done]
+    assert kinds[0] == "task.started" and kinds[-1] == "task.finished", kinds
+    executed = [event for event in done if event.kind == "step.executed"]
+    assert executed and "automated" in (executed[0].output or "")
+    assert finished.status == "succeeded" and finished.reply == "Ran it."
+    assert stopped.status == "stopped", stopped
+
+
+def test_the_desktop_cannot_use_the_bus(stack: LocalStack) -> None:
+    """A NATS client run from a shell inside the sandbox desktop is refused.
+
+    The desktop's environment holds no NATS credentials, and the server wants
+    them: the shell action it tries to publish never reaches the actuator.
+    """
+    import sys
+
+    script = (
+        "import asyncio, nats\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        nc = await nats.connect({stack.nats_url!r}, allow_reconnect=False)\n"
+        "    except Exception as exc:\n"
+        "        print('REFUSED', exc)\n"
+        "        return\n"
+        "    await nc.publish('agent.sandbox.default.act', b'{}')\n"
+        "    print('CONNECTED')\n"
+        "asyncio.run(main())\n"
+    )
+    reply = httpx.post(
+        f"http://127.0.0.1:{stack.exec_port}/exec",
+        json={"command": f"env | grep -c NATS_; {sys.executable} -c {shlex.quote(script)}"},
+        headers={"Authorization": f"Bearer {stack.exec_token}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    output = reply.json()["stdout"]
+    lines = output.splitlines()
+    assert lines[0] == "0", output  # no NATS_ variable at all
+    assert "REFUSED" in output and "authorization violation" in output.lower(), output
+    assert "CONNECTED" not in output

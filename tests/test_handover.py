@@ -65,7 +65,7 @@ class Session:
             created = await http.post("/api/sessions")
         assert created.status_code == 201, created.text
         self.id = created.json()["session_id"]
-        self._client = await nats.connect(self.stack.nats_url)
+        self._client = await nats.connect(self.stack.nats_url_as("admin"))
         self._events = await self._client.subscribe(f"agent.session.{self.id}.event.>")
         return self
 

@@ -78,7 +78,7 @@ def sessions_stack(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalSt
 
 @pytest.fixture
 async def bus(sessions_stack: LocalStack) -> AsyncIterator[NatsBroker]:
-    broker = make_broker(sessions_stack.nats_url, "sessions-test")
+    broker = make_broker(sessions_stack.nats_url_as("admin"), "sessions-test")
     await broker.start()
     try:
         yield broker

@@ -83,7 +83,7 @@ class ActuatorService(Service):
         self.instance = f"{SERVICE}-{secrets.token_hex(4)}"
         self.started_at = datetime.now(UTC)
         name = SERVICE if settings.desktops == "per_session" else f"{SERVICE}-{settings.sandbox_id}"
-        self.broker = make_broker(settings.nats_url, name)
+        self.broker = make_broker(settings.nats_url, name, settings.bus_auth())
         self.fleet = Fleet(settings, self._connect)
         self.gate = ApprovalGate(load_policy(settings.policy_file), self._publish)
         self.fixed: set[str] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage as NatsMessageCtx
 from faststream.nats.broker.broker import UNRECOVERABLE_CONNECT_ERRORS
 from faststream.nats.message import NatsMessage
+from faststream.nats.security import NatsSecurity, NatsUserPassword
 from nats.aio.client import ErrorCallback
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -22,7 +24,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from selfagent.schemas import DeadLetter, ErrorCode, ErrorInfo, ErrorReply, Reply, subjects
 
+from .auth import inbox_prefix as auth_inbox_prefix
 from .errors import BusAuthError, BusError, InvalidMessage, RemoteError, RequestTimeout
+from .settings import BusAuth
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +95,20 @@ class Broker(NatsBroker):
       into an immediate :class:`BusAuthError`.
     """
 
-    def __init__(self, url: str, *, name: str) -> None:
+    def __init__(self, url: str, *, name: str, auth: BusAuth | None = None) -> None:
         # Set before NatsBroker.__init__, which installs the error callback.
         self.address = display_url(url)
         self._denied: dict[str, set[asyncio.Future[str]]] = {}
+        auth = auth or BusAuth()
+        self.user = auth.user or url_user(url)
+        self.inbox = inbox_prefix(self.user) or DEFAULT_INBOX
         super().__init__(
             url,
             name=name,
+            security=security(auth),
+            # Replies come to this identity's own inbox prefix: the server
+            # lets each identity read only its own (see selfagent.bus.auth).
+            inbox_prefix=self.inbox,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             connect_timeout=2,
@@ -180,9 +191,51 @@ class Broker(NatsBroker):
                     await work
 
 
-def make_broker(url: str, name: str) -> Broker:
-    """A broker that never gives up on the server: a broker restart is a pause, not a crash."""
-    return Broker(url, name=name)
+def make_broker(url: str, name: str, auth: BusAuth | None = None) -> Broker:
+    """A broker that never gives up on the server: a broker restart is a pause, not a crash.
+
+    ``auth``: the service's NATS user (``ServiceSettings.bus_auth()``).
+    """
+    return Broker(url, name=name, auth=auth)
+
+
+DEFAULT_INBOX = "_INBOX"
+
+
+def url_user(url: str) -> str:
+    """The user named in the (first) server URL, if any."""
+    return urlsplit(url.split(",")[0].strip()).username or ""
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """Verify the server against ``ca_file`` (as well as the system's trusted CAs)."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def security(auth: BusAuth) -> NatsSecurity | None:
+    """FastStream's form of the user, password and TLS trust; None: as the URL says."""
+    context = tls_context(auth.ca_file) if auth.ca_file else None
+    if auth.user:
+        return NatsUserPassword(auth.user, auth.password, ssl_context=context)
+    if context is not None:
+        return NatsSecurity(ssl_context=context)
+    return None
+
+
+def inbox_prefix(user: str) -> str:
+    return auth_inbox_prefix(user) if user else ""
+
+
+def pull_inbox(broker: NatsBroker) -> bytes:
+    """What a JetStream pull subscriber must be given as ``inbox_prefix``.
+
+    FastStream's pull subscribers do not take the connection's inbox prefix
+    but their own (``_INBOX.`` by default), which the server would refuse.
+    """
+    prefix = broker.inbox if isinstance(broker, Broker) else DEFAULT_INBOX
+    return f"{prefix}.".encode()
 
 
 async def guard(broker: NatsBroker, subject: str, operation: Awaitable[ModelT]) -> ModelT:
@@ -209,6 +262,7 @@ async def start_with_retry(
     declaring streams).
     """
     url = broker.address if isinstance(broker, Broker) else "the NATS server"
+    user = f" as user {broker.user!r}" if isinstance(broker, Broker) and broker.user else ""
     while True:
         try:
             if before_start is not None:
@@ -222,8 +276,9 @@ async def start_with_retry(
                 raise
             if is_refusal(exc):
                 raise BusAuthError(
-                    f"NATS at {url} refused the connection ({exc}); check the user and "
-                    "password (or token) in the NATS URL"
+                    f"NATS at {url} refused the connection{user} ({exc}); check the service's NATS "
+                    "user and password (<SERVICE>_NATS_USER and <SERVICE>_NATS_PASSWORD, else "
+                    "NATS_USER and NATS_PASSWORD, or the user in the NATS URL)"
                 ) from exc
             if not isinstance(exc, OSError | nats.errors.Error | BusError):
                 raise

@@ -16,26 +16,39 @@ import asyncio
 import importlib
 import os
 import sys
+from typing import Any
 
 import nats
 import nats.errors
 from pydantic import ValidationError
 
-from .broker import display_url
+from .broker import display_url, tls_context
+from .settings import BusAuth
 
 SERVICES = ("planner", "grounder", "actuator", "gateway", "provisioner")
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
 def configured_url(service: str | None) -> str:
+    return configured(service)[0]
+
+
+def configured(service: str | None) -> tuple[str, BusAuth]:
+    """The URL and credentials the service reads (without one: the shared ``NATS_*``)."""
     if service is None:
-        return os.environ.get("NATS_URL", DEFAULT_URL)
+        return os.environ.get("NATS_URL", DEFAULT_URL), BusAuth(
+            user=os.environ.get("NATS_USER", ""),
+            password=os.environ.get("NATS_PASSWORD", ""),
+            ca_file=os.environ.get("NATS_TLS_CA", ""),
+        )
     config = importlib.import_module(f"selfagent.{service}.config")
-    url: str = config.Settings().nats_url
-    return url
+    settings = config.Settings()
+    url: str = settings.nats_url
+    auth: BusAuth = settings.bus_auth()
+    return url, auth
 
 
-async def check(url: str, timeout: float) -> None:
+async def check(url: str, timeout: float, auth: BusAuth | None = None) -> None:
     """Connect and make one round trip (PING/PONG); raise if either fails."""
 
     async def fail_now(exc: Exception) -> None:
@@ -45,9 +58,16 @@ async def check(url: str, timeout: float) -> None:
 
     # nats-py takes whole seconds for these two.
     seconds = max(1, round(timeout))
+    auth = auth or BusAuth()
+    options: dict[str, Any] = {}
+    if auth.user:
+        options.update(user=auth.user, password=auth.password)
+    if auth.ca_file:
+        options["tls"] = tls_context(auth.ca_file)
     client = await asyncio.wait_for(
         nats.connect(
             url,
+            **options,
             name="healthcheck",
             connect_timeout=seconds,
             allow_reconnect=False,
@@ -67,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     args = parser.parse_args(argv)
     try:
-        url = configured_url(args.service)
+        url, auth = configured(args.service)
     except ValidationError as exc:
         print(f"unhealthy: the {args.service} settings are invalid: {exc}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(check(url, args.timeout))
+        asyncio.run(check(url, args.timeout, auth))
     except (OSError, nats.errors.Error) as exc:
         reason = str(exc) or type(exc).__name__
         print(f"unhealthy: NATS at {display_url(url)}: {reason}", file=sys.stderr)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .auth import write_secret
 from .broker import MAX_PAYLOAD
 
 
@@ -43,7 +44,9 @@ class EmbeddedNats:
         extra_config: str = "",
         jetstream: bool = True,
     ) -> None:
-        """``extra_config`` is added to the server configuration (an ``authorization`` block)."""
+        """``extra_config`` is added to the server configuration (an ``authorization`` block,
+        ``selfagent.bus.auth.server_config``, or a ``tls`` block). Without one, anyone
+        may connect: tests use that. There is no monitoring port."""
         self._own_store = store_dir is None
         self.store_dir = store_dir or Path(tempfile.mkdtemp(prefix="selfagent-nats-"))
         self.port = port or free_port()
@@ -60,11 +63,13 @@ class EmbeddedNats:
         config = self.store_dir / "nats.conf"
         store = self.store_dir / "js"
         jetstream = f'jetstream {{ store_dir: "{store}" }}' if self.jetstream else ""
-        config.write_text(
+        # It may hold passwords (the authorization block): only we may read it.
+        write_secret(
+            config,
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {MAX_PAYLOAD}\n"
             f"{jetstream}\n"
-            f"{self.extra_config}\n"
+            f"{self.extra_config}\n",
         )
         # Its own session, so the Ctrl-C that a terminal sends to the whole
         # foreground group does not stop NATS under the services: whoever

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -31,14 +32,21 @@ def desktops_field(prefix: str) -> Any:
 class ServiceSettings(BaseSettings):
     """Base of each service's ``Settings`` (which sets ``env_prefix``, e.g. ``PLANNER_``).
 
-    The NATS URL is ``<PREFIX>NATS_URL`` if set, else the shared ``NATS_URL``,
-    else the default: one replica can be pointed elsewhere without touching
-    the others.
+    The NATS settings are each read as ``<PREFIX>NATS_...`` if set, else the
+    shared ``NATS_...``, else the default: one replica can be pointed
+    elsewhere (or given its own identity) without touching the others. The
+    credentials are the service's own NATS user and password (see
+    ``selfagent.bus.auth``); ``NATS_TLS_CA`` is the certificate (PEM) that
+    signed the server's, when the server speaks TLS with one this machine
+    does not already trust.
     """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     nats_url: str = DEFAULT_NATS_URL
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    nats_tls_ca: str = ""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -46,7 +54,27 @@ class ServiceSettings(BaseSettings):
         # The alias depends on the subclass's prefix, which a field declared
         # here cannot know; each subclass gets its own copy of the field.
         prefix = cls.model_config.get("env_prefix", "")
-        cls.model_fields["nats_url"].validation_alias = AliasChoices(
-            f"{prefix}NATS_URL", "NATS_URL"
-        )
+        for name in _NATS_FIELDS:
+            variable = name.upper()
+            cls.model_fields[name].validation_alias = AliasChoices(f"{prefix}{variable}", variable)
         cls.model_rebuild(force=True)
+
+    def bus_auth(self) -> BusAuth:
+        """Who this service is on the bus (empty: whatever the URL says, or nobody)."""
+        return BusAuth(
+            user=self.nats_user,
+            password=self.nats_password.get_secret_value(),
+            ca_file=self.nats_tls_ca,
+        )
+
+
+_NATS_FIELDS = ("nats_url", "nats_user", "nats_password", "nats_tls_ca")
+
+
+@dataclass(frozen=True)
+class BusAuth:
+    """A NATS user and password, and the CA that signed the server's TLS certificate."""
+
+    user: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""

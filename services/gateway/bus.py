@@ -53,7 +53,7 @@ class GatewayBus(Service):
         self.settings = settings
         self.hub = hub
         self.takeover = takeover
-        self.broker = make_broker(settings.nats_url, name=SERVICE)
+        self.broker = make_broker(settings.nats_url, name=SERVICE, auth=settings.bus_auth())
         self._ready = asyncio.Event()
         self.resources.push_async_callback(self.broker.stop)
 

@@ -27,7 +27,7 @@ class GrounderService(Service):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.broker = make_broker(settings.nats_url, SERVICE)
+        self.broker = make_broker(settings.nats_url, SERVICE, settings.bus_auth())
         self.grounder = Grounder.from_settings(settings)
         self.resources.push_async_callback(self.grounder.aclose)
         self.resources.push_async_callback(self.broker.stop)

@@ -20,6 +20,7 @@ from selfagent.bus import (
     jetstream,
     make_broker,
     parse,
+    pull_inbox,
     reject,
     sessions,
     start_with_retry,
@@ -51,7 +52,7 @@ class PlannerService(Service):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE)
+        self.broker: NatsBroker = make_broker(settings.nats_url, SERVICE, settings.bus_auth())
         # 127.0.0.1 in a container means the container: ask the host instead.
         self.llm_url, self._url_note = reachable_url(settings.llm_api_base_url)
         self.llm = LLMClient(
@@ -116,6 +117,7 @@ class PlannerService(Service):
             stream=TASKS,
             durable=subjects.PLANNER_DURABLE,
             pull_sub=PullSub(batch_size=1, timeout=5.0),
+            inbox_prefix=pull_inbox(broker),
             ack_policy=AckPolicy.MANUAL,
             config=ConsumerConfig(ack_wait=self.settings.task_ack_wait),
             title="task.submit",

@@ -105,7 +105,9 @@ class ProvisionerService(Service):
         self.state = StateStore(settings.data_dir)
         self.backend = backend or make_backend(settings, self.state)
         self.broker: NatsBroker = make_broker(
-            settings.nats_url, f"{SERVICE}-{settings.host_name or this_host()}"
+            settings.nats_url,
+            f"{SERVICE}-{settings.host_name or this_host()}",
+            settings.bus_auth(),
         )
         self.pool = Pool(
             self.backend,

@@ -66,6 +66,21 @@ def test_shared_nats_url(locked_nats: EmbeddedNats, tmp_path: Path) -> None:
     assert _check(tmp_path, "planner", NATS_URL=_good(locked_nats)).returncode == 0
 
 
+def test_user_and_password_settings_as_compose_passes_them(
+    locked_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """``NATS_USER``/``NATS_PASSWORD`` (compose's env_file), and a service's own over them."""
+    url = f"nats://127.0.0.1:{locked_nats.port}"
+    shared = {"NATS_URL": url, "NATS_USER": "svc", "NATS_PASSWORD": PASSWORD}
+    assert _check(tmp_path, "planner", **shared).returncode == 0
+    assert _check(tmp_path, **shared).returncode == 0
+    wrong = _check(tmp_path, "planner", **shared, PLANNER_NATS_PASSWORD="its-own-wrong-one")
+    assert wrong.returncode == 1 and "authorization" in wrong.stderr.lower(), wrong.stderr
+    assert "its-own-wrong-one" not in wrong.stdout + wrong.stderr
+    # Without the password the server refuses too: the setting was really read.
+    assert _check(tmp_path, "planner", NATS_URL=url, NATS_USER="svc").returncode == 1
+
+
 def test_refused_password_is_unhealthy_and_not_printed(
     locked_nats: EmbeddedNats, tmp_path: Path
 ) -> None:

@@ -154,3 +154,47 @@ async def test_stop_after_nats_went_away_is_quiet(
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_service_with_a_wrong_password_stops_at_start(tmp_path: Path) -> None:
+    """Its own identity from the settings (as local mode and compose give it), refused:
+    one line, exit status 2, no retrying, the password nowhere."""
+    import os
+    import subprocess
+    import sys
+
+    from selfagent.bus.auth import generate_passwords, server_config
+
+    server = EmbeddedNats(
+        store_dir=tmp_path / "nats", extra_config=server_config(generate_passwords())
+    ).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if "NATS" not in k and "GROUNDER" not in k}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "selfagent.grounder"],
+            env={
+                **env,
+                "NATS_URL": server.url,
+                "GROUNDER_NATS_USER": "grounder",
+                "GROUNDER_NATS_PASSWORD": "a-stale-password",
+                "GROUNDER_FAMILY": "ocr",
+                "GROUNDER_CANARY": "false",
+            },
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert time.monotonic() - started < 20
+        ours = [line for line in done.stderr.splitlines() if "selfagent.grounder:" in line]
+        assert any("cannot run:" in line and "authorization" in line.lower() for line in ours), (
+            done.stderr
+        )
+        # Says who was refused and where that is set.
+        assert "as user 'grounder'" in done.stderr and "<SERVICE>_NATS_PASSWORD" in done.stderr
+        assert "a-stale-password" not in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        server.cleanup()

@@ -44,7 +44,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if key != "NATS_URL" and not key.startswith(("ACTUATOR_", "GROUNDER_", "PLANNER_"))
+        if key != "NATS_URL"
+        and not key.startswith(("ACTUATOR_", "GROUNDER_", "PLANNER_"))
         and not key.startswith(("GATEWAY_", "PROVISIONER_", "SELFAGENT_", "LLM_", "PROBE_"))
     }
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
@@ -146,7 +147,7 @@ class Process:
 
 
 READY = {
-    "actuator": "actuator for sandbox 'probe' ready",
+    "actuator": "ready for sandbox 'probe'",
     "grounder": "grounder ready",
     "planner": "planner ready",
     "provisioner": "ready: native backend, warm 0",
