@@ -22,6 +22,37 @@ def default_data_dir() -> Path:
     return Path(base) / "selfagent"
 
 
+def _model_findings() -> list[str]:
+    """What the model endpoints say, before anything starts; never stops the start."""
+    import asyncio
+
+    from selfagent.grounder.config import Settings as GrounderSettings
+    from selfagent.modelcheck import check_endpoint
+    from selfagent.planner.config import Settings as PlannerSettings
+
+    planner = PlannerSettings()
+    grounder = GrounderSettings()
+
+    async def check() -> list[str]:
+        reports = [
+            check_endpoint(
+                planner.llm_api_base_url,
+                planner.llm_model,
+                planner.llm_api_key.get_secret_value(),
+                prefix="LLM_",
+            )
+        ]
+        if grounder.uses_model:
+            reports.append(
+                check_endpoint(
+                    grounder.api_base_url, grounder.model, grounder.api_key, prefix="GROUNDER_"
+                )
+            )
+        return [line for report in await asyncio.gather(*reports) for line in report.lines()]
+
+    return asyncio.run(check())
+
+
 def _up(args: argparse.Namespace) -> int:
     from selfagent.bus.runtime import EXIT_CANNOT_START
     from selfagent.errors import LocalModeError
@@ -33,6 +64,8 @@ def _up(args: argparse.Namespace) -> int:
             "note: LLM_API_BASE_URL is not set; copy .env.example to .env and fill it in",
             file=sys.stderr,
         )
+    for line in _model_findings():
+        print(f"model: {line}", file=sys.stderr, flush=True)
     # Kept by default: what the agent made (homes), the history (NATS) and
     # the token outlive a restart; --ephemeral throws everything away.
     data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir()).resolve()

@@ -8,6 +8,7 @@ findings name the address and the setting to change, never the key.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -54,11 +55,12 @@ class EndpointReport:
 
 
 def in_container() -> bool:
-    try:
-        with open("/.dockerenv"):
-            return True
-    except OSError:
-        return False
+    """Whether this is one of selfagent's service images (their Dockerfiles set it).
+
+    Not guessed from the filesystem: local mode run inside some container
+    of the person's own must keep meaning what it says by 127.0.0.1.
+    """
+    return os.environ.get("SELFAGENT_IN_CONTAINER") == "1"
 
 
 def static_warnings(url: str, model: str, prefix: str, *, containerized: bool) -> list[str]:

@@ -28,6 +28,7 @@ from selfagent.schemas import (
     ApprovalDecided,
     ApprovalRequested,
     ControlCommand,
+    ModelStatus,
     SessionEvent,
     SessionState,
     ShellAction,
@@ -482,3 +483,37 @@ async def test_an_action_held_for_approval_is_decided_inline(
         assert await page.locator(tid("approval")).count() == 1
     finally:
         await control_sub.unsubscribe()
+
+
+async def test_a_banner_says_what_to_change_while_the_model_endpoint_is_wrong(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    banner = page.locator(tid("model-banner"))
+    wrong = ModelStatus(
+        service="planner",
+        url="http://127.0.0.1:9/v1",
+        model="gpt-9",
+        reachable=False,
+        ok=False,
+        problems=["LLM_API_BASE_URL http://127.0.0.1:9/v1 does not answer; check LLM_API_BASE_URL"],
+    )
+    await bus.publish(wrong, subjects.status("planner"))
+    # The page polls every 10 s; a reload asks at once.
+    await asyncio.sleep(0.3)
+    await page.reload()
+    await banner.wait_for(state="visible", timeout=10000)
+    assert "check LLM_API_BASE_URL" in await banner.inner_text()
+    status = await page.evaluate("fetch('/api/status').then((r) => r.json())")
+    assert status["problems"] == [f"planner: {wrong.problems[0]}"]
+
+    fixed = wrong.model_copy(update={"reachable": True, "ok": True, "problems": []})
+    await bus.publish(fixed, subjects.status("planner"))
+    await asyncio.sleep(0.3)
+    await page.reload()
+    await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
+    # Hidden once the page has asked (it starts hidden before it knows).
+    await page.wait_for_function(
+        "() => { const b = document.querySelector('#model-banner');"
+        " return b.dataset.checked && b.hidden; }"
+    )

@@ -700,7 +700,26 @@ async function loadIdPattern() {
   return new RegExp(state.idPattern);
 }
 
+// The model endpoints as the planner and the grounder last found them: a
+// banner says what to change while one does not answer or lacks the model.
+async function refreshStatus() {
+  const banner = $('#model-banner');
+  try {
+    const status = await api('/api/status');
+    banner.hidden = status.problems.length === 0;
+    banner.dataset.checked = String(Date.now());
+    banner.replaceChildren(
+      el('strong', '', 'The model endpoint needs attention. '),
+      ...status.problems.map((line) => el('div', 'problem', line)),
+    );
+  } catch {
+    // The gateway itself is unreachable: the connection dots already say so.
+  }
+}
+
 async function init() {
+  refreshStatus();
+  setInterval(refreshStatus, 10000);
   const emptyTemplate = timeline().querySelector('.empty');
   state.emptyTemplate = emptyTemplate;
   emptyTemplate.querySelectorAll('.chip').forEach((chip) => chip.addEventListener('click', () => {

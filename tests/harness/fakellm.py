@@ -139,7 +139,12 @@ class FakeLLM:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+                    # What the tests name as LLM_MODEL; anything else is "not listed".
+                    served = ["fake", "fake-planner"]
+                    self._send(
+                        200,
+                        {"object": "list", "data": [{"id": m, "object": "model"} for m in served]},
+                    )
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
