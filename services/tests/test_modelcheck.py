@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,9 +12,9 @@ from tests.harness.fakellm import FakeLLM
 
 
 @pytest.fixture(scope="module")
-def server() -> FakeLLM:
+def server() -> Iterator[FakeLLM]:
     fake = FakeLLM().start()
-    yield fake  # type: ignore[misc]
+    yield fake
     fake.stop()
 
 
