@@ -147,6 +147,20 @@ def test_only_the_gateway_and_nats_publish_a_port(config: dict[str, Any]) -> Non
         assert isinstance(port, str) or int(port["target"]) == target
 
 
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read-only) of each volume, in either of compose's spellings."""
+    found = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            found.append(
+                (str(volume.get("source", "")), volume["target"], bool(volume.get("read_only")))
+            )
+        else:
+            parts = str(volume).split(":")
+            found.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return found
+
+
 def test_refuses_to_start_without_nats_credentials(tmp_path: Path) -> None:
     require_engine()
     values = _complete_values() | {"SELFAGENT_SECRETS": str(tmp_path / "none-written")}
@@ -164,7 +178,9 @@ def test_each_service_has_its_own_nats_identity(config: dict[str, Any]) -> None:
         passwords[name] = env["NATS_PASSWORD"]
     assert len(set(passwords.values())) == len(passwords) and all(passwords.values())
     # The automation and admin passwords are in no container.
-    secrets_dir = Path(services["nats"]["volumes"][1]["source"]).parent
+    secrets_dir = Path(
+        next(m[0] for m in _mounts(services["nats"]) if m[0].endswith("auth.conf"))
+    ).parent
     for identity in (AUTOMATION, ADMIN):
         password = ClientCredentials.read(secrets_dir / f"{identity}.env").password
         for name, svc in services.items():
@@ -282,12 +298,10 @@ def test_nats_has_jetstream_and_a_screenshot_sized_payload(config: dict[str, Any
     # No monitoring port; the generated authorization config is included and mounted.
     assert "http_port" not in text and "http:" not in text
     assert re.search(r"(?m)^include \./auth\.conf$", text)
-    auth = next(v for v in nats["volumes"] if isinstance(v, dict) and "auth.conf" in v["source"])
-    assert auth["target"] == "/etc/nats/auth.conf" and auth["read_only"] is True
-    targets = {
-        v["target"] if isinstance(v, dict) else str(v).split(":")[1] for v in nats["volumes"]
-    }
-    assert "/data" in targets
+    mounts = _mounts(nats)
+    auth = next(m for m in mounts if m[0].endswith("auth.conf"))
+    assert auth[1:] == ("/etc/nats/auth.conf", True)
+    assert "/data" in {target for _, target, _ in mounts}
 
 
 SERVICE_IMAGES = ("planner", "grounder", "actuator", "gateway")

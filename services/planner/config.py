@@ -70,6 +70,11 @@ class Settings(ServiceSettings):
     resume_window: float = Field(default=600.0, ge=0)
 
     # Context: the last N screenshots go to the model as images, older steps as text.
+    # `tools` family. append: requests grow by appending (what prefix caches
+    # reuse), up to max_screenshots images, then drop back to the newest two.
+    # sliding: the newest keep_screenshots, one dropped per step.
+    screenshot_window: Literal["append", "sliding"] = "append"
+    max_screenshots: int = Field(default=6, ge=3, le=20)
     keep_screenshots: int = Field(default=3, ge=1)
     # Screenshots are pre-resized to fit this box before they reach the model;
     # coordinates are scaled back in exactly one place (coords.py).

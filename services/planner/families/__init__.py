@@ -30,7 +30,7 @@ from .base import Family, FamilyReply, ParseContext, Turn, View
 from .opencua import OpenCUA
 from .qwen import Qwen3VL, Qwen25VL
 from .seed import SeedPoint
-from .tools import ToolsFamily
+from .tools import ToolsFamily, Window
 from .uitars import UITars10, UITars15
 
 __all__ = [
@@ -80,7 +80,12 @@ def family_for_model(model: str) -> type[Family]:
 
 
 def get_family(
-    name: str, model: str = "", mode: Mode = "direct", keep_screenshots: int = 3
+    name: str,
+    model: str = "",
+    mode: Mode = "direct",
+    keep_screenshots: int = 3,
+    window: Window = "append",
+    max_screenshots: int = 6,
 ) -> Family:
     """The configured family, ready to use.
 
@@ -99,14 +104,19 @@ def get_family(
             raise ValueError(f"unknown planner family {name!r}; one of {', '.join(FAMILY_NAMES)}")
         chosen = by_name[name]
     if chosen is ToolsFamily:
-        return ToolsFamily(mode, keep_screenshots)
+        return ToolsFamily(mode, keep_screenshots, window, max_screenshots)
     return chosen()
 
 
 def for_settings(settings: Settings) -> Family:
     """The family the planner settings ask for."""
     return get_family(
-        settings.family, settings.llm_model, settings.resolved_mode, settings.keep_screenshots
+        settings.family,
+        settings.llm_model,
+        settings.resolved_mode,
+        settings.keep_screenshots,
+        settings.screenshot_window,
+        settings.max_screenshots,
     )
 
 

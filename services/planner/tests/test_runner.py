@@ -195,33 +195,39 @@ async def wait_requests(fake: FakeLLM, count: int, timeout: float = 20.0) -> Non
 async def test_context_keeps_recent_screenshots_and_older_steps_as_text(
     fresh: PlannerService, llm: FakeLLM, bus: NatsClient
 ) -> None:
-    keep = fresh.settings.keep_screenshots
-    assert keep == 3
-    moves = [computer(action="move", x=200 + 40 * i, y=300) for i in range(5)]
+    most = fresh.settings.max_screenshots
+    assert most == 6 and fresh.settings.screenshot_window == "append"
+    moves = [computer(action="move", x=200 + 40 * i, y=300) for i in range(8)]
     llm.push(*moves, computer(action="done"))
     outcome = await run_task(bus, "wander around")
 
     assert outcome.finished["status"] == "succeeded"
     # A done without a message still gives the chat a reply.
     assert outcome.finished["reply"].strip()
-    assert outcome.finished["steps"] == 6
-    assert len(llm.requests) == 6
-    # Call n (0-based) has n past steps: the current screenshot plus at most
-    # keep-1 of the past ones go as images.
-    assert [images_in(r) for r in llm.requests] == [min(n + 1, keep) for n in range(6)]
+    assert outcome.finished["steps"] == 9
+    assert len(llm.requests) == 9
+    # Call n (0-based) has n past steps. Images grow one a step up to 6, then
+    # the window drops back to the newest two and grows again.
+    assert [images_in(r) for r in llm.requests] == [1, 2, 3, 4, 5, 6, 2, 3, 4]
+    # Between drops a request repeats the last one (but its closing ask) and
+    # adds to it: what a server's prefix cache reuses.
+    for n in (1, 2, 3, 4, 5, 7, 8):
+        before, after = llm.requests[n - 1]["messages"], llm.requests[n]["messages"]
+        assert after[: len(before) - 1] == before[:-1], f"request {n} rewrote its prefix"
     last = llm.requests[-1]
     text = json.dumps(last["messages"])
     # Older steps are still there as text, the oldest included.
-    for n in range(1, 6):
+    for n in range(1, 9):
         assert f"Step {n} result: ok" in text
     said = [json.loads(m["content"]) for m in last["messages"] if m["role"] == "assistant"]
-    assert [(a["action"], a["x"]) for a in said] == [("move", 200 + 40 * i) for i in range(5)]
-    assert "Screenshot before step 1:" not in text and "Screenshot before step 5:" in text
+    assert [(a["action"], a["x"]) for a in said] == [("move", 200 + 40 * i) for i in range(8)]
+    assert "Screenshot before step 5:" not in text and "Screenshot before step 6:" in text
+    assert "Screenshot before step 9:" in text  # the current one, as it will stay
 
     # The session's progress is readable from the KV bucket by anyone on the bus.
     state = await session_state(bus, outcome.finished["session_id"])
-    assert state["status"] == "succeeded" and state["steps"] == 6
-    assert state["tokens"] == 6 * 120 and state["prompt"] == "wander around"
+    assert state["status"] == "succeeded" and state["steps"] == 9
+    assert state["tokens"] == 9 * 120 and state["prompt"] == "wander around"
     assert state["task_id"] == outcome.finished["task_id"]
 
 
