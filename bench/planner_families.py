@@ -40,6 +40,7 @@ from PIL import Image
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.planner.config import Settings
 from selfagent.planner.families import get_family
+from selfagent.planner.families.tools import ToolsFamily
 from selfagent.planner.service import PlannerService
 from selfagent.planner.service import build as build_planner
 from selfagent.schemas import TaskSubmitted, subjects
@@ -55,7 +56,8 @@ KEEP_SCREENSHOTS = 3
 def reference_images(family: str, past_steps: int) -> int:
     """Screenshots the model's reference agent sends with ``past_steps`` earlier steps."""
     rule: dict[str, Callable[[int], int]] = {
-        "tools": lambda n: min(n, KEEP_SCREENSHOTS - 1) + 1,
+        # Ours: the append window (families/tools.py), newest two after a drop.
+        "tools": lambda n: n - ToolsFamily().shown([None] * n) + 1,  # type: ignore[list-item]
         "uitars": lambda n: min(n, 4) + 1,
         "uitars-1.0": lambda n: min(n, 4) + 1,
         "seed": lambda n: min(n, 4) + 1,
