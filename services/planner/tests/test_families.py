@@ -33,6 +33,7 @@ from selfagent.planner.families import (
     sampling_for,
 )
 from selfagent.planner.families.calls import calls
+from selfagent.planner.families.tools import ToolsFamily
 from selfagent.planner.vision import NO_IMAGES, images_rejected
 from selfagent.schemas import ClickAction, TypeAction
 from tests.harness.fakellm import FakeLLM, tool_call
@@ -155,13 +156,24 @@ def test_tools_rendering_is_the_generic_json_conversation() -> None:
         "system",
         *("user", "user", "assistant", "user"),
         *("user", "assistant", "user"),
-        "user",
+        *("user", "user"),
     ]
     assert messages[1]["content"] == f"Task: {TASK}"
     assert images(messages) == ["STEP1", "STEP2", "NOW"]
     all_text = texts(messages)
     assert "Screenshot before step 1:" in all_text and "Step 2 result: FAILED" in all_text
     assert "call the `computer` tool" in messages[0]["content"]
+    # The current screenshot reads as it will when it is a past step; the ask follows it.
+    assert messages[-2]["content"][0]["text"] == "Screenshot before step 3:"
+    assert messages[-1]["content"] == "Current screenshot. Reply with exactly one action."
+
+
+def test_tools_sliding_window_keeps_the_newest_three() -> None:
+    sliding = ToolsFamily(window="sliding")
+    for steps, expected in ((1, ["STEP1"]), (3, ["STEP2", "STEP3"]), (7, ["STEP6", "STEP7"])):
+        turns = history("tools", steps)
+        messages = sliding.render(View(TASK, turns, SHOT.format("NOW"), 1288, 728))
+        assert images(messages) == [*expected, "NOW"], steps
 
 
 def test_uitars_rendering_has_no_system_role_and_image_only_turns() -> None:
@@ -257,7 +269,10 @@ def test_context_rule_keeps_the_newest_screenshots_and_every_step_in_text(
 ) -> None:
     turns = history(name, steps) if steps else []
     messages = family(name).render(View(TASK, turns, SHOT.format("NOW"), 1288, 728))
-    kept = min(steps, RULES[name] - 1)
+    # tools, the append window: every past screenshot up to 5 (6 with the
+    # current one), then again from the newest one after a drop.
+    tools_kept = {0: 0, 1: 1, 3: 3, 7: 2}
+    kept = tools_kept[steps] if name == "tools" else min(steps, RULES[name] - 1)
     expected = [f"STEP{n}" for n in range(steps - kept + 1, steps + 1)] + ["NOW"]
     assert images(messages) == expected
     # Every earlier step is still there in words, however old.
