@@ -574,9 +574,11 @@ def _check_every_container(stack: Stack) -> int:
             for port, bindings in (attrs["NetworkSettings"]["Ports"] or {}).items()
             if bindings
         }
-        if service == "gateway":
-            assert list(published) == ["8080/tcp"], published
-            assert all(b["HostIp"] == "127.0.0.1" for b in published["8080/tcp"]), published
+        if service in ("gateway", "nats"):
+            # The gateway for people, NATS for automation: both on loopback only.
+            port = "8080/tcp" if service == "gateway" else "4222/tcp"
+            assert list(published) == [port], (service, published)
+            assert all(b["HostIp"] == "127.0.0.1" for b in published[port]), published
         else:
             assert not published, (service, published)
         sockets = [
@@ -596,7 +598,7 @@ def _check_every_container(stack: Stack) -> int:
     return len(sandboxes)
 
 
-def test_stack_publishes_only_the_gateway_and_only_the_proxy_has_the_socket(
+def test_stack_publishes_only_gateway_and_nats_and_only_the_proxy_has_the_socket(
     stack: Stack,
 ) -> None:
     _warm_sandbox(stack)
