@@ -67,6 +67,16 @@ PANEL_PROBE = ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"]
 ReadyProbe = Literal["exec", "endpoint"]
 # Never through an HTTP proxy from the environment: the desktop is on a local network.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# `docker exec` gives its process the container's environment, secrets
+# included, and a probe runs while the desktop session does: blank them, so
+# no probe is a process the desktop user could read them from. The health
+# check still probes the exec endpoint (it would infer that from the token).
+_PROBE_ENV = {
+    "DISPLAY": ":1",
+    "VNC_PASSWORD": "",
+    "SANDBOX_EXEC_TOKEN": "",
+    "SANDBOX_EXEC_ENABLED": "1",
+}
 
 
 class DockerBackend(SandboxBackend):
@@ -266,7 +276,7 @@ class DockerBackend(SandboxBackend):
 
     def _exec_ok(self, container: Container, cmd: list[str]) -> bool:
         try:
-            code, out = container.exec_run(cmd, user=SANDBOX_USER, environment={"DISPLAY": ":1"})
+            code, out = container.exec_run(cmd, user=SANDBOX_USER, environment=_PROBE_ENV)
         except APIError:
             return False
         return code == 0 and isinstance(out, bytes) and bool(out.strip())
