@@ -100,6 +100,7 @@ class DockerBackend(SandboxBackend):
         stop_timeout: int = 3,
         ready_settle: float = 1.0,
         ready_probe: ReadyProbe = "exec",
+        proxy: str = "",
         client: docker.DockerClient | None = None,
     ) -> None:
         self.state = state
@@ -117,6 +118,7 @@ class DockerBackend(SandboxBackend):
         # a moment later the desktop is drawn.
         self.ready_settle = ready_settle
         self.ready_probe = ready_probe
+        self.proxy = proxy
         self._client = client
         # Known once the engine answers, if not given.
         self._host = host
@@ -187,6 +189,17 @@ class DockerBackend(SandboxBackend):
                 raise SandboxStartFailed(f"container has no address on network {self.network}")
         return Endpoint(where, VNC_PORT, f"http://{where}:{EXEC_PORT}")
 
+    def _proxy_env(self) -> dict[str, str]:
+        if not self.proxy:
+            return {}
+        # Both spellings: programs differ in which they read.
+        env = {
+            "HTTP_PROXY": self.proxy,
+            "HTTPS_PROXY": self.proxy,
+            "NO_PROXY": "localhost,127.0.0.1",
+        }
+        return env | {name.lower(): value for name, value in env.items()}
+
     def _labels(self, sandbox_id: str, session_id: str | None, home: str) -> dict[str, str]:
         return {
             LABEL_SANDBOX: "1",
@@ -222,6 +235,7 @@ class DockerBackend(SandboxBackend):
                     "SANDBOX_EXEC_TOKEN": secrets.exec_token,
                     "SCREEN_WIDTH": str(self.screen[0]),
                     "SCREEN_HEIGHT": str(self.screen[1]),
+                    **self._proxy_env(),
                 },
                 labels=labels,
                 volumes={home: {"bind": SANDBOX_HOME, "mode": "rw"}},
