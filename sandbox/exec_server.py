@@ -586,7 +586,22 @@ class Server(ThreadingHTTPServer):
         super().__init__((config.host, config.port), Handler)
 
 
+def _not_dumpable() -> None:
+    """Keep the token from the desktop user, who runs as the same user: a
+    non-dumpable process's /proc files (environ, mem, fd) are root's, and it
+    cannot be ptraced without CAP_SYS_PTRACE, which the sandbox lacks. The
+    image starts this server from an execute-only interpreter, which the
+    kernel makes non-dumpable from the first instruction; this covers hosts
+    whose fs.suid_dumpable setting undoes that."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_dumpable = 4
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+
+
 def main() -> int:
+    _not_dumpable()
     try:
         config = Config.from_env(dict(os.environ))
     except ConfigError as exc:

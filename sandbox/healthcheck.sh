@@ -2,6 +2,19 @@
 # Container health: the VNC server greets with an RFB banner and, when the
 # exec endpoint is enabled, its /healthz answers. Python is there anyway for
 # exec_server.py and gives us socket timeouts that plain sh lacks.
+#
+# `docker exec` (and so this check) gets the container's environment, secrets
+# included: the image runs this script with its execute-only shell (nobody
+# can read that process's environment), and python3 starts without them.
+if [ -z "${SANDBOX_EXEC_ENABLED:-}" ]; then
+    if [ -n "${SANDBOX_EXEC_TOKEN:-}" ]; then
+        SANDBOX_EXEC_ENABLED=1
+    else
+        SANDBOX_EXEC_ENABLED=0
+    fi
+fi
+export SANDBOX_EXEC_ENABLED
+unset VNC_PASSWORD SANDBOX_EXEC_TOKEN
 exec python3 - <<'PY'
 import os
 import socket
@@ -17,7 +30,7 @@ except OSError as exc:
 if not banner.startswith(b"RFB "):
     sys.exit(f"VNC port {port} answered {banner!r}, not an RFB banner")
 
-if os.environ.get("SANDBOX_EXEC_TOKEN"):
+if os.environ.get("SANDBOX_EXEC_ENABLED") == "1":
     exec_port = os.environ.get("SANDBOX_EXEC_PORT") or "8700"
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{exec_port}/healthz", timeout=3) as reply:

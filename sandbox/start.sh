@@ -10,9 +10,21 @@
 #   SANDBOX_HOME   home of the desktop session       (default $HOME)
 #   SANDBOX_EXEC_TOKEN  when set, also start exec_server.py (shell + files);
 #                  SANDBOX_EXEC_HOST / SANDBOX_EXEC_PORT as described there
+#   SANDBOX_PYTHON the interpreter for exec_server.py (default python3; the
+#                  image names its execute-only copy, see sandbox/Dockerfile)
+#
+# The two secrets never reach the desktop session: they leave the environment
+# before the first child starts, the VNC password reaches Xvnc only as an open
+# descriptor of a deleted file, and the token only the exec server's
+# environment. In the image every process that holds one is non-dumpable, so
+# the desktop user cannot read them from /proc (docs/architecture.md, "Secrets
+# in the sandbox").
 set -eu
 
-if [ -z "${VNC_PASSWORD:-}" ]; then
+vnc_password="${VNC_PASSWORD:-}"
+exec_token="${SANDBOX_EXEC_TOKEN:-}"
+unset VNC_PASSWORD SANDBOX_EXEC_TOKEN
+if [ -z "$vnc_password" ]; then
     echo "sandbox: VNC_PASSWORD is not set; refusing to start an open VNC server" >&2
     exit 2
 fi
@@ -38,13 +50,17 @@ chmod 700 "$XDG_RUNTIME_DIR"
 # panel-layout question, with compositing off (it only adds frame latency).
 "$HERE/xfce-defaults.sh" "$XDG_CONFIG_HOME"
 
-PASSWD_FILE="$XDG_RUNTIME_DIR/vncpasswd"
-printf '%s\n' "$VNC_PASSWORD" | vncpasswd -f > "$PASSWD_FILE"
-chmod 600 "$PASSWD_FILE"
-# Programs on the desktop (and so the agent's shell) must not see the secrets.
-unset VNC_PASSWORD
-EXEC_TOKEN="${SANDBOX_EXEC_TOKEN:-}"
-unset SANDBOX_EXEC_TOKEN
+# Xvnc reads its password file at every connection, so it must stay
+# readable to Xvnc; a path would be readable to the desktop user too. Instead
+# Xvnc gets descriptor 7 of a file deleted right away, and reads it through
+# /proc/self/fd/7 (which names its own descriptor, not the reader's).
+# Leftover from earlier versions, which kept the file in the home.
+rm -f "$XDG_RUNTIME_DIR/vncpasswd"
+PASSWD_FILE="$(umask 077 && mktemp "$XDG_RUNTIME_DIR/.vncpasswd.XXXXXX")"
+printf '%s\n' "$vnc_password" | vncpasswd -f > "$PASSWD_FILE"
+exec 7<"$PASSWD_FILE"
+rm -f "$PASSWD_FILE"
+vnc_password=""
 
 children=""
 cleanup() {
@@ -59,10 +75,11 @@ trap cleanup INT TERM EXIT
 Xvnc "$DISPLAY" \
     -geometry "${SCREEN_WIDTH}x${SCREEN_HEIGHT}" -depth 24 \
     -rfbport "$VNC_PORT" -interface "$VNC_LISTEN" \
-    -rfbauth "$PASSWD_FILE" -SecurityTypes VncAuth \
+    -rfbauth /proc/self/fd/7 -SecurityTypes VncAuth \
     -AlwaysShared -AcceptSetDesktopSize=0 \
-    -nolisten tcp -desktop selfagent &
+    -nolisten tcp -desktop selfagent 7<&7 &
 children="$children $!"
+exec 7<&-
 
 i=0
 until xdpyinfo -display "$DISPLAY" >/dev/null 2>&1; do
@@ -74,13 +91,16 @@ until xdpyinfo -display "$DISPLAY" >/dev/null 2>&1; do
     sleep 0.1
 done
 
-dbus-launch --exit-with-session startxfce4 >"$XDG_CACHE_HOME/xfce.log" 2>&1 &
-children="$children $!"
-
-if [ -n "$EXEC_TOKEN" ] && [ -f "$HERE/exec_server.py" ]; then
-    SANDBOX_EXEC_TOKEN="$EXEC_TOKEN" python3 "$HERE/exec_server.py" &
+# The exec server before the session: it holds the token from its first
+# instruction (non-dumpable in the image), and no desktop program exists yet.
+if [ -n "$exec_token" ] && [ -f "$HERE/exec_server.py" ]; then
+    SANDBOX_EXEC_TOKEN="$exec_token" "${SANDBOX_PYTHON:-python3}" "$HERE/exec_server.py" &
     children="$children $!"
 fi
+exec_token=""
+
+dbus-launch --exit-with-session startxfce4 >"$XDG_CACHE_HOME/xfce.log" 2>&1 &
+children="$children $!"
 
 echo "sandbox: desktop $DISPLAY ${SCREEN_WIDTH}x${SCREEN_HEIGHT}, VNC on $VNC_LISTEN:$VNC_PORT"
 wait

@@ -196,7 +196,15 @@ def test_sandbox_is_not_on_the_bus(config: dict[str, Any]) -> None:
     on_docker_api = {name for name, svc in services.items() if "docker-api" in _networks(svc)}
     assert on_bus == {"nats", "planner", "grounder", "actuator", "gateway", "provisioner"}
     # The provisioner probes each new desktop's readiness over it.
-    assert on_desktop == {"actuator", "gateway", "provisioner"}
+    # The egress proxy is the desktops' only way out.
+    assert on_desktop == {"actuator", "gateway", "provisioner", "egress-proxy"}
+    desktop_net = config["networks"]["desktop"]
+    assert desktop_net.get("internal") is True
+    assert desktop_net["driver_opts"]["com.docker.network.bridge.inhibit_ipv4"] == "true"
+    assert _networks(services["egress-proxy"]) == {"desktop", "egress"}
+    assert services["egress-proxy"]["cap_drop"] == ["ALL"]
+    env = services["provisioner"]["environment"]
+    assert env["PROVISIONER_DOCKER_PROXY"] == "http://egress-proxy:3128"
     assert on_docker_api == {"docker-proxy", "provisioner"}
     assert _networks(services["docker-proxy"]) == {"docker-api"}
     assert config["networks"]["docker-api"].get("internal") is True

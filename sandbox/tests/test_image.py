@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import time
@@ -56,6 +57,19 @@ def sandbox(image: str, secrets_: dict[str, str]) -> Iterator[Container]:
 @pytest.fixture(scope="module")
 def exec_url(sandbox: Container) -> str:
     return f"http://127.0.0.1:{sandbox.host_port(8700)}"
+
+
+def _exec_long(url: str, token: str, command: str) -> dict[str, object]:
+    response = httpx.post(
+        url + "/exec",
+        json={"command": command, "timeout": 240},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=260,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body, dict)
+    return body
 
 
 def _exec(url: str, token: str, command: str) -> dict[str, object]:
@@ -148,6 +162,97 @@ def test_desktop_programs_do_not_see_the_secrets(
     shell_env = str(_exec(exec_url, secrets_["SANDBOX_EXEC_TOKEN"], "env")["stdout"])
     for value in secrets_.values():
         assert value not in shell_env
+
+
+# Run by the desktop user through the exec endpoint: look for the secrets in
+# every process's environment and command line, every descriptor it may open,
+# and every file under the writable places. The secrets come reversed and
+# hex-encoded, so this command's own /proc files do not contain them. Decoys
+# planted the same three ways show that the search finds what is readable.
+_SEARCH = r"""
+import json, os, subprocess, sys, tempfile
+secrets = [bytes.fromhex(h)[::-1] for h in sys.argv[1:]]
+obfuscated = subprocess.run(["vncpasswd", "-f"], input=secrets[0] + b"\n",
+                            capture_output=True, check=True).stdout
+needles = {"vnc": secrets[0], "vnc-obfuscated": obfuscated, "token": secrets[1]}
+decoy = os.urandom(12).hex().encode()
+needles["decoy"] = decoy
+held = tempfile.NamedTemporaryFile(dir="/tmp")
+held.write(decoy); held.flush()
+env_holder = subprocess.Popen(["sleep", "60"], env={"DECOY": decoy.decode()},
+                              pass_fds=[held.fileno()])
+with open(os.path.expanduser("~/decoy.txt"), "wb") as f:
+    f.write(decoy)
+os.unlink(held.name)  # now only an open descriptor of the sleeper and us
+me = {os.getpid(), os.getppid()}
+found, denied = [], []
+def look(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 << 20)
+    except PermissionError:
+        denied.append(path); return
+    except OSError:
+        return
+    found.extend(f"{name} in {path}" for name, n in needles.items() if n in data)
+for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+    if pid in me:
+        continue
+    look(f"/proc/{pid}/environ")
+    look(f"/proc/{pid}/cmdline")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        denied.append(f"/proc/{pid}/fd"); continue
+    except OSError:
+        continue
+    for fd in fds:
+        target = os.path.realpath(f"/proc/{pid}/fd/{fd}")
+        if not target.startswith(("/dev/", "/proc/", "pipe:", "socket:", "anon_inode:")):
+            look(f"/proc/{pid}/fd/{fd}")
+for top in ("/tmp", "/var/tmp", "/run", "/dev/shm", "/home", "/etc", "/opt", "/var", "/root"):
+    for root, dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                look(path)
+env_holder.kill()
+print(json.dumps({"found": sorted(set(found)), "denied": denied}))
+"""
+
+
+def test_the_desktop_user_cannot_read_the_secrets_anywhere(
+    sandbox: Container, exec_url: str, secrets_: dict[str, str]
+) -> None:
+    token = secrets_["SANDBOX_EXEC_TOKEN"]
+    names = ("VNC_PASSWORD", "SANDBOX_EXEC_TOKEN")
+    hidden = [secrets_[name].encode()[::-1].hex() for name in names]
+    script = _SEARCH.replace("'", "'\\''")
+    body = _exec_long(exec_url, token, f"python3 -c '{script}' {' '.join(hidden)}")
+    assert body["exit_code"] == 0, body
+    report = json.loads(str(body["stdout"]))
+    found = report["found"]
+    # The search works: it finds the decoy in an environment, a file and a
+    # deleted file held open.
+    assert any(f.startswith("decoy in /proc/") and f.endswith("/environ") for f in found), found
+    assert "decoy in /home/agent/decoy.txt" in found, found
+    assert any(f.startswith("decoy in /proc/") and "/fd/" in f for f in found), found
+    assert [f for f in found if not f.startswith("decoy ")] == [], found
+    # Not by luck: the processes that hold them are closed to the desktop user.
+    pids = {
+        name: sandbox.exec("pgrep", "-o", "-f", pattern).strip()
+        for name, pattern in (
+            ("tini", "^tini"),
+            ("xvnc", "^Xvnc"),
+            ("start.sh", "libexec/selfagent/sh /opt"),
+            ("exec", "exec_server.py"),
+        )
+    }
+    denied = set(report["denied"])
+    for name, pid in pids.items():
+        assert pid, name
+        assert f"/proc/{pid}/environ" in denied, (name, pid, sorted(denied))
+        assert f"/proc/{pid}/fd" in denied, (name, pid, sorted(denied))
 
 
 def test_gui_program_launched_through_exec_appears(exec_url: str, secrets_: dict[str, str]) -> None:

@@ -90,6 +90,9 @@ class Settings(ServiceSettings):
     # filtering Docker proxy, which refuses exec) the desktop's own exec
     # endpoint over the desktop network, which the provisioner must then join.
     docker_ready_probe: Literal["exec", "endpoint"] = "exec"
+    # The desktop's HTTP(S) proxy (its network has no other way out), given
+    # to it as HTTP_PROXY/HTTPS_PROXY; the image's Firefox uses it. Empty: none.
+    docker_proxy: str = Field(default="", pattern=r"^(https?://[A-Za-z0-9_.:\[\]-]+/?)?$")
     # Seconds `docker stop` gives the desktop to close its programs.
     docker_stop_timeout: int = Field(default=3, ge=0)
 

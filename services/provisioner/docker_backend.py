@@ -67,6 +67,16 @@ PANEL_PROBE = ["xdotool", "search", "--onlyvisible", "--name", "xfce4-panel"]
 ReadyProbe = Literal["exec", "endpoint"]
 # Never through an HTTP proxy from the environment: the desktop is on a local network.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# `docker exec` gives its process the container's environment, secrets
+# included, and a probe runs while the desktop session does: blank them, so
+# no probe is a process the desktop user could read them from. The health
+# check still probes the exec endpoint (it would infer that from the token).
+_PROBE_ENV = {
+    "DISPLAY": ":1",
+    "VNC_PASSWORD": "",
+    "SANDBOX_EXEC_TOKEN": "",
+    "SANDBOX_EXEC_ENABLED": "1",
+}
 
 
 class DockerBackend(SandboxBackend):
@@ -90,6 +100,7 @@ class DockerBackend(SandboxBackend):
         stop_timeout: int = 3,
         ready_settle: float = 1.0,
         ready_probe: ReadyProbe = "exec",
+        proxy: str = "",
         client: docker.DockerClient | None = None,
     ) -> None:
         self.state = state
@@ -107,6 +118,7 @@ class DockerBackend(SandboxBackend):
         # a moment later the desktop is drawn.
         self.ready_settle = ready_settle
         self.ready_probe = ready_probe
+        self.proxy = proxy
         self._client = client
         # Known once the engine answers, if not given.
         self._host = host
@@ -177,6 +189,17 @@ class DockerBackend(SandboxBackend):
                 raise SandboxStartFailed(f"container has no address on network {self.network}")
         return Endpoint(where, VNC_PORT, f"http://{where}:{EXEC_PORT}")
 
+    def _proxy_env(self) -> dict[str, str]:
+        if not self.proxy:
+            return {}
+        # Both spellings: programs differ in which they read.
+        env = {
+            "HTTP_PROXY": self.proxy,
+            "HTTPS_PROXY": self.proxy,
+            "NO_PROXY": "localhost,127.0.0.1",
+        }
+        return env | {name.lower(): value for name, value in env.items()}
+
     def _labels(self, sandbox_id: str, session_id: str | None, home: str) -> dict[str, str]:
         return {
             LABEL_SANDBOX: "1",
@@ -212,6 +235,7 @@ class DockerBackend(SandboxBackend):
                     "SANDBOX_EXEC_TOKEN": secrets.exec_token,
                     "SCREEN_WIDTH": str(self.screen[0]),
                     "SCREEN_HEIGHT": str(self.screen[1]),
+                    **self._proxy_env(),
                 },
                 labels=labels,
                 volumes={home: {"bind": SANDBOX_HOME, "mode": "rw"}},
@@ -266,7 +290,7 @@ class DockerBackend(SandboxBackend):
 
     def _exec_ok(self, container: Container, cmd: list[str]) -> bool:
         try:
-            code, out = container.exec_run(cmd, user=SANDBOX_USER, environment={"DISPLAY": ":1"})
+            code, out = container.exec_run(cmd, user=SANDBOX_USER, environment=_PROBE_ENV)
         except APIError:
             return False
         return code == 0 and isinstance(out, bytes) and bool(out.strip())

@@ -86,6 +86,7 @@ def make_backend(settings: Settings, state: StateStore) -> SandboxBackend:
             start_timeout=settings.start_timeout,
             stop_timeout=settings.docker_stop_timeout,
             ready_probe=settings.docker_ready_probe,
+            proxy=settings.docker_proxy,
         )
     from .native import NativeBackend
 
