@@ -74,6 +74,7 @@ HTTP_TIMEOUT = 30.0
 # Creating a session may wait for a desktop (the gateway's lease timeout is 150 s).
 SESSION_TIMEOUT = 180.0
 TEXT_CAP = 200
+WS_POLICY_VIOLATION = 1008
 STOP_GRACE = 30.0
 
 _EVENT = TypeAdapter[SessionEvent](SessionEvent)
@@ -160,11 +161,9 @@ class GatewayClient:
         if session_id:
             url += f"?session_id={session_id}"
         try:
-            async with connect(
+            ws = await connect(
                 url, additional_headers=self.headers, open_timeout=HTTP_TIMEOUT, max_size=2**22
-            ) as ws:
-                await asyncio.wait_for(ws.recv(), HTTP_TIMEOUT)
-                yield ws
+            )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):
                 raise CommandExit(
@@ -176,8 +175,31 @@ class GatewayClient:
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise CommandExit(
                 EXIT_CANNOT_CONNECT,
-                f"cannot open the event stream at {url} ({type(exc).__name__}: {exc})",
+                f"cannot reach the gateway at {self.url} ({type(exc).__name__}: {exc}); "
+                "is selfagent running? (--url or SELFAGENT_URL say where)",
             ) from None
+        try:
+            try:
+                await asyncio.wait_for(ws.recv(), HTTP_TIMEOUT)
+            except ConnectionClosed as closed:
+                # The gateway accepts a WebSocket before it checks the token, then
+                # closes it with 1008 when the token is wrong.
+                code = closed.rcvd.code if closed.rcvd else None
+                if code == WS_POLICY_VIOLATION:
+                    raise CommandExit(
+                        EXIT_TOKEN, f"the gateway at {self.url} refused the token"
+                    ) from None
+                reason = closed.rcvd.reason if closed.rcvd else "no close frame"
+                raise CommandExit(
+                    EXIT_CANNOT_CONNECT, f"the event stream closed at once ({code}: {reason})"
+                ) from None
+            except TimeoutError:
+                raise CommandExit(
+                    EXIT_CANNOT_CONNECT, f"the event stream at {url} sent nothing"
+                ) from None
+            yield ws
+        finally:
+            await ws.close()
 
 
 # --- how events look --------------------------------------------------------------
