@@ -419,3 +419,30 @@ async def test_no_gateway_exits_5(tmp_path: Path) -> None:
         code, _, err = await run_cli(None, args, tmp_path, token="t" * 32, url=url)
         assert code == EXIT_CANNOT_CONNECT, (args, err)
         assert url in err
+
+
+async def test_run_survives_a_gateway_restart_and_shows_each_event_once(
+    nats_server: EmbeddedNats, planner: Planner, tmp_path: Path
+) -> None:
+    config = settings(nats_server.url)
+    async with serve(config) as first:
+        cli = await start(first, ["run", "survive a restart"], tmp_path)
+        task = await planner.task()
+        await planner.emit(*_click(task))
+        await cli.until("step 1")
+    # While no gateway runs, the task goes on; its events are kept in the stream.
+    shell = ShellAction(command="echo still here")
+    await planner.emit(
+        StepPlanned(session_id=task.session_id, task_id=task.task_id, step=2, action=shell),
+        StepExecuted(
+            session_id=task.session_id, task_id=task.task_id, step=2, action=shell, ok=True
+        ),
+        _finished(task, "succeeded", "Still here.", 2),
+    )
+    async with serve(config):
+        code, out, err = await cli.finish()
+    assert code == EXIT_SUCCEEDED, (out, err)
+    assert "reconnecting" in out
+    assert sum("step 1" in line for line in out.splitlines()) == 1
+    assert sum("step 2" in line for line in out.splitlines()) == 1
+    assert out.rstrip().endswith("Still here.")
