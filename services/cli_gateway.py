@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
@@ -276,6 +276,7 @@ class Progress:
     action: str = ""
     target: str = ""
     state: str = "submitted"
+    spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
 
     def elapsed(self) -> str:
         return _elapsed(time.monotonic() - self.started)
@@ -289,8 +290,10 @@ class Progress:
         text.append(f" · {self.elapsed()}", style="dim")
         return text
 
-    def __rich__(self) -> Group:
-        return Group(Spinner("dots", self.status_line(), style="cyan"))
+    def __rich__(self) -> Spinner:
+        # One spinner kept across refreshes, so that it turns.
+        self.spinner.update(text=self.status_line())
+        return self.spinner
 
     def say(self, text: Text) -> None:
         if not self.as_json:
@@ -317,7 +320,8 @@ class Progress:
                 if self.step == event.step and self.target and action == self.action:
                     target = self.target
                 mark, style = ("✓", "green") if event.ok else ("✗", "red")
-                text = Text(f"{mark} ", style=style)
+                text = Text()
+                text.append(f"{mark} ", style=style)
                 text.append(f"step {event.step}  ", style="bold")
                 text.append(action)
                 if target:
