@@ -1,6 +1,10 @@
 """The ``selfagent`` command.
 
 selfagent up        run everything locally (no Docker) and print the URL
+selfagent init      write every secret compose needs (.env, NATS identities); keeps existing ones
+selfagent run "instruction" [--session SID]   run a task and follow it live (--json for scripts)
+selfagent sessions  list sessions
+selfagent stop SID  stop a session's task
 selfagent nats-credentials   NATS identities and server config for compose
 selfagent schemas   rewrite schemas/json from the pydantic models
 """
@@ -195,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     credentials.set_defaults(run=_nats_credentials)
     schemas = commands.add_parser("schemas", help="export JSON Schema files")
     schemas.set_defaults(run=_schemas)
+    from selfagent import cli_init, cli_run
+
+    cli_init.register(commands)
+    cli_run.register(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code
