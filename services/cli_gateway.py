@@ -65,7 +65,7 @@ from .cli_run import (
     EXIT_SUCCEEDED,
     EXIT_TOKEN,
     EXIT_USAGE,
-    CommandExit,
+    _CommandExit,
 )
 
 # How long a lost event stream is tried again before giving up (a gateway restart).
@@ -136,7 +136,7 @@ class GatewayClient:
                 method, path, json=json_body, params=params, timeout=timeout
             )
         except httpx.TransportError as exc:
-            raise CommandExit(
+            raise _CommandExit(
                 EXIT_CANNOT_CONNECT,
                 f"cannot reach the gateway at {self.url} "
                 f"({type(exc).__name__}: {exc or 'no answer'}); is selfagent running? "
@@ -144,13 +144,13 @@ class GatewayClient:
             ) from None
         status = response.status_code
         if status in (401, 403):
-            raise CommandExit(EXIT_TOKEN, f"the gateway at {self.url} refused the token")
+            raise _CommandExit(EXIT_TOKEN, f"the gateway at {self.url} refused the token")
         if status == 404 and not_found is not None:
-            raise CommandExit(EXIT_NOT_FOUND, not_found)
+            raise _CommandExit(EXIT_NOT_FOUND, not_found)
         if status in (400, 404, 409, 422):
-            raise CommandExit(EXIT_USAGE, f"the gateway rejected the request: {_detail(response)}")
+            raise _CommandExit(EXIT_USAGE, f"the gateway rejected the request: {_detail(response)}")
         if status >= 300:
-            raise CommandExit(EXIT_GATEWAY, f"the gateway answered {status}: {_detail(response)}")
+            raise _CommandExit(EXIT_GATEWAY, f"the gateway answered {status}: {_detail(response)}")
         return response.json()
 
     @contextlib.asynccontextmanager
@@ -166,14 +166,14 @@ class GatewayClient:
             )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):
-                raise CommandExit(
+                raise _CommandExit(
                     EXIT_TOKEN, f"the gateway at {self.url} refused the token"
                 ) from None
-            raise CommandExit(
+            raise _CommandExit(
                 EXIT_GATEWAY, f"the event stream answered {exc.response.status_code}"
             ) from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise CommandExit(
+            raise _CommandExit(
                 EXIT_CANNOT_CONNECT,
                 f"cannot reach the gateway at {self.url} ({type(exc).__name__}: {exc}); "
                 "is selfagent running? (--url or SELFAGENT_URL say where)",
@@ -186,15 +186,15 @@ class GatewayClient:
                 # closes it with 1008 when the token is wrong.
                 code = closed.rcvd.code if closed.rcvd else None
                 if code == WS_POLICY_VIOLATION:
-                    raise CommandExit(
+                    raise _CommandExit(
                         EXIT_TOKEN, f"the gateway at {self.url} refused the token"
                     ) from None
                 reason = closed.rcvd.reason if closed.rcvd else "no close frame"
-                raise CommandExit(
+                raise _CommandExit(
                     EXIT_CANNOT_CONNECT, f"the event stream closed at once ({code}: {reason})"
                 ) from None
             except TimeoutError:
-                raise CommandExit(
+                raise _CommandExit(
                     EXIT_CANNOT_CONNECT, f"the event stream at {url} sent nothing"
                 ) from None
             yield ws
@@ -427,7 +427,7 @@ async def _until_interrupted(
         stop.cancel()
     if work not in done:
         work.cancel()
-        raise CommandExit(
+        raise _CommandExit(
             EXIT_INTERRUPTED,
             f"stopped following; the task may still be running (selfagent stop {session_id})",
         )
@@ -462,14 +462,14 @@ async def _follow_to_end(
                             session_id,
                         )
                 break
-            except CommandExit as exc:
+            except _CommandExit as exc:
                 if exc.code != EXIT_CANNOT_CONNECT or time.monotonic() > deadline:
-                    raise CommandExit(
+                    raise _CommandExit(
                         exc.code,
                         f"{exc.message}; the task may still be running (selfagent sessions)",
                     ) from None
             if interrupted.is_set():
-                raise CommandExit(
+                raise _CommandExit(
                     EXIT_INTERRUPTED, "stopped following; the task may still be running"
                 )
             await asyncio.sleep(1.0)
@@ -544,7 +544,7 @@ async def run_task(
 
 
 async def _send_stop(gateway: GatewayClient, session_id: str) -> None:
-    with contextlib.suppress(CommandExit):
+    with contextlib.suppress(_CommandExit):
         await gateway.call(
             "POST", f"/api/sessions/{session_id}/control", json_body={"command": "stop"}
         )
@@ -629,7 +629,7 @@ async def stop_session(
         listing = await gateway.call("GET", "/api/sessions")
         known = {row["session_id"]: row for row in listing.get("sessions", [])}
         if session_id not in known and listing.get("complete", True):
-            raise CommandExit(EXIT_NOT_FOUND, unknown)
+            raise _CommandExit(EXIT_NOT_FOUND, unknown)
         answer = await gateway.call(
             "POST", f"/api/sessions/{session_id}/control", json_body={"command": "stop"}
         )

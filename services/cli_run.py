@@ -55,7 +55,7 @@ exit codes:
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-class CommandExit(Exception):
+class _CommandExit(Exception):
     """Ends a command with this exit code and message; never leaves the CLI modules."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -104,7 +104,7 @@ def resolve_token(option: str | None, data_dir: Path) -> tuple[str, str]:
         token = ""
     if token:
         return token, str(path)
-    raise CommandExit(
+    raise _CommandExit(
         EXIT_TOKEN,
         f"no token: pass --token, set SELFAGENT_TOKEN, put it in ./.env, or start "
         f"`selfagent up` (it keeps one in {path})",
@@ -145,7 +145,7 @@ def _run_command(
                 await gateway.aclose()
 
         return asyncio.run(main())
-    except CommandExit as exc:
+    except _CommandExit as exc:
         errors.print(Text(f"selfagent: {exc.message}", style="red"), soft_wrap=True)
         return exc.code
     except KeyboardInterrupt:

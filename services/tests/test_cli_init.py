@@ -180,8 +180,15 @@ def test_every_secret_file_compose_reads_is_one_init_writes(project: Path) -> No
         env_files = service.get("env_file") or []
         referenced.update([env_files] if isinstance(env_files, str) else env_files)
         for volume in service.get("volumes") or []:
-            if isinstance(volume, dict) and "SELFAGENT_SECRETS" in volume.get("source", ""):
-                referenced.add(volume["source"])
+            # Either spelling: {source: ...} or "source:target:ro".
+            source = (
+                volume.get("source", "")
+                if isinstance(volume, dict)
+                # The target is the first part that starts with "/" ("${X:-./y}" holds a ":").
+                else re.split(r":(?=/)", volume, maxsplit=1)[0]
+            )
+            if "SELFAGENT_SECRETS" in source:
+                referenced.add(source)
     assert len(referenced) >= len(IDENTITIES) - 2 + 1, referenced  # services' files, auth.conf
     _init(project)
     secrets_dir = project / str(dotenv_values(project / ".env")["SELFAGENT_SECRETS"])
