@@ -3,6 +3,7 @@
 selfagent up        run everything locally (no Docker) and print the URL
 selfagent nats-credentials   NATS identities and server config for compose
 selfagent schemas   rewrite schemas/json from the pydantic models
+selfagent eval      run the desktop task suite against a stack (see --help)
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     credentials.set_defaults(run=_nats_credentials)
     schemas = commands.add_parser("schemas", help="export JSON Schema files")
     schemas.set_defaults(run=_schemas)
+    from selfagent.eval.cli import add_parser as add_eval
+
+    add_eval(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code

@@ -56,7 +56,7 @@ class Desktop:
         return result.stdout
 
     async def resolve_home(self) -> str:
-        self.home = (await self.ok("printf %s \"$HOME\"")).strip()
+        self.home = (await self.ok('printf %s "$HOME"')).strip()
         return self.home
 
     def path(self, relative: str) -> str:

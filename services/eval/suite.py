@@ -1,4 +1,4 @@
-"""The built-in task suite: OSWorld-style desktop tasks, each with a setup, an instruction and a checker.
+"""The built-in task suite: OSWorld-style desktop tasks with a setup, an instruction, a checker.
 
 A task's ``setup`` is a shell script run through the desktop's exec endpoint
 before the instruction is given; its ``check`` inspects the desktop through
@@ -244,9 +244,7 @@ def tar_gz_holds(path: str, members: set[str]) -> Check:
     )
 
     async def check(desk: Desktop) -> Verdict:
-        result = await desk.sh(
-            f"python3 -c {shlex.quote(lister)} {shlex.quote(desk.path(path))}"
-        )
+        result = await desk.sh(f"python3 -c {shlex.quote(lister)} {shlex.quote(desk.path(path))}")
         if result.exit_code != 0:
             return _fail(f"{path} is not a readable .tar.gz: {result.stderr.strip()[-160:]}")
         names = [n.removeprefix("./") for n in json.loads(result.stdout)]
@@ -274,12 +272,15 @@ def lines_sorted(path: str, original: list[str]) -> Check:
 # --- the suite ---------------------------------------------------------------
 
 NAMES = ["Mallory", "alice", "Dave", "Carol", "bob", "Eve"]
-LOG_LINES = (
-    ["INFO start", "ERROR disk full", "INFO retry", "ERROR disk full", "WARN slow"]
-    + ["ERROR timeout", "INFO no error here", "ERROR refused", "INFO error budget ok"]
-    + ["ERROR refused", "DEBUG error-free", "ERROR bad header", "INFO done"]
+LOG_LINES = [
+    *("INFO start", "ERROR disk full", "INFO retry", "ERROR disk full", "WARN slow"),
+    *("ERROR timeout", "INFO no error here", "ERROR refused", "INFO error budget ok"),
+    *("ERROR refused", "DEBUG error-free", "ERROR bad header", "INFO done"),
+]
+SALES = (
+    "date,item,amount\n2024-01-02,pens,120.25\n2024-01-05,paper,300\n"
+    "2024-01-09,ink,79.75\n2024-01-12,desk,734.5\n"
 )
-SALES = "date,item,amount\n2024-01-02,pens,120.25\n2024-01-05,paper,300\n2024-01-09,ink,79.75\n2024-01-12,desk,734.5\n"
 GUIDE = (
     "<html><head><title>Guide</title></head><body><h1>Guide</h1>"
     '<p><a href="chapter1.html">Chapter 1</a></p><p><a href="chapter2.html">Chapter 2</a></p>'
@@ -295,14 +296,19 @@ SUITE: list[EvalTask] = [
         instruction="Create a text file ~/Desktop/hello.txt whose only content is the line: "
         "Hello, world",
         check=file_equals("Desktop/hello.txt", "Hello, world"),
-        solution=[shell("mkdir -p ~/Desktop; printf 'Hello, world\\n' > ~/Desktop/hello.txt"), done()],
+        solution=[
+            shell("mkdir -p ~/Desktop; printf 'Hello, world\\n' > ~/Desktop/hello.txt"),
+            done(),
+        ],
         wrong=[shell("mkdir -p ~/Desktop; printf 'Hello world\\n' > ~/Desktop/hello.txt"), done()],
     ),
     EvalTask(
         id="file-rename",
         category="files",
         instruction="Rename the file ~/Documents/draft.txt to final.txt, in the same folder.",
-        setup="mkdir -p ~/Documents && " + _text("quarterly numbers\n") + " > ~/Documents/draft.txt",
+        setup="mkdir -p ~/Documents && "
+        + _text("quarterly numbers\n")
+        + " > ~/Documents/draft.txt",
         check=all_of(
             file_equals("Documents/final.txt", "quarterly numbers"), missing("Documents/draft.txt")
         ),
@@ -320,8 +326,14 @@ SUITE: list[EvalTask] = [
             folder_holds("Pictures/screens", {"a.png", "b.png"}),
             folder_holds("Downloads", {"c.jpg", "notes.txt"}),
         ),
-        solution=[shell("mkdir -p ~/Pictures/screens && mv ~/Downloads/*.png ~/Pictures/screens/"), done()],
-        wrong=[shell("mkdir -p ~/Pictures/screens && mv ~/Downloads/* ~/Pictures/screens/"), done()],
+        solution=[
+            shell("mkdir -p ~/Pictures/screens && mv ~/Downloads/*.png ~/Pictures/screens/"),
+            done(),
+        ],
+        wrong=[
+            shell("mkdir -p ~/Pictures/screens && mv ~/Downloads/* ~/Pictures/screens/"),
+            done(),
+        ],
     ),
     EvalTask(
         id="file-delete-tmp",
@@ -373,7 +385,7 @@ SUITE: list[EvalTask] = [
     EvalTask(
         id="json-port",
         category="files",
-        instruction="In ~/app/config.json set port to 9090 and keep the other settings as they are.",
+        instruction="In ~/app/config.json set port to 9090; keep the other settings as they are.",
         setup="mkdir -p ~/app && "
         + _text('{"name": "demo", "port": 8000, "debug": false}\n')
         + " > ~/app/config.json",
