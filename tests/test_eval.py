@@ -22,9 +22,9 @@ import pytest
 
 from selfagent.bus.natsd import free_port
 from selfagent.cli import main as selfagent
-from selfagent.eval import SUITE, EvalTask, Runner, RunResult, Target
 from selfagent.eval.report import summarize, write
-from selfagent.eval.suite import FIREFOX, Step, done, shell
+from selfagent.eval.runner import Runner, RunResult, Target
+from selfagent.eval.suite import FIREFOX, SUITE, EvalTask, Step, done, shell
 from selfagent.local import LocalStack
 from tests.harness.api import computer
 from tests.harness.fakellm import FakeLLM, TaggedScripts

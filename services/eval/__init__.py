@@ -1,7 +1,7 @@
-"""``selfagent eval``: a built-in desktop task suite with checkers, run against a stack."""
+"""``selfagent eval``: a built-in desktop task suite with checkers, run against a stack.
 
-from .desktop import Desktop
-from .runner import Runner, RunResult, Target
-from .suite import SUITE, EvalTask, Verdict, select
-
-__all__ = ["SUITE", "Desktop", "EvalTask", "RunResult", "Runner", "Target", "Verdict", "select"]
+``suite`` (the tasks, standard library only, so that registering the command
+needs no extra), ``desktop`` (readings through the exec endpoint), ``runner``
+(a session per run), ``report`` (table, JSON, HTML), ``cli``. Running needs
+the ``actuator`` extra's httpx, which ``local`` and ``dev`` include.
+"""

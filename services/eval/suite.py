@@ -19,9 +19,10 @@ import json
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .desktop import Desktop
+if TYPE_CHECKING:
+    from .desktop import Desktop
 
 Step = dict[str, Any]
 
@@ -32,7 +33,7 @@ class Verdict:
     reason: str
 
 
-Check = Callable[[Desktop], Awaitable[Verdict]]
+Check = Callable[["Desktop"], Awaitable[Verdict]]
 
 
 @dataclass(frozen=True)
