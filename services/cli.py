@@ -7,6 +7,7 @@ selfagent sessions  list sessions
 selfagent stop SID  stop a session's task
 selfagent nats-credentials   NATS identities and server config for compose
 selfagent schemas   rewrite schemas/json from the pydantic models
+selfagent eval      run the desktop task suite against a stack (see --help)
 """
 
 from __future__ import annotations
@@ -200,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     schemas = commands.add_parser("schemas", help="export JSON Schema files")
     schemas.set_defaults(run=_schemas)
     from selfagent import cli_init, cli_run
+    from selfagent.eval.cli import add_parser as add_eval
 
     cli_init.register(commands)
     cli_run.register(commands)
+    add_eval(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code
