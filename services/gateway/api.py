@@ -150,6 +150,9 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     nats: Literal["connected", "disconnected"]
     vnc_bridges: int
+    vnc_input_dropped: int = Field(
+        description="Input messages from viewers not in control, dropped since the start"
+    )
 
 
 def _sandbox_id(gateway: Gateway) -> str | None:
@@ -193,6 +196,7 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
         status="ok" if connected else "degraded",
         nats="connected" if connected else "disconnected",
         vnc_bridges=gateway.vnc.active,
+        vnc_input_dropped=gateway.vnc.dropped_input,
     )
     return JSONResponse(health.model_dump(), status_code=200 if connected else 503)
 
