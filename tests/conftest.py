@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +29,7 @@ def stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
     local = LocalStack(
         desktops="fixed",
         gateway_port=free_port(),
-        token="test-token-" + "x" * 16,
+        token=secrets.token_urlsafe(24),
         extra_env={
             "LLM_API_BASE_URL": fake_llm.base_url,
             "LLM_MODEL": "fake-planner",

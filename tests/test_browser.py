@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from faststream.nats import NatsBroker
 from playwright.async_api import Browser, Page, async_playwright
@@ -65,6 +66,34 @@ def tid(name: str) -> str:
     return f'[data-testid="{name}"]'
 
 
+# Every page reports what its Content-Security-Policy blocked: Chromium logs
+# each refusal to the console, and this listener (added by the test, outside
+# the page's CSP) logs the browser's own violation events with a marker.
+CSP_MARKER = "csp-violation:"
+CSP_LISTENER = f"""
+document.addEventListener('securitypolicyviolation', (e) => {{
+  console.warn('{CSP_MARKER} ' + e.violatedDirective + ' blocked ' + (e.blockedURI || 'inline'));
+}});
+"""
+
+
+CSP_FOUND: dict[Page, list[str]] = {}
+
+
+async def watch_csp(page: Page) -> list[str]:
+    """Collect every CSP violation the page reports from now on (across reloads)."""
+    found = CSP_FOUND.setdefault(page, [])
+
+    def on_console(message: Any) -> None:
+        text = message.text
+        if CSP_MARKER in text or "Content Security Policy" in text:
+            found.append(text)
+
+    page.on("console", on_console)
+    await page.add_init_script(CSP_LISTENER)
+    return found
+
+
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[EmbeddedNats]:
     server = EmbeddedNats().start()
@@ -106,8 +135,12 @@ async def browser() -> AsyncIterator[Browser]:
 async def page(browser: Browser) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     tab = await context.new_page()
+    violations = await watch_csp(tab)
     yield tab
     await context.close()
+    CSP_FOUND.pop(tab, None)
+    # The page, noVNC and the sign-in page work under the gateway's CSP.
+    assert violations == [], violations
 
 
 async def _signed_in(page: Page, gateway: GatewayProcess) -> None:
@@ -236,8 +269,17 @@ async def test_canvas_shows_the_real_desktop(
 
 
 async def test_take_over_button_publishes_the_command(
-    page: Page, gateway: GatewayProcess, bus: NatsBroker
+    page: Page, browser: Browser, gateway: GatewayProcess, bus: NatsBroker, desktop: Desktop
 ) -> None:
+    def mouse() -> tuple[int, int]:
+        out = dict(p.split(":") for p in desktop.xdotool("getmouselocation").split() if ":" in p)
+        return int(out["x"]), int(out["y"])
+
+    async def hover_canvas(tab: Page, fx: float, fy: float) -> None:
+        box = await tab.locator(tid("screen") + " canvas").bounding_box()
+        assert box is not None
+        await tab.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+
     await _signed_in(page, gateway)
     session_id = await _fresh_session(page)
     received: asyncio.Queue[bytes] = asyncio.Queue()
@@ -247,12 +289,53 @@ async def test_take_over_button_publishes_the_command(
 
     sub = await bus.connection.subscribe(subjects.SESSION_CONTROL_ALL, cb=on_message)
     await bus.connection.flush()
+    # A second person watching the same session from another browser.
+    other_context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    other = await other_context.new_page()
+    other_violations = await watch_csp(other)
     try:
         await page.click('[data-testid="btn-takeover"]')
         command = ControlCommand.model_validate_json(await asyncio.wait_for(received.get(), 5))
         assert (command.session_id, command.command) == (session_id, "takeover")
         await page.wait_for_selector(tid("mode-badge") + '[data-mode="control"]', timeout=5000)
         assert await page.evaluate("window.selfagent.rfb.viewOnly") is False
+
+        # The page's own input reaches the desktop through its connection.
+        desktop.xdotool("mousemove", "3", "3")
+        await hover_canvas(page, 0.5, 0.5)
+        deadline = time.monotonic() + 5
+        while (at := await asyncio.to_thread(mouse)) == (3, 3):
+            assert time.monotonic() < deadline, "the page in control did not move the pointer"
+            await asyncio.sleep(0.05)
+        assert abs(at[0] - desktop.width // 2) < 40 and abs(at[1] - desktop.height // 2) < 40, at
+
+        # The other viewer sees that someone else is in control and drives nothing,
+        # even with noVNC's own view-only switch forced off.
+        await _signed_in(other, gateway)
+        await other.evaluate(f"localStorage.setItem('selfagent.session', '{session_id}')")
+        await other.reload()
+        await _becomes_live(other, gateway)
+        badge = other.locator(tid("mode-badge"))
+        await other.wait_for_selector(tid("mode-badge") + '[data-elsewhere="true"]', timeout=5000)
+        assert await badge.get_attribute("data-mode") == "view"
+        await other.evaluate("window.selfagent.rfb.viewOnly = false")
+        before = await asyncio.to_thread(mouse)
+        async with httpx.AsyncClient(base_url=gateway.url) as health:
+
+            async def dropped_so_far() -> int:
+                count: int = (await health.get("/healthz")).json()["vnc_input_dropped"]
+                return count
+
+            dropped = await dropped_so_far()
+            for fx in (0.2, 0.8, 0.3):
+                await hover_canvas(other, fx, 0.25)
+            # The gateway decides per message: once it has dropped them, they
+            # can never reach the desktop.
+            deadline = time.monotonic() + 5
+            while await dropped_so_far() < dropped + 3:
+                assert time.monotonic() < deadline, "the other viewer's input was not dropped"
+                await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(mouse) == before, "another viewer moved the pointer"
 
         await page.click('[data-testid="btn-release"]')
         command = ControlCommand.model_validate_json(await asyncio.wait_for(received.get(), 5))
@@ -261,8 +344,33 @@ async def test_take_over_button_publishes_the_command(
         assert await page.evaluate("window.selfagent.rfb.viewOnly") is True
     finally:
         await sub.unsubscribe()
+        await other_context.close()
+        CSP_FOUND.pop(other, None)
+    assert other_violations == [], other_violations
 
 
+async def test_the_page_runs_under_a_csp_that_blocks_inline_script(
+    page: Page, gateway: GatewayProcess
+) -> None:
+    await _signed_in(page, gateway)
+    violations = CSP_FOUND[page]  # what the fixture's watch collects
+    assert violations == [], violations
+    blocked = await page.evaluate(
+        """() => {
+            const s = document.createElement('script');
+            s.textContent = 'window.injected = true';
+            document.body.append(s);
+            return window.injected === undefined;
+        }"""
+    )
+    assert blocked, "an inline script ran: the page has no effective CSP"
+    deadline = time.monotonic() + 5
+    while not any(CSP_MARKER in v for v in violations):
+        assert time.monotonic() < deadline, f"the violation was not reported: {violations}"
+        await asyncio.sleep(0.05)
+    # Caught, so the fixture's check would catch one from the page itself;
+    # this deliberate one is not the page's fault.
+    violations.clear()
 async def test_timeline_shows_events_live_and_after_reload(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:

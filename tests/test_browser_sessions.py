@@ -39,11 +39,13 @@ from selfagent.schemas import (
 from tests.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    CSP_FOUND,
     EVENTS_LIVE,
     VNC_LIVE,
     _canvas_samples,
     _signed_in,
     tid,
+    watch_csp,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.desktop]
@@ -108,8 +110,13 @@ async def page() -> AsyncIterator[Page]:
     async with async_playwright() as pw:
         browser: Browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = await browser.new_context(viewport={"width": 1440, "height": 900})
-        yield await context.new_page()
+        tab = await context.new_page()
+        violations = await watch_csp(tab)
+        yield tab
         await browser.close()
+    CSP_FOUND.pop(tab, None)
+    # The page, noVNC and the sign-in page work under the gateway's CSP.
+    assert violations == [], violations
 
 
 async def _endpoint(bus: NatsBroker, session_id: str) -> SandboxEndpoint:

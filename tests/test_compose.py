@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import socket
 import tempfile
 import time
@@ -81,7 +82,7 @@ def _complete_values() -> dict[str, str]:
     return {
         "LLM_API_BASE_URL": "http://127.0.0.1:9/v1",
         "LLM_MODEL": "fake-model",
-        "SELFAGENT_TOKEN": "gw-" + uuid.uuid4().hex,
+        "SELFAGENT_TOKEN": "gw-" + secrets.token_urlsafe(24),
         "SELFAGENT_SECRETS": _secrets(),
     }
 

@@ -12,6 +12,7 @@ passes only if a terminal window really appears on the desktop.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -49,7 +50,7 @@ def grounded_stack(planner_llm: FakeLLM, vlm: FakeLLM) -> Iterator[LocalStack]:
     local = LocalStack(
         desktops="fixed",
         gateway_port=free_port(),
-        token="test-token-" + "g" * 16,
+        token=secrets.token_urlsafe(24),
         extra_env={
             "LLM_API_BASE_URL": planner_llm.base_url,
             "LLM_MODEL": "fake-planner",

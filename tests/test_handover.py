@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
     local = LocalStack(
         desktops="fixed",
         gateway_port=free_port(),
-        token="handover-" + uuid.uuid4().hex,
+        token="handover-" + secrets.token_urlsafe(24),
         extra_env={
             "LLM_API_BASE_URL": fake_llm.base_url,
             "LLM_MODEL": "fake-planner",

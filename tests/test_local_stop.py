@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def _processes_naming(text: str) -> list[str]:
 
 def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None:
     port = free_port()
-    token = "stop-token-" + "x" * 16
+    token = "stop-token-" + secrets.token_urlsafe(24)
     host = f"stop-{uuid.uuid4().hex[:8]}"
     data = tmp_path / "data"
     env = {

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import time
 import uuid
@@ -56,7 +57,7 @@ def sessions_stack(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalSt
     local = LocalStack(
         desktops="per_session",
         gateway_port=free_port(),
-        token="sessions-" + uuid.uuid4().hex,
+        token="sessions-" + secrets.token_urlsafe(24),
         extra_env={
             "LLM_API_BASE_URL": fake_llm.base_url,
             "LLM_MODEL": "fake-planner",

@@ -8,7 +8,9 @@ const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.ho
 const state = {
   sessionId: null,
   status: 'idle',
-  takeover: false,
+  takeover: false, // the desktop shown is taken over (the agent waits)
+  inControl: false, // ...and this page's connection is the one driving it
+  viewerId: null,
   rfb: null,
   events: null,
   seen: new Set(),
@@ -141,17 +143,23 @@ function refreshControls() {
   buttons.pause.disabled = state.status !== 'running';
   buttons.resume.disabled = state.status !== 'paused';
   buttons.stop.disabled = !active;
-  buttons.takeover.disabled = state.takeover;
+  // Taking over from another page hands the input to this one.
+  buttons.takeover.disabled = state.inControl;
   buttons.release.disabled = !state.takeover;
 }
 
-function setTakeover(on) {
-  state.takeover = on;
+function setTakeover(takenOver, inControl) {
+  state.takeover = takenOver;
+  state.inControl = takenOver && inControl;
+  const on = state.inControl;
   const badge = $('#mode-badge');
   badge.dataset.mode = on ? 'control' : 'view';
-  badge.textContent = on ? 'You are in control' : 'View only';
+  badge.dataset.elsewhere = String(takenOver && !on);
+  badge.textContent = on ? 'You are in control' : takenOver ? 'View only · in control elsewhere' : 'View only';
   $('.desktop-pane').classList.toggle('in-control', on);
   if (state.rfb) {
+    // The gateway drops input from any other connection anyway; this keeps
+    // noVNC from sending it.
     state.rfb.viewOnly = !on;
     if (on) state.rfb.focus();
   }
@@ -160,8 +168,11 @@ function setTakeover(on) {
 
 async function sendControl(command) {
   try {
-    const res = await api(`/api/sessions/${state.sessionId}/control`, { command });
-    setTakeover(res.takeover);
+    // A take-over names this page's VNC connection: only its input goes through.
+    const body = command === 'takeover' ? { command, viewer: state.viewerId } : { command };
+    const res = await api(`/api/sessions/${state.sessionId}/control`, body);
+    const changesHolder = command === 'takeover' || command === 'release';
+    setTakeover(res.takeover, changesHolder ? res.in_control : state.inControl);
   } catch (err) {
     addError(`Could not ${command}: ${err.message}`);
   }
@@ -335,7 +346,7 @@ const render = {
 
 function handleEvent(ev) {
   if (ev.kind === 'gateway.takeover') {
-    setTakeover(ev.takeover);
+    setTakeover(ev.takeover, ev.viewer === state.viewerId);
     return;
   }
   if (ev.session_id !== state.sessionId) return;
@@ -396,10 +407,11 @@ function connectDesktop(delay = 1000) {
   const overlay = $('#screen-overlay');
   setDot('#vnc-status', 'connecting', 'Connecting…');
   const sid = state.sessionId;
-  const rfb = new RFB($('#screen'), `${wsBase}/ws/vnc?session_id=${encodeURIComponent(sid)}`, { shared: true });
+  const url = `${wsBase}/ws/vnc?session_id=${encodeURIComponent(sid)}&viewer=${state.viewerId}`;
+  const rfb = new RFB($('#screen'), url, { shared: true });
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
-  rfb.viewOnly = !state.takeover;
+  rfb.viewOnly = !state.inControl;
   rfb.background = '#07090d';
   state.rfb = rfb;
   let reason = '';
@@ -524,7 +536,7 @@ function openSession(sid) {
   $('#file-list').replaceChildren();
   refreshFiles();
   // View only until the session's own take-over notice (the events socket's first frame) says otherwise.
-  setTakeover(false);
+  setTakeover(false, false);
   if (state.events) { const old = state.events; state.events = null; old.close(); }
   connectEvents();
   if (switching || !state.rfb) connectDesktop();
@@ -718,6 +730,9 @@ async function refreshStatus() {
 }
 
 async function init() {
+  // This page's own id for its VNC connections (kept across reconnects, so a
+  // page that took over gets its input back after a network blip).
+  state.viewerId = newId();
   refreshStatus();
   setInterval(refreshStatus, 10000);
   const emptyTemplate = timeline().querySelector('.empty');

@@ -98,6 +98,11 @@ class ControlRequest(_Body):
     mode: ApprovalMode | None = Field(
         default=None, description="set_mode: ask, autonomous or review-all"
     )
+    viewer: SubjectId | None = Field(
+        default=None,
+        description="takeover: the page's VNC connection (its /ws/vnc?viewer=) whose input "
+        "goes through; without it the agent pauses but no viewer's input is forwarded",
+    )
 
     @model_validator(mode="after")
     def _answer_has_text(self) -> ControlRequest:
@@ -110,6 +115,7 @@ class ControlAccepted(BaseModel):
     session_id: str
     command: ControlVerb
     takeover: bool
+    in_control: bool = Field(description="Whether the request's viewer now gets the input")
 
 
 class SessionHistory(BaseModel):
@@ -123,6 +129,7 @@ class TakeoverInfo(BaseModel):
         description="Whether the desktop (of the session asked about, else any) takes input"
     )
     session_id: str | None = Field(description="The session holding it")
+    viewer: str | None = Field(description="The viewer whose input goes through; null: none")
     sessions: list[str] = Field(description="Every session whose desktop is taken over")
 
 
@@ -143,6 +150,9 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     nats: Literal["connected", "disconnected"]
     vnc_bridges: int
+    vnc_input_dropped: int = Field(
+        description="Input messages from viewers not in control, dropped since the start"
+    )
 
 
 def _sandbox_id(gateway: Gateway) -> str | None:
@@ -186,6 +196,7 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
         status="ok" if connected else "degraded",
         nats="connected" if connected else "disconnected",
         vnc_bridges=gateway.vnc.active,
+        vnc_input_dropped=gateway.vnc.dropped_input,
     )
     return JSONResponse(health.model_dump(), status_code=200 if connected else 503)
 
@@ -277,12 +288,14 @@ async def control(
             )
     await gateway.bus.control(command)
     # Applied here too, so the person who clicked "Take over" gets control
-    # without waiting for the command's round trip through NATS.
-    gateway.takeover.apply(command)
+    # without waiting for the command's round trip through NATS; only here
+    # does it name the viewer (the bus message has no such field).
+    gateway.takeover.apply(command, viewer=body.viewer)
     return ControlAccepted(
         session_id=session_id,
         command=body.command,
         takeover=gateway.takeover.active_for(session_id),
+        in_control=gateway.takeover.input_for(session_id, body.viewer),
     )
 
 
@@ -392,11 +405,15 @@ async def takeover_state(
     takeover = gateway.takeover
     if session_id is None:
         return TakeoverInfo(
-            takeover=takeover.active, session_id=takeover.session_id, sessions=takeover.sessions()
+            takeover=takeover.active,
+            session_id=takeover.session_id,
+            viewer=takeover.viewer(None),
+            sessions=takeover.sessions(),
         )
     return TakeoverInfo(
         takeover=takeover.active_for(session_id),
         session_id=takeover.holder(session_id),
+        viewer=takeover.viewer(session_id),
         sessions=takeover.sessions(),
     )
 
@@ -473,6 +490,8 @@ async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
 
     With per-session desktops ``?session_id=`` names whose desktop; with the
     fixed desktop it only says whose take-over counts (any session's).
+    ``?viewer=`` is the page's own id for this connection: its input goes
+    through only while a take-over names that viewer.
     """
     settings = gateway.settings
     session_id = ws.query_params.get("session_id")
@@ -480,6 +499,9 @@ async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
         session_id, invalid = None, True
     else:
         invalid = False
+    viewer = ws.query_params.get("viewer")
+    if viewer is not None and not is_subject_id(viewer):
+        viewer = None  # view-only: no take-over can name it
 
     async def fixed() -> VncTarget:
         return VncTarget(
@@ -512,7 +534,8 @@ async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
     await bridge(
         ws,
         own_desktop if per_session else fixed,
-        lambda: gateway.takeover.active_for(session_id),
+        lambda: gateway.takeover.input_for(session_id, viewer),
         gateway.vnc,
         settings.vnc_connect_timeout,
+        gateway.takeover.wait_change,
     )

@@ -15,9 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from selfagent.errors import BusError, BusUnavailable
 
 from .api import router
-from .auth import TokenAuthMiddleware
+from .auth import LOGIN_STYLE_SOURCE, TokenAuthMiddleware
 from .deps import Gateway
 from .files import router as files_router
+from .security import FailureThrottle, SecurityHeaders, content_security_policy
 
 log = logging.getLogger(__name__)
 
@@ -74,5 +75,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not folder.is_dir():
             log.warning("%s directory %s does not exist; /%s/ will answer 404", name, folder, name)
         app.mount(f"/{name}", StaticFiles(directory=folder, check_dir=False), name=name)
-    app.add_middleware(TokenAuthMiddleware, token=settings.token.get_secret_value())
+    throttle = FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window)
+    app.add_middleware(
+        TokenAuthMiddleware, token=settings.token.get_secret_value(), throttle=throttle
+    )
+    # Added last, so it wraps the authentication too: refusals and the
+    # sign-in page carry the headers as well.
+    app.add_middleware(SecurityHeaders, csp=content_security_policy([LOGIN_STYLE_SOURCE]))
     return app

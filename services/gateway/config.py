@@ -9,6 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from selfagent.bus.settings import DesktopsMode, ServiceSettings, desktops_field
 
+from .security import token_problem
+
 # In a source checkout the page lives at the repository's top level; an
 # installed gateway points GATEWAY_UI_DIR at wherever the image copied it.
 _DEFAULT_UI_DIR = Path(__file__).resolve().parents[2] / "ui"
@@ -21,7 +23,8 @@ class Settings(ServiceSettings):
         default=SecretStr(""),
         validate_default=True,
         validation_alias=AliasChoices("SELFAGENT_TOKEN", "GATEWAY_TOKEN"),
-        description="Shared secret every request except /healthz must present.",
+        description="Shared secret every request except /healthz must present; "
+        "at least 128 bits (see security.token_problem).",
     )
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -56,12 +59,15 @@ class Settings(ServiceSettings):
     file_timeout: float = Field(default=60.0, gt=0)
     chat_timeout: float = Field(default=600.0, gt=0, description="Seconds /api/chat waits")
     history_limit: int = Field(default=5000, ge=1, description="Events /events returns at most")
+    # Guessing: after this many wrong tokens from one client (IPv6: one /64)
+    # within the window, it gets 429 until the oldest one ages out.
+    auth_failure_limit: int = Field(default=10, ge=1)
+    auth_failure_window: float = Field(default=60.0, gt=0)
 
     @field_validator("token")
     @classmethod
-    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError(
-                "SELFAGENT_TOKEN is empty: the gateway refuses to serve the desktop without one"
-            )
+    def _token_strong(cls, value: SecretStr) -> SecretStr:
+        problem = token_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
         return value

@@ -101,19 +101,26 @@ class EventHub:
 class _Holder:
     session_id: str
     since: datetime
+    # The browser connection (its /ws/vnc?viewer=) whose input goes through;
+    # None: taken over (the agent is paused) but nobody's input is forwarded.
+    viewer: str | None = None
 
 
 @dataclass
 class TakeoverState:
-    """Whether a person currently drives a desktop, per desktop.
+    """Whether a person currently drives a desktop, per desktop, and from which page.
 
-    While a desktop is taken over, the input of browsers watching it is
-    forwarded to its VNC server; otherwise it is dropped so watching cannot
-    disturb the agent. With per-session desktops each session's desktop is
-    taken over on its own; with the fixed desktop every session shares the one
-    desktop, so a take-over by any session unlocks it and a release by any
-    session locks it again. Starts released, so a gateway restart errs on the
-    side of view-only.
+    While a desktop is taken over, the input of the one browser connection
+    that took it (its viewer id, sent with the command and on ``/ws/vnc``) is
+    forwarded to its VNC server; every other viewer's input is dropped so
+    watching cannot disturb the agent or the person in control. A take-over
+    from the bus (an automation client, the command's own echo) carries no
+    viewer: it pauses the agent but unlocks nobody's input until a page
+    claims it. With per-session desktops each session's desktop is taken
+    over on its own; with the fixed desktop every session shares the one
+    desktop, so a take-over by any session holds it and a release by any
+    session frees it. Starts released, so a gateway restart errs on the side
+    of view-only.
     """
 
     hub: EventHub
@@ -121,15 +128,28 @@ class TakeoverState:
     # Keyed by desktop: the session id with per-session desktops, "" for the fixed one.
     holders: dict[str, _Holder] = field(default_factory=dict)
     changed_at: datetime | None = None
+    # Replaced on every change, so a bridge can wait for "whatever changes next".
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _key(self, session_id: str | None) -> str:
         return (session_id or "") if self.per_session else ""
 
     def active_for(self, session_id: str | None) -> bool:
-        """Whether input on the desktop of ``session_id`` goes through."""
+        """Whether the desktop of ``session_id`` is taken over (the agent must not act)."""
         if self.per_session and session_id is None:
             return False
         return self._key(session_id) in self.holders
+
+    def input_for(self, session_id: str | None, viewer: str | None) -> bool:
+        """Whether input from ``viewer``'s connection to that desktop goes through."""
+        if viewer is None or (self.per_session and session_id is None):
+            return False
+        held = self.holders.get(self._key(session_id))
+        return held is not None and held.viewer == viewer
+
+    async def wait_change(self) -> None:
+        """Until the next take-over or release (of any desktop)."""
+        await self._changed.wait()
 
     @property
     def active(self) -> bool:
@@ -146,31 +166,53 @@ class TakeoverState:
     def sessions(self) -> list[str]:
         return sorted(h.session_id for h in self.holders.values())
 
+    def _held(self, session_id: str | None) -> _Holder | None:
+        if session_id is None:
+            if not self.holders:
+                return None
+            return max(self.holders.values(), key=lambda h: h.since)
+        return self.holders.get(self._key(session_id))
+
     def holder(self, session_id: str | None) -> str | None:
         """Who holds the desktop of ``session_id`` (fixed: maybe another session)."""
-        if session_id is None:
-            return self.session_id
-        held = self.holders.get(self._key(session_id))
+        held = self._held(session_id)
         return held.session_id if held else None
 
-    def apply(self, command: ControlCommand) -> bool:
+    def viewer(self, session_id: str | None) -> str | None:
+        """The viewer whose input reaches the desktop of ``session_id``, if any."""
+        held = self._held(session_id)
+        return held.viewer if held else None
+
+    def apply(self, command: ControlCommand, viewer: str | None = None) -> bool:
+        """Apply a takeover or release; whether anything changed.
+
+        A take-over naming a viewer hands the input to it (from another viewer
+        too); one naming none keeps whoever holds the desktop for that session.
+        """
         if command.command not in ("takeover", "release"):
             return False
         key = self._key(command.session_id)
         held = self.holders.get(key)
         if command.command == "takeover":
-            if held is not None and held.session_id == command.session_id:
+            if (
+                held is not None
+                and held.session_id == command.session_id
+                and viewer in (None, held.viewer)
+            ):
                 return False
-            self.holders[key] = _Holder(command.session_id, datetime.now(UTC))
+            self.holders[key] = _Holder(command.session_id, datetime.now(UTC), viewer)
         else:
             if held is None:
                 return False
             del self.holders[key]
         self.changed_at = datetime.now(UTC)
+        self._changed.set()
+        self._changed = asyncio.Event()
         log.info(
-            "desktop %s by session %s",
+            "desktop %s by session %s%s",
             "taken over" if command.command == "takeover" else "released",
             command.session_id,
+            f" (input from viewer {viewer})" if viewer else "",
         )
         if self.per_session:
             self.hub.notice(self.snapshot(command.session_id), session_id=command.session_id)
@@ -181,17 +223,18 @@ class TakeoverState:
     def snapshot(self, session_id: str | None) -> dict[str, Any]:
         """The ``gateway.takeover`` notice for a watcher of ``session_id`` (None: any).
 
-        ``takeover`` says whether that session's desktop takes input;
+        ``takeover`` says whether that session's desktop is taken over;
         ``session_id`` is the session holding it (with the fixed desktop it
-        may be another session than the watcher's).
+        may be another session than the watcher's); ``viewer`` is the page
+        connection whose input goes through (null: none), so each page knows
+        whether it is the one in control.
         """
-        if session_id is None:
-            takeover, holder = self.active, self.session_id
-        else:
-            takeover, holder = self.active_for(session_id), self.holder(session_id)
+        takeover = self.active if session_id is None else self.active_for(session_id)
+        holder = self.holder(session_id)
         return {
             "kind": TAKEOVER_KIND,
             "takeover": takeover,
             "session_id": holder if holder is not None else session_id,
+            "viewer": self.viewer(session_id) if takeover else None,
             "at": (self.changed_at or datetime.now(UTC)).isoformat(),
         }

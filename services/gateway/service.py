@@ -21,6 +21,7 @@ from selfagent.errors import ConfigError
 from .app import create_app
 from .config import Settings
 from .deps import Gateway
+from .security import install_redaction
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class GatewayService(Service):
                 log_level="info",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
             )
+        )
+        # After uvicorn's Config, which (re)configured its loggers: every line
+        # written from here on, the access log included, goes through it.
+        install_redaction(
+            [settings.token.get_secret_value(), settings.exec_token.get_secret_value()]
         )
         # The lifespan stops the bus side; this covers a server that never got that far.
         self.resources.push_async_callback(self.gateway.bus.stop)

@@ -17,9 +17,12 @@ from selfagent.rfb import (
     PROTOCOL_38,
     ClientMessageFilter,
     client_handshake,
+    message_length,
+    pointer_event,
     refusal,
     server_handshake,
 )
+from selfagent.rfb._protocol import KEY_EVENT, POINTER_EVENT, QEMU, key_event
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ WS_UPSTREAM_ERROR = 1011
 READ_CHUNK = 1 << 20
 STREAM_LIMIT = 1 << 21
 BROWSER_HANDSHAKE_TIMEOUT = 10.0
+# How long the key-ups of a closing connection may take to reach the VNC server.
+RELEASE_TIMEOUT = 2.0
 
 
 class _BrowserGone(Exception):
@@ -56,10 +61,79 @@ class BridgeStats:
     active: int = 0
     total: int = 0
     dropped_input: int = 0
+    # Key-ups and button-ups the gateway sent itself when a take-over ended
+    # with keys or buttons still down.
+    released_input: int = 0
     last_error: str | None = None
     bytes_down: int = 0
     bytes_up: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+class HeldInput:
+    """What one connection's forwarded input left pressed on the desktop.
+
+    Fed the messages that reached the VNC server; :meth:`release` makes the
+    messages that lift every key and button still down, so a take-over that
+    ends mid-chord (the page closed, control released or handed to another
+    page) never leaves the agent typing with a stuck modifier.
+    """
+
+    def __init__(self) -> None:
+        # keysym -> the QEMU keycode it went down with (None: a plain KeyEvent).
+        self.keys: dict[int, int | None] = {}
+        self.buttons = 0
+        self.x = 0
+        self.y = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.keys) or self.buttons != 0
+
+    def observe(self, data: bytes) -> None:
+        """Note what ``data`` (whole client messages, as the filter passes them) pressed."""
+        view = data
+        while view:
+            size = message_length(view)
+            if size is None:
+                return  # cannot happen: the filter only passes whole messages
+            kind = view[0]
+            if kind == KEY_EVENT:
+                keysym = int.from_bytes(view[4:8], "big")
+                if view[1]:
+                    self.keys[keysym] = None
+                else:
+                    self.keys.pop(keysym, None)
+            elif kind == QEMU and view[1] == 0:
+                keysym = int.from_bytes(view[4:8], "big")
+                keycode = int.from_bytes(view[8:12], "big")
+                if int.from_bytes(view[2:4], "big"):
+                    self.keys[keysym] = keycode
+                else:
+                    self.keys.pop(keysym, None)
+            elif kind == POINTER_EVENT:
+                self.buttons = view[1]
+                self.x = int.from_bytes(view[2:4], "big")
+                self.y = int.from_bytes(view[4:6], "big")
+            view = view[size:]
+
+    def release(self) -> tuple[bytes, int]:
+        """The messages that lift everything held, and how many; forgets it all."""
+        out = bytearray()
+        count = 0
+        for keysym, keycode in self.keys.items():
+            if keycode is None:
+                out += key_event(keysym, False)
+            else:
+                # Up the same way it went down: the server tracks it by keycode.
+                out += bytes([QEMU, 0]) + (0).to_bytes(2, "big")
+                out += keysym.to_bytes(4, "big") + keycode.to_bytes(4, "big")
+            count += 1
+        if self.buttons:
+            out += pointer_event(self.x, self.y, 0)
+            count += 1
+        self.keys.clear()
+        self.buttons = 0
+        return bytes(out), count
 
 
 class _BrowserStream:
@@ -120,12 +194,16 @@ async def bridge(
     allow_input: Callable[[], bool],
     stats: BridgeStats,
     connect_timeout: float,
+    input_changed: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve one noVNC connection.
 
     ``resolve`` names the desktop (raising :class:`DesktopUnavailable` with the reason
     when there is none); ``allow_input`` is asked for every client message
-    whether pointer and key input may pass (the desktop is taken over).
+    whether pointer and key input may pass (this connection holds the
+    take-over). ``input_changed`` waits until that answer may have changed:
+    then keys and buttons this connection still holds are released if its
+    input no longer passes; they are released when it closes, too.
     """
     await ws.accept()
     browser = _BrowserStream(ws)
@@ -181,7 +259,7 @@ async def bridge(
         except _BrowserGone:
             return
 
-        await _relay(ws, browser, tcp_reader, tcp_writer, allow_input, stats)
+        await _relay(ws, browser, tcp_reader, tcp_writer, allow_input, stats, input_changed)
     finally:
         stats.active -= 1
         tcp_writer.close()
@@ -196,8 +274,26 @@ async def _relay(
     tcp_writer: asyncio.StreamWriter,
     allow_input: Callable[[], bool],
     stats: BridgeStats,
+    input_changed: Callable[[], Awaitable[None]] | None,
 ) -> None:
     messages = ClientMessageFilter()
+    held = HeldInput()
+    # The browser's messages and the gateway's own key-ups share the socket;
+    # each write is whole messages, and the lock keeps them in order.
+    writing = asyncio.Lock()
+
+    async def send_up(data: bytes) -> None:
+        async with writing:
+            tcp_writer.write(data)
+            await tcp_writer.drain()
+        stats.bytes_up += len(data)
+
+    async def release_held() -> None:
+        data, count = held.release()
+        if count:
+            await send_up(data)
+            stats.released_input += count
+            log.info("VNC bridge: released %d key(s)/button(s) held when input ended", count)
 
     async def upstream() -> tuple[int, str]:
         pending = bytes(browser.buf)
@@ -207,10 +303,18 @@ async def _relay(
             data = messages.feed(pending, allow_input=allow_input())
             stats.dropped_input += messages.dropped - dropped
             if data:
-                tcp_writer.write(data)
-                await tcp_writer.drain()
-                stats.bytes_up += len(data)
+                held.observe(data)
+                await send_up(data)
             pending = await browser.message()
+
+    async def watch_input() -> tuple[int, str]:
+        while True:
+            if input_changed is None:
+                await asyncio.Event().wait()
+            else:
+                await input_changed()
+            if held and not allow_input():
+                await release_held()
 
     async def downstream() -> tuple[int, str]:
         while True:
@@ -225,12 +329,17 @@ async def _relay(
 
     up = asyncio.create_task(upstream())
     down = asyncio.create_task(downstream())
+    watch = asyncio.create_task(watch_input())
     try:
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({up, down, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (up, down):
+        for task in (up, down, watch):
             task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
+        await asyncio.gather(up, down, watch, return_exceptions=True)
+        if held and not tcp_writer.is_closing():
+            # The connection is going away with keys still down.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(release_held(), RELEASE_TIMEOUT)
     finished = done.pop()
     exc = finished.exception()
     if exc is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ def test_reads_the_services_own_setting(
     """``<SERVICE>_NATS_URL`` alone is enough, as it is for the service."""
     prefix = service.upper()
     # The gateway's settings are invalid without a token (and so is the gateway).
-    token = {"SELFAGENT_TOKEN": "t" * 24} if service == "gateway" else {}
+    token = {"SELFAGENT_TOKEN": secrets.token_urlsafe(24)} if service == "gateway" else {}
     result = _check(tmp_path, service, **token, **{f"{prefix}_NATS_URL": _good(locked_nats)})
     assert result.returncode == 0, result.stderr
     assert f"nats://127.0.0.1:{locked_nats.port}" in result.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_nats_url_precedence_is_the_same_everywhere(
     for key in list(os.environ):
         if key == "NATS_URL" or key.startswith(prefix):
             monkeypatch.delenv(key)
-    monkeypatch.setenv("SELFAGENT_TOKEN", "a-token-for-the-gateway")
+    monkeypatch.setenv("SELFAGENT_TOKEN", secrets.token_urlsafe(24))
 
     def url() -> str:
         return settings_type().nats_url

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_stop_after_nats_is_gone_is_clean(tmp_path: Path, service: str) -> None:
         "LLM_API_BASE_URL": "http://127.0.0.1:9/v1",
         "GROUNDER_FAMILY": "ocr",
         "GROUNDER_CANARY": "false",
-        "SELFAGENT_TOKEN": "stop-test-" + "x" * 16,
+        "SELFAGENT_TOKEN": secrets.token_urlsafe(24),
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",

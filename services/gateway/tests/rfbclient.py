@@ -122,6 +122,9 @@ class WsRfbClient:
     async def pointer(self, x: int, y: int, buttons: int = 0) -> None:
         await self.send(pointer_event(x, y, buttons))
 
+    async def key(self, keysym: int, down: bool) -> None:
+        await self.send(struct.pack(">BBxxI", 4, down, keysym))  # KeyEvent
+
     async def close(self) -> None:
         await self.ws.close()
 

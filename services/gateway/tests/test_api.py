@@ -167,6 +167,10 @@ async def test_invalid_control_is_422(app: AppOnBus) -> None:
         assert bad_sid.status_code == 422
         assert "session_id" in bad_sid.json()["message"]
         assert (await client.get("/api/sessions/a%2Ab/events")).status_code == 422
+        bad_viewer = await client.post(
+            "/api/sessions/s1/control", json={"command": "takeover", "viewer": "a b"}
+        )
+        assert bad_viewer.status_code == 422 and "viewer" in bad_viewer.json()["message"]
 
 
 @pytest.mark.parametrize(
@@ -406,7 +410,12 @@ async def test_fixed_desktop_takeover_is_shared_by_all_sessions(app: AppOnBus) -
         try:
             # The one desktop is taken over, whichever session watches it.
             other = (await client.get("/api/takeover", params={"session_id": "fx-b"})).json()
-            assert other == {"takeover": True, "session_id": "fx-a", "sessions": ["fx-a"]}
+            assert other == {
+                "takeover": True,
+                "session_id": "fx-a",
+                "viewer": None,
+                "sessions": ["fx-a"],
+            }
             assert app.gateway.takeover.active_for("fx-b") and app.gateway.takeover.active_for(None)
             bad = await client.get("/api/takeover", params={"session_id": "a.b"})
             assert bad.status_code == 422

@@ -26,6 +26,9 @@ from tests.harness.desktop import Desktop
 from .helpers import recv_close
 from .inprocess import Served, serve, settings
 from .rfbclient import TcpRfbClient, WsRfbClient
+from .xstate import XState
+
+SHIFT_L, CONTROL_L, ALT_L = 0xFFE1, 0xFFE3, 0xFFE9
 
 pytestmark = pytest.mark.desktop
 
@@ -38,8 +41,29 @@ async def gateway(nats_server: EmbeddedNats, desktop: Desktop) -> AsyncIterator[
         yield running
 
 
-async def _open_vnc(gateway: Served) -> WsRfbClient:
-    return await WsRfbClient.open(gateway.ws_url + "/ws/vnc", gateway.auth, open_timeout=5)
+async def _open_vnc(gateway: Served, viewer: str | None = None) -> WsRfbClient:
+    query = f"?viewer={viewer}" if viewer else ""
+    return await WsRfbClient.open(gateway.ws_url + "/ws/vnc" + query, gateway.auth, open_timeout=5)
+
+
+def _mouse(desktop: Desktop) -> tuple[int, int]:
+    out = dict(p.split(":") for p in desktop.xdotool("getmouselocation").split() if ":" in p)
+    return int(out["x"]), int(out["y"])
+
+
+async def _mouse_reaches(desktop: Desktop, where: tuple[int, int]) -> None:
+    deadline = time.monotonic() + 5
+    while (now := await asyncio.to_thread(_mouse, desktop)) != where:
+        assert time.monotonic() < deadline, f"pointer at {now}, not {where}"
+        await asyncio.sleep(0.05)
+
+
+async def _control(api: httpx.AsyncClient, command: str, viewer: str | None = None) -> bool:
+    """Take over or release the fixed desktop (session "viewer"); whether ``viewer`` drives it."""
+    body = {"command": command, **({"viewer": viewer} if viewer else {})}
+    response = await api.post("/api/sessions/viewer/control", json=body)
+    assert response.status_code == 202, response.text
+    return bool(response.json()["in_control"])
 
 
 async def _input_dropped(stats: BridgeStats, before: int) -> None:
@@ -72,13 +96,12 @@ async def test_vnc_bridge_view_only_drops_pointer_and_takeover_forwards_it(
     gateway: Served, desktop: Desktop, bus: NatsBroker
 ) -> None:
     def pointer() -> tuple[int, int]:
-        out = dict(p.split(":") for p in desktop.xdotool("getmouselocation").split() if ":" in p)
-        return int(out["x"]), int(out["y"])
+        return _mouse(desktop)
 
     stats = gateway.gateway.vnc
     desktop.xdotool("mousemove", "100", "100")
     assert pointer() == (100, 100)
-    client = await _open_vnc(gateway)
+    client = await _open_vnc(gateway, viewer="page-1")
     async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as api:
         try:
             assert (await api.get("/api/takeover")).json()["takeover"] is False
@@ -90,20 +113,27 @@ async def test_vnc_bridge_view_only_drops_pointer_and_takeover_forwards_it(
             await _input_dropped(stats, dropped)
             assert pointer() == (100, 100), "a watching browser moved the agent's pointer"
 
-            # Take over from another NATS client (e.g. an automation script).
+            # A take-over from another NATS client (e.g. an automation script)
+            # pauses the agent but hands the input to no page.
             await bus.publish(
                 ControlCommand(session_id="viewer", command="takeover"),
                 subjects.session_control("viewer"),
             )
             deadline = time.monotonic() + 5
-            while not (await api.get("/api/takeover")).json()["takeover"]:
+            while not (info := (await api.get("/api/takeover")).json())["takeover"]:
                 assert time.monotonic() < deadline, "takeover never applied"
                 await asyncio.sleep(0.05)
+            assert info["viewer"] is None
+            dropped = stats.dropped_input
             await client.pointer(640, 360)
-            deadline = time.monotonic() + 5
-            while (where := await asyncio.to_thread(pointer)) != (640, 360):
-                assert time.monotonic() < deadline, f"pointer at {where}"
-                await asyncio.sleep(0.05)
+            await _input_dropped(stats, dropped)
+            assert pointer() == (100, 100), "a take-over over NATS unlocked a page's input"
+
+            # The page takes over for its own connection: its input goes through.
+            assert await _control(api, "takeover", viewer="page-1") is True
+            assert (await api.get("/api/takeover")).json()["viewer"] == "page-1"
+            await client.pointer(640, 360)
+            await _mouse_reaches(desktop, (640, 360))
 
             released = await api.post("/api/sessions/viewer/control", json={"command": "release"})
             assert released.json()["takeover"] is False
@@ -114,6 +144,114 @@ async def test_vnc_bridge_view_only_drops_pointer_and_takeover_forwards_it(
         finally:
             await api.post("/api/sessions/viewer/control", json={"command": "release"})
             await client.close()
+
+
+async def test_only_the_viewer_that_took_over_drives_the_desktop(
+    gateway: Served, desktop: Desktop
+) -> None:
+    stats = gateway.gateway.vnc
+    first = await _open_vnc(gateway, viewer="page-a")
+    second = await _open_vnc(gateway, viewer="page-b")
+    anonymous = await _open_vnc(gateway)
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as api:
+        try:
+            assert await _control(api, "takeover", viewer="page-a") is True
+            await first.pointer(210, 220)
+            await _mouse_reaches(desktop, (210, 220))
+            for other in (second, anonymous):
+                dropped = stats.dropped_input
+                await other.pointer(500, 500)
+                await _input_dropped(stats, dropped)
+            assert _mouse(desktop) == (210, 220), "a viewer who did not take over moved it"
+
+            # Another page takes over: the input moves with it.
+            assert await _control(api, "takeover", viewer="page-b") is True
+            dropped = stats.dropped_input
+            await first.pointer(230, 240)
+            await _input_dropped(stats, dropped)
+            await second.pointer(250, 260)
+            await _mouse_reaches(desktop, (250, 260))
+        finally:
+            await api.post("/api/sessions/viewer/control", json={"command": "release"})
+            for client in (first, second, anonymous):
+                await client.close()
+
+
+async def _held(x: XState) -> tuple[frozenset[int], frozenset[int]]:
+    held = await asyncio.to_thread(x.held)
+    return held.keycodes, held.buttons
+
+
+async def _until_held(x: XState, keycodes: set[int], buttons: set[int]) -> None:
+    """Until exactly these of ``keycodes``/``buttons`` watched are down on the X server."""
+    deadline = time.monotonic() + 5
+    while True:
+        down_keys, down_buttons = await _held(x)
+        if keycodes <= down_keys and buttons <= down_buttons:
+            return
+        assert time.monotonic() < deadline, f"held: keys {down_keys}, buttons {down_buttons}"
+        await asyncio.sleep(0.05)
+
+
+async def _until_released(x: XState, keycodes: set[int]) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        down_keys, down_buttons = await _held(x)
+        if not (keycodes & down_keys) and not down_buttons:
+            return
+        assert time.monotonic() < deadline, f"still held: keys {down_keys}, buttons {down_buttons}"
+        await asyncio.sleep(0.05)
+
+
+async def test_keys_and_buttons_held_when_takeover_ends_are_released(
+    gateway: Served, desktop: Desktop
+) -> None:
+    stats = gateway.gateway.vnc
+    x = XState(desktop.display)
+    shift, control, alt = (x.keycode(k) for k in (SHIFT_L, CONTROL_L, ALT_L))
+    page = await _open_vnc(gateway, viewer="holder")
+    other = await _open_vnc(gateway, viewer="other")
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth) as api:
+        try:
+            # 1. Released by the person (the Release button) mid-chord.
+            assert await _control(api, "takeover", viewer="holder")
+            await page.pointer(640, 400, buttons=1)
+            await page.key(SHIFT_L, True)
+            await _until_held(x, {shift}, {1})
+            before = stats.released_input
+            await _control(api, "release")
+            await _until_released(x, {shift})
+            assert stats.released_input == before + 2  # Shift up, button 1 up
+
+            # 2. Another page takes over while keys are down on this one.
+            assert await _control(api, "takeover", viewer="holder")
+            await page.key(CONTROL_L, True)
+            await _until_held(x, {control}, set())
+            before = stats.released_input
+            assert await _control(api, "takeover", viewer="other")
+            await _until_released(x, {control})
+            assert stats.released_input == before + 1
+            # Its key-up arriving late is dropped: it is no longer in control.
+            await page.key(CONTROL_L, False)
+
+            # 3. The page in control goes away with a key down.
+            assert await _control(api, "takeover", viewer="holder")
+            await page.key(ALT_L, True)
+            await _until_held(x, {alt}, set())
+            before = stats.released_input
+            await page.close()
+            deadline = time.monotonic() + 5
+            while stats.released_input != before + 1:
+                assert time.monotonic() < deadline, "the closing bridge released nothing"
+                await asyncio.sleep(0.02)
+            await _until_released(x, {alt})
+            # Still taken over (the agent stays paused) until someone releases.
+            assert (await api.get("/api/takeover")).json()["takeover"] is True
+        finally:
+            await api.post("/api/sessions/viewer/control", json={"command": "release"})
+            await page.close()
+            await other.close()
+            x.close()
 
 
 async def test_vnc_bridge_wrong_password_is_a_clear_error(

@@ -7,6 +7,7 @@ routes, WebSockets and the VNC bridge are tested with the service in process.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_port_in_use_is_one_clear_line_and_exit_2(nats_server: EmbeddedNats) -> 
             [sys.executable, "-m", "selfagent.gateway"],
             env={
                 **os.environ,
-                "SELFAGENT_TOKEN": "a-token-for-this-test",
+                "SELFAGENT_TOKEN": secrets.token_urlsafe(24),
                 "NATS_URL": nats_server.url,
                 "GATEWAY_HOST": "127.0.0.1",
                 "GATEWAY_PORT": str(port),

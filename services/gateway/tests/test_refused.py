@@ -4,6 +4,7 @@ instead of serving a page that can never reach the bus."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ def test_refused_credentials_stop_the_gateway_with_status_2(locked_nats: Embedde
         [sys.executable, "-m", "selfagent.gateway"],
         env={
             **os.environ,
-            "SELFAGENT_TOKEN": "a-token-for-this-test",
+            "SELFAGENT_TOKEN": secrets.token_urlsafe(24),
             "NATS_URL": f"nats://gateway:a-wrong-one@127.0.0.1:{locked_nats.port}",
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(free_port()),

@@ -122,13 +122,16 @@ async def _open_vnc(gateway: Served, query: str) -> WsRfbClient:
     return await WsRfbClient.open(gateway.ws_url + "/ws/vnc" + query, gateway.auth, open_timeout=5)
 
 
-async def _takeover(gateway: Served, session_id: str, command: str) -> None:
+async def _takeover(
+    gateway: Served, session_id: str, command: str, viewer: str | None = None
+) -> None:
+    """Take over (for the page connection ``viewer``) or release a session's desktop."""
+    body = {"command": command, **({"viewer": viewer} if viewer else {})}
     async with _client(gateway) as client:
-        response = await client.post(
-            f"/api/sessions/{session_id}/control", json={"command": command}
-        )
+        response = await client.post(f"/api/sessions/{session_id}/control", json=body)
     assert response.status_code == 202, response.text
     assert response.json()["takeover"] is (command == "takeover")
+    assert response.json()["in_control"] is (command == "takeover" and viewer is not None)
 
 
 async def test_two_sessions_two_desktops(gateway: Served, bus: NatsBroker) -> None:
@@ -155,8 +158,8 @@ async def test_two_sessions_two_desktops(gateway: Served, bus: NatsBroker) -> No
 
         desk_a, desk_b = await _endpoint(bus, sid_a), await _endpoint(bus, sid_b)
         assert desk_a.vnc_port != desk_b.vnc_port
-        view_a = await _open_vnc(gateway, f"?session_id={sid_a}")
-        view_b = await _open_vnc(gateway, f"?session_id={sid_b}")
+        view_a = await _open_vnc(gateway, f"?session_id={sid_a}&viewer=page-a")
+        view_b = await _open_vnc(gateway, f"?session_id={sid_b}&viewer=page-b")
         try:
             for view in (view_a, view_b):
                 assert (view.width, view.height) == (WIDTH, HEIGHT)
@@ -168,8 +171,8 @@ async def test_two_sessions_two_desktops(gateway: Served, bus: NatsBroker) -> No
                 assert len(colours) > 20, "not a real desktop"
 
             # Taken over, each bridge moves the pointer of its own session's desktop.
-            await _takeover(gateway, sid_a, "takeover")
-            await _takeover(gateway, sid_b, "takeover")
+            await _takeover(gateway, sid_a, "takeover", viewer="page-a")
+            await _takeover(gateway, sid_b, "takeover", viewer="page-b")
             await view_a.pointer(111, 222)
             await view_b.pointer(333, 444)
             await _pointer_reaches(desk_a, (111, 222))
