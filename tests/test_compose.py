@@ -38,6 +38,7 @@ SERVICES = {
     "sandbox",
     "docker-proxy",
     "provisioner",
+    "egress-proxy",
     "planner",
     "grounder",
     "actuator",
