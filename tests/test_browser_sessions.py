@@ -24,7 +24,6 @@ from selfagent.bus import RemoteError, request
 from selfagent.bus.natsd import EmbeddedNats, free_port
 from selfagent.gateway.tests.rfbclient import TcpRfbClient
 from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
-from selfagent.provisioner.config import Settings as ProvisionerSettings
 from selfagent.provisioner.service import ProvisionerService
 from selfagent.schemas import (
     ConnectRequest,
@@ -36,6 +35,7 @@ from selfagent.schemas import (
     TaskSubmitted,
     subjects,
 )
+from tests.harness.provisioner import native_provisioner
 from tests.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -65,28 +65,17 @@ def nats_server() -> Iterator[EmbeddedNats]:
 async def provisioner(
     nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ProvisionerService]:
-    data = tmp_path_factory.mktemp("provisioner")
-    service = ProvisionerService(
-        ProvisionerSettings(
-            nats_url=nats_server.url,
-            backend="native",
-            host_name=f"browser-test-{data.name}",
-            data_dir=Path(data),
-            screen_width=WIDTH,
-            screen_height=HEIGHT,
-            warm=1,
-            max_per_host=3,
-            lease_wait=5,
-            # Checked more often than in production (5 s): a check must not disturb
-            # a desktop (it once connected to VNC; Xvnc took that for failed logins).
-            check_interval=1,
-        )
-    )
-    await service.start()
-    try:
+    async with native_provisioner(
+        nats_server.url,
+        Path(tmp_path_factory.mktemp("provisioner")),
+        "browser-test",
+        screen_width=WIDTH,
+        screen_height=HEIGHT,
+        warm=1,
+        max_per_host=3,
+        lease_wait=5,
+    ) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 @pytest.fixture(scope="module")

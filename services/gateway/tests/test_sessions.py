@@ -22,7 +22,6 @@ from faststream.nats import NatsBroker
 from selfagent.bus import request
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.errors import VncRefused
-from selfagent.provisioner.config import Settings as ProvisionerSettings
 from selfagent.provisioner.service import ProvisionerService
 from selfagent.schemas import (
     ConnectRequest,
@@ -33,6 +32,7 @@ from selfagent.schemas import (
     TaskSubmitted,
     subjects,
 )
+from tests.harness.provisioner import native_provisioner
 
 from .helpers import Subscription
 from .inprocess import Served, serve, settings
@@ -49,28 +49,17 @@ LEASE_BUDGET = 150.0
 async def provisioner(
     nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ProvisionerService]:
-    data = tmp_path_factory.mktemp("provisioner")
-    service = ProvisionerService(
-        ProvisionerSettings(
-            nats_url=nats_server.url,
-            backend="native",
-            host_name=f"gw-test-{data.name}",
-            data_dir=Path(data),
-            screen_width=WIDTH,
-            screen_height=HEIGHT,
-            warm=1,
-            max_per_host=2,
-            lease_wait=1.5,
-            # Checked more often than in production (5 s): a check must not disturb
-            # a desktop (it once connected to VNC; Xvnc took that for failed logins).
-            check_interval=1,
-        )
-    )
-    await service.start()
-    try:
+    async with native_provisioner(
+        nats_server.url,
+        Path(tmp_path_factory.mktemp("provisioner")),
+        "gw-test",
+        screen_width=WIDTH,
+        screen_height=HEIGHT,
+        warm=1,
+        max_per_host=2,
+        lease_wait=1.5,
+    ) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 @pytest.fixture(scope="module")
