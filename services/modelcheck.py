@@ -55,7 +55,7 @@ class EndpointReport:
 
 
 def in_container() -> bool:
-    """Whether this is one of selfagent's service images (their Dockerfiles set it).
+    """Whether this is one of selfagent's service images (each Dockerfile sets it).
 
     Not guessed from the filesystem: local mode run inside some container
     of the person's own must keep meaning what it says by 127.0.0.1.

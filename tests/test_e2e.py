@@ -52,10 +52,10 @@ def test_instruction_creates_file_on_real_desktop(stack: LocalStack, llm: FakeLL
     unknown = httpx.get(f"{stack.gateway_url}/api/sessions/no-such-session", headers=headers)
     assert unknown.status_code == 404
 
-    # The model saw real screenshots: every call carried an image data URI.
+    # The model saw real screenshots: every call ended with one (then the ask).
     for request in llm.requests:
-        last = request["messages"][-1]["content"]
-        images = [part for part in last if part.get("type") == "image_url"]
+        shown = request["messages"][-2]["content"]
+        images = [part for part in shown if part.get("type") == "image_url"]
         assert images and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
 
 

@@ -475,8 +475,11 @@ class TaskRunner:
             error=finish.error,
             **self._ids(),
         )
-        await self._emit(event)
+        # Saved first: whoever sees the end (a chat reply, a script) and then
+        # reads the session finds it ended too, even if this planner stops
+        # right after.
         await self._save_state(finish.status, finish.reply)
+        await self._emit(event)
         return event
 
     async def _loop(self, started: float) -> None:
