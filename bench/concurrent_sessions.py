@@ -6,9 +6,10 @@ Runs the real local stack with per-session desktops (embedded nats-server,
 native provisioner, one actuator, planner, gateway) and the scripted model
 server, which answers at once, so every second measured is selfagent's own.
 
-1. A new session's desktop to its first screenshot through the actuator
-   (``agent.provisioner.lease`` then ``agent.sandbox.<box>.observe``): from
-   the warm pool, and with the pool empty (a cold start). Ratio cold / warm.
+1. A new session's desktop to its first screenshot: ``POST /api/sessions``
+   (the page's "New session"), then ``agent.sandbox.<box>.observe`` through
+   the actuator; from the warm pool, and with the pool empty (a cold start).
+   Ratio cold / warm.
 2. N sessions at once, each running a scripted task of ``--steps`` steps
    (pointer moves, then done) on its own desktop: throughput (steps/s) and
    step time p50/p95, where a step is one turn of the loop (screenshot to
@@ -34,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -106,18 +108,26 @@ class Bench:
                 timeout=60,
             )
 
-    async def first_screenshot(self, session: str) -> tuple[float, bool]:
+    async def first_screenshot(self) -> tuple[float, bool, str]:
+        """POST /api/sessions, as the page's "New session" does, then a screenshot of it."""
         started = time.perf_counter()
-        lease = await self.lease(session)
+        async with httpx.AsyncClient(
+            base_url=self.stack.gateway_url,
+            headers={"Authorization": f"Bearer {self.stack.token}"},
+            timeout=120,
+        ) as client:
+            reply = await client.post("/api/sessions")
+        reply.raise_for_status()
+        created = reply.json()
         observation = await request(
             self.broker,
-            subjects.sandbox_observe(lease.sandbox_id),
+            subjects.sandbox_observe(created["sandbox_id"]),
             ObserveRequest(),
             Observation,
             timeout=30,
         )
         assert observation.screenshot is not None
-        return (time.perf_counter() - started) * 1000, lease.warm
+        return (time.perf_counter() - started) * 1000, bool(created["warm"]), created["session_id"]
 
     async def run_tasks(self, n: int, steps: int) -> tuple[float, list[float], float]:
         """N sessions' tasks at once: (steps/s, step times in ms, wall seconds)."""
@@ -249,11 +259,11 @@ async def main_async(sizes: list[int], steps: int, runs: int) -> None:
         for _ in range(runs):
             await bench.warm_ready()
             # Two at once with one warm desktop: one gets it, the other starts cold.
-            pair = [f"bench-{uuid.uuid4().hex[:6]}" for _ in range(2)]
-            for took, was_warm in await asyncio.gather(*map(bench.first_screenshot, pair)):
+            pair = await asyncio.gather(bench.first_screenshot(), bench.first_screenshot())
+            for took, was_warm, _ in pair:
                 (warm if was_warm else cold).append(took)
-            await bench.release(*pair)
-        print("new session -> first screenshot through the actuator:")
+            await bench.release(*(session for _, _, session in pair))
+        print("POST /api/sessions -> first screenshot through the actuator:")
         print(f"  warm pool  p50 {statistics.median(warm):7.0f} ms  ({len(warm)} runs)")
         print(
             f"  pool empty p50 {statistics.median(cold):7.0f} ms  ({len(cold)} runs)"
