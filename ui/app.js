@@ -56,6 +56,16 @@ function ago(iso) {
   return new Date(t).toLocaleDateString();
 }
 
+function fmtTokens(n) {
+  return n >= 10000 ? `${(n / 1000).toFixed(1)}k` : String(n);
+}
+
+// A model call's usage as shown on a step and on a task's result.
+function usageText(prompt, completion) {
+  if (!prompt && !completion) return '';
+  return `${fmtTokens(prompt + completion)} tokens (${fmtTokens(prompt)} in, ${fmtTokens(completion)} out)`;
+}
+
 function fmtMs(ms) {
   if (ms == null) return '';
   return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
@@ -238,6 +248,11 @@ const render = {
       node.querySelector('.step-state').after(thought);
       state.thoughts.add(`${ev.task_id}|${ev.thought}`);
     }
+    const usage = usageText(ev.prompt_tokens || 0, ev.completion_tokens || 0);
+    if (usage) {
+      const line = detail(node, `Model ${fmtMs(ev.model_ms)} · ${usage}`, 'usage');
+      line.dataset.testid = 'step-usage';
+    }
     // done and fail end the task without a step.executed: they are complete
     // as soon as they are planned, not "running" forever.
     if (ev.action?.action === 'done' || ev.action?.action === 'fail') {
@@ -338,7 +353,10 @@ const render = {
     node.dataset.testid = 'result';
     node.dataset.status = ev.status;
     const head = el('div', 'result-head', ev.status === 'succeeded' ? '✓ Done' : ev.status === 'stopped' ? '■ Stopped' : '✗ Failed');
-    head.appendChild(el('span', 'meta', `${ev.steps} step${ev.steps === 1 ? '' : 's'}`));
+    const usage = usageText(ev.prompt_tokens || 0, ev.completion_tokens || 0);
+    const meta = el('span', 'meta', `${ev.steps} step${ev.steps === 1 ? '' : 's'}${usage ? ` · ${usage}` : ''}`);
+    meta.dataset.testid = 'result-meta';
+    head.appendChild(meta);
     node.append(head, el('div', 'result-text', ev.reply || ev.error?.message || ''));
     append(node);
   },

@@ -148,6 +148,15 @@ class _ActuatorGone(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Usage:
+    """One model call's cost: its tokens from the reply's ``usage`` and its time."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    model_ms: float
+
+
 @dataclass
 class _Finish(Exception):
     status: TaskStatus
@@ -166,6 +175,8 @@ class TaskRunner:
     family: Family | None = None
     steps_taken: int = 0
     tokens_used: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     _history: list[Turn] = field(default_factory=list)
     _feedback: str | None = None
     heartbeats: Heartbeats | None = None
@@ -209,6 +220,8 @@ class TaskRunner:
                 "status": status,
                 "steps": self.steps_taken,
                 "tokens": self.tokens_used,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
                 "reply": reply,
                 "question": question,
                 "history": [
@@ -429,6 +442,7 @@ class TaskRunner:
     async def _resume(self, state: SessionState) -> TaskFinished | None:
         """Pick up an interrupted run; a TaskFinished if there is nothing left to do."""
         self.steps_taken, self.tokens_used = state.steps, state.tokens
+        self.prompt_tokens, self.completion_tokens = state.prompt_tokens, state.completion_tokens
         # The text of the earlier steps comes back; their screenshots do not.
         self._history = [Turn(r.step, r.action, r.outcome, None, r.action) for r in state.history]
         if state.status in FINISHED_STATUSES:
@@ -437,6 +451,9 @@ class TaskRunner:
                 status=state.status,
                 reply=state.reply or "",
                 steps=state.steps,
+                prompt_tokens=state.prompt_tokens,
+                completion_tokens=state.completion_tokens,
+                tokens=state.tokens,
                 **self._ids(),
             )
         age = (datetime.now(UTC) - self.task.submitted_at).total_seconds()
@@ -473,6 +490,9 @@ class TaskRunner:
             reply=finish.reply,
             steps=self.steps_taken,
             error=finish.error,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tokens=self.tokens_used,
             **self._ids(),
         )
         await self._emit(event)
@@ -498,8 +518,16 @@ class TaskRunner:
             coords = CoordinateMap((shot.width, shot.height), screen, family.space)
 
             messages = self._messages(shot.width, shot.height, shot.data_uri())
+            asked = time.monotonic()
             reply = await self._ask(messages, started)
+            usage = _Usage(
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                (time.monotonic() - asked) * 1000,
+            )
             self.tokens_used += reply.total_tokens
+            self.prompt_tokens += reply.prompt_tokens
+            self.completion_tokens += reply.completion_tokens
             if self.tokens_used > settings.max_tokens_per_task:
                 raise _Finish(
                     "failed",
@@ -551,7 +579,9 @@ class TaskRunner:
                     self._record(turn, outcomes)
                     raise self._out_of_steps(max_steps)
                 try:
-                    result = await self._step(action, parsed, index == 0, coords, shot, screen)
+                    result = await self._step(
+                        action, parsed, usage if index == 0 else None, coords, shot, screen
+                    )
                 except _StepFailed as failure:
                     outcomes.append(f"FAILED: {failure.error.message}")
                     failed = failure
@@ -593,7 +623,7 @@ class TaskRunner:
         self,
         action: Action,
         parsed: FamilyReply,
-        first: bool,
+        usage: _Usage | None,
         coords: CoordinateMap,
         shot: Screenshot,
         screen: tuple[int, int],
@@ -606,8 +636,21 @@ class TaskRunner:
         """
         self.steps_taken += 1
         step = self.steps_taken
-        thought = parsed.thought if first else ""
-        await self._emit(StepPlanned(step=step, action=action, thought=thought, **self._ids()))
+        # The reply's thought and usage belong to its first action only, so
+        # that summing the steps gives the task's totals.
+        thought = parsed.thought if usage is not None else ""
+        spent = usage or _Usage(0, 0, 0.0)
+        await self._emit(
+            StepPlanned(
+                step=step,
+                action=action,
+                thought=thought,
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
+                model_ms=spent.model_ms,
+                **self._ids(),
+            )
+        )
         if thought:
             await self._emit(AgentMessage(text=thought, **self._ids()))
         if isinstance(action, DoneAction):

@@ -231,6 +231,33 @@ async def test_context_keeps_recent_screenshots_and_older_steps_as_text(
     assert state["task_id"] == outcome.finished["task_id"]
 
 
+async def test_each_step_carries_its_model_calls_usage_and_the_task_its_total(
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
+) -> None:
+    # Each reply reports its own usage, so a step showing another's is caught.
+    def used(reply: dict[str, Any], prompt: int, completion: int) -> dict[str, Any]:
+        return {**reply, "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+    llm.push(
+        used(computer(action="move", x=200, y=200), 1000, 7),
+        used(computer(action="move", x=220, y=200), 2000, 9),
+        used(DONE, 3000, 11),
+    )
+    outcome = await run_task(bus, "count tokens")
+    planned = outcome.kinds("step.planned")
+    assert [(p["step"], p["prompt_tokens"], p["completion_tokens"]) for p in planned] == [
+        (1, 1000, 7),
+        (2, 2000, 9),
+        (3, 3000, 11),
+    ]
+    assert all(p["model_ms"] > 0 for p in planned)
+    finished = outcome.finished
+    assert (finished["prompt_tokens"], finished["completion_tokens"]) == (6000, 27)
+    assert finished["tokens"] == 6027
+    state = await session_state(bus, finished["session_id"])
+    assert (state["tokens"], state["prompt_tokens"], state["completion_tokens"]) == (6027, 6000, 27)
+
+
 # --- the model endpoint misbehaving ------------------------------------------
 
 
