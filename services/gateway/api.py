@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -307,6 +307,34 @@ async def session_events(
 ) -> SessionHistory:
     history = await gateway.bus.history(session_id, limit or gateway.settings.history_limit)
     return SessionHistory(session_id=session_id, events=history.events, truncated=history.truncated)
+
+
+@router.get(
+    "/api/sessions/{session_id}/steps/{step}/screenshot",
+    tags=["sessions"],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, 404: {}},
+)
+async def step_screenshot(
+    session_id: SessionId,
+    step: Annotated[int, Path(ge=1, le=100_000)],
+    gateway: GatewayDep,
+    when: Literal["before", "after"] = "before",
+    task_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+) -> Response:
+    """A step's screenshot: ``before``, what the model saw; ``after``, once the action ran.
+
+    Without ``task_id``, the step of the session's newest task that has one.
+    Kept for the planner's ``PLANNER_SCREENSHOT_RETENTION_DAYS``.
+    """
+    shot = await gateway.bus.screenshot(session_id, step, when, task_id)
+    if shot is None:
+        raise HTTPException(
+            404, detail=f"no {when} screenshot of step {step} in session {session_id!r}"
+        )
+    # Under one task id a step's image never changes; the newest task's may.
+    cache = "private, max-age=86400, immutable" if task_id else "private, no-cache"
+    return Response(shot.data, media_type=shot.mime, headers={"Cache-Control": cache})
 
 
 @router.get("/api/sessions/{session_id}", response_model=SessionState, tags=["sessions"])

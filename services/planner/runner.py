@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
-from selfagent.bus import BusError, RemoteError, RequestTimeout, request, sessions
+from selfagent.bus import BusError, RemoteError, RequestTimeout, request, screens, sessions
 from selfagent.llm import LLMClient, LLMError, LLMReply
 from selfagent.schemas import (
     ActionResult,
@@ -184,6 +184,9 @@ class TaskRunner:
     _leased: str | None = None
     # The actuator instance that last answered for the desktop.
     _actuator: str = ""
+    # Screenshots being written to the history (in the background: a step
+    # must not wait on it), awaited before the task's end is announced.
+    _keeping: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def sandbox_id(self) -> str:
@@ -251,6 +254,31 @@ class TaskRunner:
             )
         except Exception as exc:
             log.warning("could not save session %s state: %s", self.task.session_id, exc)
+
+    def _keep(self, step: int, when: str, shot: Screenshot | None) -> None:
+        """Keep a step's screenshot for replay and export (best effort)."""
+        if shot is None or self.settings.screenshot_retention_days <= 0:
+            return
+
+        async def write() -> None:
+            try:
+                await asyncio.wait_for(
+                    screens.store(
+                        self.broker, self.task.session_id, self.task.task_id, step, when, shot
+                    ),
+                    10.0,
+                )
+            except Exception as exc:
+                log.warning("could not keep step %d's %s screenshot: %s", step, when, exc)
+
+        job = asyncio.ensure_future(write())
+        self._keeping.add(job)
+        job.add_done_callback(self._keeping.discard)
+
+    async def _kept(self) -> None:
+        """Wait for the screenshots still being written, so the end event finds them all."""
+        if self._keeping:
+            await asyncio.wait(set(self._keeping), timeout=10.0)
 
     def _ids(self) -> dict[str, str]:
         return {"session_id": self.task.session_id, "task_id": self.task.task_id}
@@ -485,6 +513,7 @@ class TaskRunner:
         return None
 
     async def _finish(self, finish: _Finish) -> TaskFinished:
+        await self._kept()
         event = TaskFinished(
             status=finish.status,
             reply=finish.reply,
@@ -653,6 +682,7 @@ class TaskRunner:
         )
         if thought:
             await self._emit(AgentMessage(text=thought, **self._ids()))
+        self._keep(step, "before", shot)
         if isinstance(action, DoneAction):
             # An empty final answer would leave the chat without a reply.
             reply_text = action.message.strip() or (parsed.thought or "").strip()
@@ -682,6 +712,7 @@ class TaskRunner:
                 **self._ids(),
             )
         )
+        self._keep(step, "after", result.observation.screenshot if result.observation else None)
         return result
 
     async def _ask_user(self, question: str, started: float, turn: Turn) -> str:

@@ -10,6 +10,8 @@ session events, exactly as the gateway sees them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,8 +21,11 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
+from PIL import Image
 
 from selfagent.bus.natsd import EmbeddedNats
+from selfagent.gateway.tests.inprocess import AppOnBus, app_on_bus
+from selfagent.gateway.tests.inprocess import settings as gateway_settings
 from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings
@@ -129,6 +134,12 @@ async def bus(nats_server: EmbeddedNats, planner: PlannerService) -> AsyncIterat
     client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.3)
     yield client
     await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def gateway(nats_server: EmbeddedNats) -> AsyncIterator[AppOnBus]:
+    async with app_on_bus(gateway_settings(nats_server.url)) as app:
+        yield app
 
 
 @pytest.fixture
@@ -256,6 +267,63 @@ async def test_each_step_carries_its_model_calls_usage_and_the_task_its_total(
     assert finished["tokens"] == 6027
     state = await session_state(bus, finished["session_id"])
     assert (state["tokens"], state["prompt_tokens"], state["completion_tokens"]) == (6027, 6000, 27)
+
+
+def last_image(request: dict[str, Any]) -> bytes:
+    """The newest screenshot a model request carries, decoded."""
+    urls = [
+        part["image_url"]["url"]
+        for message in request["messages"]
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    ]
+    return base64.b64decode(urls[-1].split(",", 1)[1])
+
+
+async def test_each_steps_screenshots_are_kept_and_served(
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient, gateway: AppOnBus
+) -> None:
+    llm.push(
+        computer(action="move", x=250, y=250),
+        computer(action="move", x=300, y=260),
+        DONE,
+    )
+    outcome = await run_task(bus, "look around")
+    assert outcome.finished["status"] == "succeeded"
+    sid, tid = outcome.finished["session_id"], outcome.finished["task_id"]
+    base = f"/api/sessions/{sid}/steps"
+    async with gateway.client() as http:
+        for step in (1, 2, 3):
+            res = await http.get(f"{base}/{step}/screenshot")
+            assert res.status_code == 200, res.text
+            assert res.headers["content-type"] == "image/jpeg"
+            # Exactly the image the model was sent for that step.
+            assert res.content == last_image(llm.requests[step - 1]), f"step {step}"
+        for step in (1, 2):
+            res = await http.get(f"{base}/{step}/screenshot", params={"when": "after"})
+            assert res.status_code == 200 and res.content[:3] == b"\xff\xd8\xff"
+            with Image.open(io.BytesIO(res.content)) as image:
+                assert image.size[0] > 100 and image.size[1] > 100
+        # done has nothing after it; step 4 never was.
+        assert (await http.get(f"{base}/3/screenshot", params={"when": "after"})).status_code == 404
+        assert (await http.get(f"{base}/4/screenshot")).status_code == 404
+        assert (await http.get(f"{base}/1/screenshot", params={"when": "later"})).status_code == 422
+        own = await http.get(f"{base}/1/screenshot", params={"task_id": tid})
+        assert own.status_code == 200 and own.content == last_image(llm.requests[0])
+        assert "immutable" in own.headers["cache-control"]
+        other = await http.get(f"{base}/1/screenshot", params={"task_id": "no-such-task"})
+        assert other.status_code == 404
+
+    # With no retention nothing is kept.
+    fresh.settings = fresh.settings.model_copy(update={"screenshot_retention_days": 0})
+    llm.reset()
+    llm.push(computer(action="move", x=250, y=250), DONE)
+    outcome = await run_task(bus, "leave no pictures")
+    assert outcome.finished["status"] == "succeeded"
+    async with gateway.client() as http:
+        res = await http.get(f"/api/sessions/{outcome.finished['session_id']}/steps/1/screenshot")
+        assert res.status_code == 404
 
 
 # --- the model endpoint misbehaving ------------------------------------------
