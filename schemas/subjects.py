@@ -124,9 +124,16 @@ def provisioner_event(kind: str) -> str:
     return f"agent.provisioner.event.{kind}"
 
 
+# What is kept of a step: its screenshots, and the model call it came from.
+STEP_RECORDS: Final = ("before", "after", "model")
+
+
 def screenshot(session_id: str, task_id: str, step: int | str, when: str) -> str:
-    """Where a step's screenshot is kept; ``step`` and ``task_id`` may be ``*`` to look one up."""
+    """Where a step's screenshot (``before``, ``after``) or model call (``model``) is kept.
+
+    ``task_id`` may be ``*`` to look one up.
+    """
     task = task_id if task_id == "*" else check_token(task_id)
-    if when not in ("before", "after"):
-        raise ValueError(f"when must be before or after, not {when!r}")
+    if when not in STEP_RECORDS:
+        raise ValueError(f"when must be one of {STEP_RECORDS}, not {when!r}")
     return f"agent.screens.{check_token(session_id)}.{task}.{step}.{when}"

@@ -12,8 +12,10 @@ Like every stream it lives on the server's disk and survives restarts.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -76,12 +78,29 @@ async def ensure_stream(broker: NatsBroker, retention_seconds: float, max_bytes:
 async def store(
     broker: NatsBroker, session_id: str, task_id: str, step: int, when: str, shot: Screenshot
 ) -> None:
-    js = jetstream(broker)
-    await js.publish(
+    await _put(
+        broker,
         subjects.screenshot(session_id, task_id, step, when),
         base64.b64decode(shot.data_b64),
-        stream=subjects.SCREENS_STREAM,
-        headers={_MIME: shot.mime, _WIDTH: str(shot.width), _HEIGHT: str(shot.height)},
+        {_MIME: shot.mime, _WIDTH: str(shot.width), _HEIGHT: str(shot.height)},
+    )
+
+
+async def store_model_call(
+    broker: NatsBroker, session_id: str, task_id: str, step: int, record: dict[str, Any]
+) -> None:
+    """The model call a step came from: the messages sent (images as references) and the reply."""
+    await _put(
+        broker,
+        subjects.screenshot(session_id, task_id, step, "model"),
+        json.dumps(record).encode(),
+        {_MIME: "application/json"},
+    )
+
+
+async def _put(broker: NatsBroker, subject: str, data: bytes, headers: dict[str, str]) -> None:
+    await jetstream(broker).publish(
+        subject, data, stream=subjects.SCREENS_STREAM, headers=headers
     )
 
 

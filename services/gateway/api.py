@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +36,7 @@ from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 from .catalog import SessionList
 from .deps import Gateway, GatewayDep
 from .hub import Listener
+from .trajectory import trajectory_zip
 from .vnc_bridge import VncTarget, bridge
 
 # Ids become NATS subject tokens: the pattern is the schemas' own (subjects.ID_PATTERN).
@@ -43,6 +44,8 @@ SessionId = Annotated[str, Path(pattern=ID_PATTERN, description=f"Session id: {I
 WS_BAD_REQUEST = 4400
 STATUS_FRESH = 60.0
 WS_TRY_AGAIN_LATER = 1013
+# A trajectory reads the whole history, not the page's first screenful.
+TRAJECTORY_EVENTS = 100_000
 
 router = APIRouter()
 
@@ -335,6 +338,25 @@ async def step_screenshot(
     # Under one task id a step's image never changes; the newest task's may.
     cache = "private, max-age=86400, immutable" if task_id else "private, no-cache"
     return Response(shot.data, media_type=shot.mime, headers={"Cache-Control": cache})
+
+
+@router.get(
+    "/api/sessions/{session_id}/trajectory",
+    tags=["sessions"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}, 404: {}},
+)
+async def session_trajectory(session_id: SessionId, gateway: GatewayDep) -> StreamingResponse:
+    """The session's steps as a zip: ``steps.jsonl`` (JSON Schema ``TrajectoryStep``,
+    also in the zip) and each step's screenshots under ``images/``, streamed."""
+    history = await gateway.bus.history(session_id, TRAJECTORY_EVENTS)
+    if not history.events:
+        raise HTTPException(404, detail=f"no session {session_id!r} with events")
+    return StreamingResponse(
+        trajectory_zip(session_id, history.events, gateway.bus.screenshot),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="selfagent-{session_id}.zip"'},
+    )
 
 
 @router.get("/api/sessions/{session_id}", response_model=SessionState, tags=["sessions"])

@@ -259,17 +259,47 @@ class TaskRunner:
         """Keep a step's screenshot for replay and export (best effort)."""
         if shot is None or self.settings.screenshot_retention_days <= 0:
             return
+        self._spawn_keep(
+            f"step {step}'s {when} screenshot",
+            screens.store(self.broker, self.task.session_id, self.task.task_id, step, when, shot),
+        )
 
+    def _keep_model_call(
+        self, step: int, messages: list[dict[str, Any]], reply: LLMReply, current: str
+    ) -> None:
+        """Keep what the model was sent and answered, for trajectory export.
+
+        The screenshots in the messages become ``step://<n>/before``: the
+        kept screenshot of that step of this task, not a second copy.
+        """
+        if self.settings.screenshot_retention_days <= 0:
+            return
+        known = {turn.screenshot: turn.step for turn in self._history if turn.screenshot}
+        known[current] = step
+        record = {
+            "messages": _image_refs(messages, known),
+            "reply": {
+                "content": reply.content,
+                "tool_calls": [
+                    {"name": call.name, "arguments": call.arguments} for call in reply.tool_calls
+                ],
+                "finish_reason": reply.finish_reason,
+                "model": reply.model,
+            },
+        }
+        self._spawn_keep(
+            f"step {step}'s model call",
+            screens.store_model_call(
+                self.broker, self.task.session_id, self.task.task_id, step, record
+            ),
+        )
+
+    def _spawn_keep(self, what: str, work: Awaitable[None]) -> None:
         async def write() -> None:
             try:
-                await asyncio.wait_for(
-                    screens.store(
-                        self.broker, self.task.session_id, self.task.task_id, step, when, shot
-                    ),
-                    10.0,
-                )
+                await asyncio.wait_for(work, 10.0)
             except Exception as exc:
-                log.warning("could not keep step %d's %s screenshot: %s", step, when, exc)
+                log.warning("could not keep %s: %s", what, exc)
 
         job = asyncio.ensure_future(write())
         self._keeping.add(job)
@@ -597,6 +627,7 @@ class TaskRunner:
                     ) from exc
                 continue
             invalid_replies = 0
+            self._keep_model_call(self.steps_taken + 1, messages, reply, shot.data_uri())
 
             turn = Turn(self.steps_taken + 1, parsed.reply, "ok", shot.data_uri(), parsed.summary)
             outcomes: list[str] = []
@@ -994,6 +1025,23 @@ def _stopped() -> _Finish:
         "Stopped by the user.",
         ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
     )
+
+
+def _image_refs(value: Any, known: dict[str, int]) -> Any:
+    """``value`` with each screenshot data URI replaced by a reference to its step's.
+
+    An image the runner does not know (a family's own rendering) is named, not kept.
+    """
+    if isinstance(value, str):
+        if not value.startswith("data:image/"):
+            return value
+        step = known.get(value)
+        return f"step://{step}/before" if step is not None else "image://not-kept"
+    if isinstance(value, list):
+        return [_image_refs(item, known) for item in value]
+    if isinstance(value, dict):
+        return {key: _image_refs(item, known) for key, item in value.items()}
+    return value
 
 
 def _outcome(result: ActionResult) -> str:

@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings
 from selfagent.planner.service import PlannerService, build
 from selfagent.schemas import TaskSubmitted
+from selfagent.schemas.trajectory import TrajectoryStep
 from tests.harness.actuator import running_actuator
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM, tool_call
@@ -314,6 +316,41 @@ async def test_each_steps_screenshots_are_kept_and_served(
         assert "immutable" in own.headers["cache-control"]
         other = await http.get(f"{base}/1/screenshot", params={"task_id": "no-such-task"})
         assert other.status_code == 404
+
+    # The same steps as a trajectory: a zip of steps.jsonl and the images.
+    async with gateway.client() as http:
+        res = await http.get(f"/api/sessions/{sid}/trajectory")
+        assert res.status_code == 200, res.text
+        assert res.headers["content-type"] == "application/zip"
+        missing = await http.get("/api/sessions/never-was/trajectory")
+        assert missing.status_code == 404
+    with zipfile.ZipFile(io.BytesIO(res.content)) as archive:
+        names = set(archive.namelist())
+        lines = archive.read("steps.jsonl").decode().splitlines()
+        steps = [TrajectoryStep.model_validate_json(line) for line in lines]
+        assert [s.step for s in steps] == [1, 2, 3]
+        assert json.loads(archive.read("schema/TrajectoryStep.json"))["title"] == "TrajectoryStep"
+        for n, line in enumerate(steps, 1):
+            assert line.instruction == "look around" and line.task_id == tid
+            assert line.images.before in names
+            # The image the model saw for this step, byte for byte.
+            assert archive.read(line.images.before) == last_image(llm.requests[n - 1])
+            assert line.model is not None and line.model.prompt_tokens == 100
+            assert line.model.completion_tokens == 20 and line.timings.model_ms > 0
+            assert line.model.reply is not None
+            said = json.loads(line.model.reply["tool_calls"][0]["arguments"])
+            assert said["action"] == ("done" if n == 3 else "move")
+            # What was sent, its screenshots named by their paths in the zip.
+            sent = json.dumps(line.model.messages)
+            assert "data:image" not in sent and line.images.before in sent
+            for earlier in steps[: n - 1]:
+                assert earlier.images.before is not None and earlier.images.before in sent
+        first, last = steps[0], steps[2]
+        assert first.action.action == "move" and first.executed is not None
+        assert first.result is not None and first.result.ok
+        assert first.images.after in names and first.timings.duration_ms > 0
+        assert last.action.action == "done" and last.result is None
+        assert last.images.after is None and last.task_status == "succeeded"
 
     # With no retention nothing is kept.
     fresh.settings = fresh.settings.model_copy(update={"screenshot_retention_days": 0})
