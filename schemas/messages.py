@@ -175,6 +175,10 @@ class StepExecuted(_Event):
     output: str | None = None
     settle_ms: float = 0.0
     duration_ms: float = 0.0
+    screen_width: int = Field(
+        default=0, ge=0, description="The screen the action's pixels are of (0: not known)"
+    )
+    screen_height: int = Field(default=0, ge=0)
 
 
 class AgentMessage(_Event):

@@ -729,7 +729,13 @@ class TaskRunner:
             result = await self._act(screen_action)
         except _StepFailed as failure:
             await self._emit(
-                StepExecuted(step=step, action=action, ok=False, error=failure.error, **self._ids())
+                StepExecuted(
+                    step=step,
+                    action=action,
+                    ok=False,
+                    error=failure.error,
+                    **self._ids(),
+                )
             )
             raise
         await self._emit(
@@ -740,6 +746,8 @@ class TaskRunner:
                 output=result.output,
                 settle_ms=result.settle_ms,
                 duration_ms=result.duration_ms,
+                screen_width=screen[0],
+                screen_height=screen[1],
                 **self._ids(),
             )
         )
