@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from . import messages, sandboxes, subjects
+from . import messages, sandboxes, subjects, trajectory
 from .actions import Action
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -46,6 +46,8 @@ EXPORTED: dict[str, Any] = {
     "StatusRequest": sandboxes.StatusRequest,
     "ProvisionerStatus": sandboxes.ProvisionerStatus,
     "SandboxEvent": sandboxes.SandboxEvent,
+    # Not a bus message: a line of a trajectory export's steps.jsonl.
+    "TrajectoryStep": trajectory.TrajectoryStep,
 }
 
 

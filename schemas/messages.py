@@ -140,10 +140,21 @@ class TaskStarted(_Event):
 
 
 class StepPlanned(_Event):
+    """A step the model chose.
+
+    The model call's usage (from the reply's ``usage``) and time are on the
+    first step of a reply; the other actions of a multi-action reply carry 0.
+    """
+
     kind: Literal["step.planned"] = "step.planned"
     step: int
     action: Action
     thought: str = ""
+    prompt_tokens: int = Field(default=0, ge=0, description="The model call's prompt tokens")
+    completion_tokens: int = Field(
+        default=0, ge=0, description="The model call's completion tokens"
+    )
+    model_ms: float = Field(default=0.0, ge=0, description="How long the model call took")
 
 
 class StepGrounded(_Event):
@@ -164,6 +175,10 @@ class StepExecuted(_Event):
     output: str | None = None
     settle_ms: float = 0.0
     duration_ms: float = 0.0
+    screen_width: int = Field(
+        default=0, ge=0, description="The screen the action's pixels are of (0: not known)"
+    )
+    screen_height: int = Field(default=0, ge=0)
 
 
 class AgentMessage(_Event):
@@ -223,6 +238,9 @@ class TaskFinished(_Event):
     reply: str
     steps: int
     error: ErrorInfo | None = None
+    prompt_tokens: int = Field(default=0, ge=0, description="The task's prompt tokens, all calls")
+    completion_tokens: int = Field(default=0, ge=0, description="The task's completion tokens")
+    tokens: int = Field(default=0, ge=0, description="prompt_tokens + completion_tokens")
 
 
 SessionEvent = Annotated[
@@ -390,6 +408,8 @@ class SessionState(Message):
     status: SessionStatus
     steps: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     reply: str | None = None
     question: str | None = Field(
         default=None, description="While the status is needs_user: the model's question"

@@ -55,6 +55,10 @@ DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
 # The latest control command per session, so a stop sent while a task still
 # waits in the queue is seen by the planner that later takes it.
 CONTROLS_STREAM = "AGENT_CONTROLS"
+# Each step's screenshots (before: what the model saw; after: once the action
+# ran), one message per image, kept for the planner's screenshot retention.
+SCREENS_STREAM = "AGENT_SCREENS"
+SCREENS_ALL = "agent.screens.>"
 
 ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
 """What an id that becomes a subject token (session, task, sandbox) may look like.
@@ -118,3 +122,18 @@ PROVISIONER_EVENTS_ALL = "agent.provisioner.event.>"
 def provisioner_event(kind: str) -> str:
     """``kind`` is an event's ``kind`` field, e.g. ``sandbox.ready``."""
     return f"agent.provisioner.event.{kind}"
+
+
+# What is kept of a step: its screenshots, and the model call it came from.
+STEP_RECORDS: Final = ("before", "after", "model")
+
+
+def screenshot(session_id: str, task_id: str, step: int | str, when: str) -> str:
+    """Where a step's screenshot (``before``, ``after``) or model call (``model``) is kept.
+
+    ``task_id`` may be ``*`` to look one up.
+    """
+    task = task_id if task_id == "*" else check_token(task_id)
+    if when not in STEP_RECORDS:
+        raise ValueError(f"when must be one of {STEP_RECORDS}, not {when!r}")
+    return f"agent.screens.{check_token(session_id)}.{task}.{step}.{when}"

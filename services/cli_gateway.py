@@ -10,9 +10,11 @@ import contextlib
 import json
 import signal
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -639,4 +641,53 @@ async def stop_session(
         print(json.dumps(answer), flush=True)
     else:
         console.print(said)
+    return EXIT_SUCCEEDED
+
+
+# --- selfagent export ------------------------------------------------------------------
+
+
+async def export_trajectory(
+    gateway: GatewayClient, session_id: str, out: Path | None, console: Console, as_json: bool
+) -> int:
+    """Save the session's trajectory zip (steps.jsonl and images), streamed to a file."""
+    target = out or Path(f"selfagent-{session_id}.zip")
+    partial = target.with_name(target.name + ".part")
+    try:
+        async with gateway.http.stream(
+            "GET", f"/api/sessions/{session_id}/trajectory", timeout=SESSION_TIMEOUT
+        ) as response:
+            status = response.status_code
+            if status in (401, 403):
+                raise _CommandExit(EXIT_TOKEN, f"the gateway at {gateway.url} refused the token")
+            if status == 404:
+                raise _CommandExit(
+                    EXIT_NOT_FOUND, f"no session {session_id!r} (selfagent sessions lists them)"
+                )
+            if status == 422:
+                raise _CommandExit(EXIT_USAGE, f"{session_id!r} is not a session id")
+            if status >= 300:
+                await response.aread()
+                raise _CommandExit(
+                    EXIT_GATEWAY, f"the gateway answered {status}: {_detail(response)}"
+                )
+            with partial.open("wb") as file:
+                async for chunk in response.aiter_bytes():
+                    file.write(chunk)
+    except httpx.TransportError as exc:
+        partial.unlink(missing_ok=True)
+        raise _CommandExit(
+            EXIT_CANNOT_CONNECT,
+            f"cannot reach the gateway at {gateway.url} ({type(exc).__name__}: {exc}); "
+            "is selfagent running? (--url or SELFAGENT_URL say where)",
+        ) from None
+    # Only a complete download takes the name: a broken one must not look like an export.
+    partial.replace(target)
+    with zipfile.ZipFile(target) as archive:
+        steps = len(archive.read("steps.jsonl").splitlines())
+        images = sum(1 for name in archive.namelist() if name.startswith("images/"))
+    if as_json:
+        print(json.dumps({"path": str(target), "steps": steps, "images": images}), flush=True)
+    else:
+        console.print(f"wrote {target}: {steps} steps, {images} images")
     return EXIT_SUCCEEDED

@@ -183,6 +183,16 @@ def _stop(args: argparse.Namespace) -> int:
     return _run_command(args, body)
 
 
+def _export(args: argparse.Namespace) -> int:
+    def body(gateway: GatewayClient, console: Console) -> Awaitable[int]:
+        from .cli_gateway import export_trajectory
+
+        out = Path(args.output) if args.output else None
+        return export_trajectory(gateway, args.session_id, out, console, args.json)
+
+    return _run_command(args, body)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -204,7 +214,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: Any) -> None:
-    """Add run, sessions and stop to the ``selfagent`` command's subcommands."""
+    """Add run, sessions, stop and export to the ``selfagent`` command's subcommands."""
     formatter = argparse.RawDescriptionHelpFormatter
     run = commands.add_parser(
         "run",
@@ -245,3 +255,19 @@ def register(commands: Any) -> None:
     )
     _common(stop)
     stop.set_defaults(run=_stop)
+    export = commands.add_parser(
+        "export",
+        help="save a session's trajectory (steps.jsonl and screenshots) as a zip",
+        description="Save the session's trajectory from the gateway: a zip of steps.jsonl "
+        "(one step a line: instruction, model call and reply, action, grounding, result, "
+        "timings, tokens; JSON Schema TrajectoryStep, in the zip and in schemas/json/) and "
+        "each step's screenshots under images/.",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    export.add_argument("session_id")
+    export.add_argument(
+        "-o", "--output", help="the zip to write (default: selfagent-<session>.zip here)"
+    )
+    _common(export)
+    export.set_defaults(run=_export)

@@ -8,6 +8,8 @@ the real planner) belongs beside the stack that starts every service.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from faststream.nats import NatsBroker
+from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from selfagent.bus import sessions
+from selfagent.bus import screens, sessions
 from selfagent.bus.natsd import EmbeddedNats
 from selfagent.gateway.tests.rfbclient import TcpRfbClient
 from selfagent.gateway.tests.stack import GatewayProcess, start_gateway
@@ -28,17 +31,25 @@ from selfagent.schemas import (
     AgentMessage,
     ApprovalDecided,
     ApprovalRequested,
+    ClickAction,
     ControlCommand,
+    DoneAction,
+    DragAction,
+    KeyAction,
     ModelStatus,
+    Point,
+    Screenshot,
     SessionEvent,
     SessionState,
     ShellAction,
     StepExecuted,
+    StepGrounded,
     StepPlanned,
     TaskFinished,
     TaskStarted,
     TaskStateChanged,
     TaskSubmitted,
+    TypeAction,
     subjects,
 )
 from tests.harness.desktop import Desktop, start_desktop
@@ -625,3 +636,135 @@ async def test_a_banner_says_what_to_change_while_the_model_endpoint_is_wrong(
         "() => { const b = document.querySelector('#model-banner');"
         " return b.dataset.checked && b.hidden; }"
     )
+
+
+def _jpeg(colour: str, size: tuple[int, int] = (640, 360)) -> Screenshot:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return Screenshot(format="jpeg", width=size[0], height=size[1], data_b64=encoded)
+
+
+async def test_a_past_session_replays_step_by_step_with_the_action_drawn(
+    page: Page, gateway: GatewayProcess, bus: NatsBroker
+) -> None:
+    await _signed_in(page, gateway)
+    sid = await _fresh_session(page)
+    ids = {"session_id": sid, "task_id": "t1"}
+    click = ClickAction(target="the OK button")
+    drag = DragAction(path=[Point(x=100, y=100), Point(x=300, y=200)])
+    typed = TypeAction(text="hello world")
+    keys = KeyAction(keys="ctrl+s")
+    screen = {"screen_width": 1280, "screen_height": 720}
+    events: list[SessionEvent] = [
+        TaskStarted(prompt="Press OK and save", **ids),
+        StepPlanned(
+            step=1, action=click, thought="The OK button is in the middle.",
+            prompt_tokens=1000, completion_tokens=50, model_ms=1500, **ids,
+        ),
+        StepGrounded(step=1, target="the OK button", x=640, y=360, method="ocr", **ids),
+        StepExecuted(
+            step=1, action=click.model_copy(update={"x": 640, "y": 360}), ok=True,
+            duration_ms=120, settle_ms=80, **screen, **ids,
+        ),
+        StepPlanned(step=2, action=drag, prompt_tokens=1100, completion_tokens=40, **ids),
+        StepExecuted(step=2, action=drag, ok=True, **screen, **ids),
+        StepPlanned(step=3, action=typed, prompt_tokens=1200, completion_tokens=30, **ids),
+        StepExecuted(step=3, action=typed, ok=True, **screen, **ids),
+        StepPlanned(step=4, action=keys, prompt_tokens=1300, completion_tokens=20, **ids),
+        StepExecuted(step=4, action=keys, ok=True, **screen, **ids),
+        StepPlanned(step=5, action=DoneAction(message="Saved."), **ids),
+        TaskFinished(
+            status="succeeded", reply="Saved.", steps=5,
+            prompt_tokens=4600, completion_tokens=140, tokens=4740, **ids,
+        ),
+    ]
+    # What the planner keeps: the screenshot of each step (none for step 4),
+    # at half the screen's size, as a model-sized image would be.
+    await screens.ensure_stream(bus, 3600, 64 * 1024 * 1024)
+    for step, colour in ((1, "red"), (2, "green"), (3, "blue"), (5, "gray")):
+        await screens.store(bus, sid, "t1", step, "before", _jpeg(colour))
+    for event in events:
+        await bus.publish(event, subjects.session_event(sid, event.kind))
+    state = SessionState(
+        session_id=sid, task_id="t1", prompt="Press OK and save", status="succeeded", steps=5,
+        submitted_at=datetime.now(UTC),
+    )
+    await sessions.ensure_bucket(bus)
+    bucket = await sessions.open_bucket(bus)
+    await bucket.put(sid, state.model_dump_json().encode())
+
+    # The live timeline shows each step's tokens and the task's total.
+    await page.locator(tid("result")).wait_for(timeout=5000)
+    assert "4740 tokens (4600 in, 140 out)" in await page.locator(tid("result-meta")).inner_text()
+    usage = page.locator(tid("step-usage")).first
+    assert "1050 tokens (1000 in, 50 out)" in await usage.inner_text()
+    assert "1.5 s" in await usage.inner_text()
+
+    # A finished session in the list opens its replay.
+    replay_button = page.locator(f'[data-session="{sid}"] {tid("session-replay")}')
+    await replay_button.wait_for(timeout=15000)
+    await replay_button.click()
+    await page.locator(tid("replay")).wait_for(state="visible", timeout=5000)
+    image = page.locator(tid("replay-image"))
+
+    async def shown(value: str) -> None:
+        await page.wait_for_function(
+            "(v) => document.querySelector('[data-testid=\"replay-image\"]').dataset.shown === v",
+            arg=value,
+            timeout=5000,
+        )
+
+    await shown("t1:1:before")
+    assert await page.locator(tid("replay-pos")).inner_text() == "1 / 5"
+    assert await image.evaluate("(i) => [i.naturalWidth, i.naturalHeight]") == [640, 360]
+    # The click, at the screen's (640, 360), drawn on the half-size screenshot.
+    point = page.locator(tid("replay-point"))
+    assert await point.get_attribute("cx") == "320" and await point.get_attribute("cy") == "180"
+    info = await page.locator(tid("replay-info")).inner_text()
+    assert "The OK button is in the middle." in info
+    assert "Located “the OK button” at (640, 360) · ocr" in info
+    assert "model 1.5 s" in info and "action 120 ms" in info and "1050 tokens" in info
+
+    await page.click(tid("replay-next"))
+    await shown("t1:2:before")
+    marks = page.locator(tid("replay-marks"))
+    assert await marks.get_attribute("data-mark") == "drag"
+    assert await marks.locator("polyline").get_attribute("points") == "50,50 150,100"
+
+    # Scrubbing to the typed text and the key combination.
+    async def scrub(index: int) -> None:
+        await page.eval_on_selector(
+            tid("replay-scrub"),
+            "(s, i) => { s.value = String(i); s.dispatchEvent(new Event('input')); }",
+            index,
+        )
+
+    await scrub(2)
+    await shown("t1:3:before")
+    assert await marks.get_attribute("data-mark") == "type"
+    assert "Type “hello world”" in (await marks.text_content() or "")
+    await scrub(3)
+    await shown("t1:4:before:missing")
+    assert await page.locator(tid("replay-missing")).is_visible()
+    assert "Press ctrl+s" in await page.locator(tid("replay-action")).inner_text()
+
+    # Play runs through to the last step and stops there.
+    await scrub(0)
+    await shown("t1:1:before")
+    await page.click(tid("replay-play"))
+    assert await page.locator(tid("replay-play")).inner_text() == "Pause"
+    await page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"replay-pos\"]').textContent === '5 / 5'",
+        timeout=15000,
+    )
+    await shown("t1:5:before")
+    await page.locator(f'{tid("replay-play")}:text("Play")').wait_for(timeout=5000)
+
+    # It reads only what was kept: a reloaded page replays the same.
+    await page.reload()
+    await page.locator(tid("result")).wait_for(timeout=10000)
+    await page.click(tid("replay-open"))
+    await shown("t1:1:before")
+    await page.click(tid("replay-close"))
+    assert await page.locator(tid("replay")).is_hidden()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import shlex
 import time
+import zipfile
 from typing import Any
 
 import httpx
@@ -52,11 +54,37 @@ def test_instruction_creates_file_on_real_desktop(stack: LocalStack, llm: FakeLL
     unknown = httpx.get(f"{stack.gateway_url}/api/sessions/no-such-session", headers=headers)
     assert unknown.status_code == 404
 
-    # The model saw real screenshots: every call ended with one (then the ask).
+    # The model saw real screenshots: every call carried an image data URI.
+    # (The current one is no longer in the last message: the closing ask
+    # follows it, so that a prefix cache can reuse it as a past step.)
     for request in llm.requests:
-        shown = request["messages"][-2]["content"]
-        images = [part for part in shown if part.get("type") == "image_url"]
-        assert images and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+        images = [
+            part
+            for message in request["messages"]
+            if isinstance(message["content"], list)
+            for part in message["content"]
+            if part.get("type") == "image_url"
+        ]
+        assert images and images[-1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+    # On the locked bus the planner keeps each step's screenshots and the
+    # gateway reads them back: one of them, and all as a trajectory.
+    sid = reply["session_id"]
+    shot = httpx.get(
+        f"{stack.gateway_url}/api/sessions/{sid}/steps/3/screenshot",
+        params={"when": "after"},
+        headers=headers,
+    )
+    assert shot.status_code == 200, shot.text
+    assert shot.headers["content-type"] == "image/jpeg" and shot.content[:3] == b"\xff\xd8\xff"
+    trip = httpx.get(f"{stack.gateway_url}/api/sessions/{sid}/trajectory", headers=headers)
+    assert trip.status_code == 200, trip.text
+    with zipfile.ZipFile(io.BytesIO(trip.content)) as archive:
+        lines = [json.loads(line) for line in archive.read("steps.jsonl").splitlines()]
+        assert [line["action"]["action"] for line in lines] == ["key", "type", "key", "done"]
+        assert all(line["images"]["before"] in archive.namelist() for line in lines)
+        assert archive.read(lines[2]["images"]["after"]) == shot.content
+        assert all(line["model"]["reply"]["tool_calls"] for line in lines)
 
 
 def test_bad_model_output_fails_clearly_and_services_survive(

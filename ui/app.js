@@ -56,6 +56,16 @@ function ago(iso) {
   return new Date(t).toLocaleDateString();
 }
 
+function fmtTokens(n) {
+  return n >= 10000 ? `${(n / 1000).toFixed(1)}k` : String(n);
+}
+
+// A model call's usage as shown on a step and on a task's result.
+function usageText(prompt, completion) {
+  if (!prompt && !completion) return '';
+  return `${fmtTokens(prompt + completion)} tokens (${fmtTokens(prompt)} in, ${fmtTokens(completion)} out)`;
+}
+
 function fmtMs(ms) {
   if (ms == null) return '';
   return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
@@ -238,6 +248,11 @@ const render = {
       node.querySelector('.step-state').after(thought);
       state.thoughts.add(`${ev.task_id}|${ev.thought}`);
     }
+    const usage = usageText(ev.prompt_tokens || 0, ev.completion_tokens || 0);
+    if (usage) {
+      const line = detail(node, `Model ${fmtMs(ev.model_ms)} · ${usage}`, 'usage');
+      line.dataset.testid = 'step-usage';
+    }
     // done and fail end the task without a step.executed: they are complete
     // as soon as they are planned, not "running" forever.
     if (ev.action?.action === 'done' || ev.action?.action === 'fail') {
@@ -338,7 +353,10 @@ const render = {
     node.dataset.testid = 'result';
     node.dataset.status = ev.status;
     const head = el('div', 'result-head', ev.status === 'succeeded' ? '✓ Done' : ev.status === 'stopped' ? '■ Stopped' : '✗ Failed');
-    head.appendChild(el('span', 'meta', `${ev.steps} step${ev.steps === 1 ? '' : 's'}`));
+    const usage = usageText(ev.prompt_tokens || 0, ev.completion_tokens || 0);
+    const meta = el('span', 'meta', `${ev.steps} step${ev.steps === 1 ? '' : 's'}${usage ? ` · ${usage}` : ''}`);
+    meta.dataset.testid = 'result-meta';
+    head.appendChild(meta);
     node.append(head, el('div', 'result-text', ev.reply || ev.error?.message || ''));
     append(node);
   },
@@ -456,6 +474,19 @@ function sessionItem(s) {
     ? 'Close: stop its task and free its desktop' : 'Close: stop its task';
   close.dataset.testid = 'session-close';
   close.addEventListener('click', (e) => { e.stopPropagation(); closeSession(s.session_id); });
+  if (FINISHED.has(s.status)) {
+    // A past session opens straight into its replay.
+    const again = el('button', 'session-replay ghost small', '▶');
+    again.type = 'button';
+    again.title = 'Replay its steps';
+    again.dataset.testid = 'session-replay';
+    again.addEventListener('click', (e) => {
+      e.stopPropagation();
+      if (s.session_id !== state.sessionId) openSession(s.session_id);
+      openReplay(s.session_id);
+    });
+    meta.appendChild(again);
+  }
   li.append(prompt, meta, close);
   li.addEventListener('click', () => { if (s.session_id !== state.sessionId) openSession(s.session_id); });
   return li;
@@ -519,6 +550,190 @@ async function closeSession(sid) {
   else await newSession();
 }
 
+// --- replay: a session's steps from what was kept ------------------------------
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const FINISHED = new Set(['succeeded', 'failed', 'stopped', 'interrupted']);
+const replay = { sid: null, steps: [], index: 0, timer: null };
+
+function svg(tag, attrs, cls) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (cls) node.setAttribute('class', cls);
+  return node;
+}
+
+// The session's steps in order, each with its planned, grounded and executed events.
+export function replaySteps(events) {
+  const prompts = new Map();
+  const byKey = new Map();
+  const steps = [];
+  for (const ev of events) {
+    const key = `${ev.task_id}:${ev.step}`;
+    if (ev.kind === 'task.started') prompts.set(ev.task_id, ev.prompt);
+    else if (ev.kind === 'step.planned') {
+      const step = { task_id: ev.task_id, step: ev.step, prompt: prompts.get(ev.task_id) || '', planned: ev };
+      byKey.set(key, step);
+      steps.push(step);
+    } else if (ev.kind === 'step.grounded' && byKey.has(key)) byKey.get(key).grounded = ev;
+    else if (ev.kind === 'step.executed' && byKey.has(key)) byKey.get(key).executed = ev;
+  }
+  return steps;
+}
+
+function label(marks, x, y, text, size) {
+  const node = svg('text', { x, y, 'font-size': size }, 'mark-label');
+  node.textContent = text;
+  marks.appendChild(node);
+  const box = node.getBBox();
+  const pad = size / 3;
+  marks.insertBefore(svg('rect', {
+    x: box.x - pad, y: box.y - pad, width: box.width + 2 * pad, height: box.height + 2 * pad, rx: pad,
+  }, 'mark-label-bg'), node);
+}
+
+// The step's action drawn on its screenshot (width x height image pixels).
+function drawMarks(step, width, height) {
+  const marks = $('#replay-marks');
+  marks.replaceChildren();
+  if (!width || !height) return;
+  marks.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  // The action as carried out is in screen pixels; the screenshot may be smaller.
+  const ran = step.executed?.ok && step.executed.screen_width ? step.executed : null;
+  const action = ran ? ran.action : step.planned.action;
+  const sx = ran ? width / ran.screen_width : 1;
+  const sy = ran ? height / ran.screen_height : 1;
+  const size = Math.max(14, Math.round(width / 55));
+  const kind = action.action;
+  marks.dataset.mark = kind;
+  if (kind === 'drag' && action.path?.length) {
+    const points = action.path.map((p) => `${Math.round(p.x * sx)},${Math.round(p.y * sy)}`).join(' ');
+    marks.appendChild(svg('polyline', { points }, 'mark-path'));
+    const [first, last] = [action.path[0], action.path[action.path.length - 1]];
+    marks.appendChild(svg('circle', { cx: Math.round(first.x * sx), cy: Math.round(first.y * sy), r: size / 2 }, 'mark'));
+    marks.appendChild(svg('circle', { cx: Math.round(last.x * sx), cy: Math.round(last.y * sy), r: size / 3 }, 'mark-dot'));
+    label(marks, Math.round(last.x * sx) + size, Math.round(last.y * sy) - size, summarize(action), size);
+    return;
+  }
+  if (action.x != null && action.y != null) {
+    const cx = Math.round(action.x * sx);
+    const cy = Math.round(action.y * sy);
+    const ring = svg('circle', { cx, cy, r: size }, 'mark');
+    ring.dataset.testid = 'replay-point';
+    marks.append(ring, svg('circle', { cx, cy, r: 4 }, 'mark-dot'));
+    const left = cx > width * 0.6;
+    label(marks, left ? Math.max(4, cx - size * 14) : cx + size * 1.5, Math.max(size * 1.5, cy - size), summarize(action), size);
+    return;
+  }
+  // Typed text, keys and the rest: a caption at the top of the screen.
+  label(marks, size, size * 1.8, summarize(action), size);
+}
+
+function showReplayStep(index) {
+  if (!replay.steps.length) return;
+  replay.index = Math.max(0, Math.min(index, replay.steps.length - 1));
+  const step = replay.steps[replay.index];
+  $('#replay-scrub').value = String(replay.index);
+  $('#replay-pos').textContent = `${replay.index + 1} / ${replay.steps.length}`;
+  const when = $('#replay-after').checked ? 'after' : 'before';
+  const image = $('#replay-image');
+  const missing = $('#replay-missing');
+  const url = `/api/sessions/${encodeURIComponent(replay.sid)}/steps/${step.step}/screenshot`
+    + `?when=${when}&task_id=${encodeURIComponent(step.task_id)}`;
+  image.onload = () => {
+    if (image.dataset.url !== url) return;
+    missing.hidden = true;
+    image.hidden = false;
+    drawMarks(step, image.naturalWidth, image.naturalHeight);
+    image.dataset.shown = `${step.task_id}:${step.step}:${when}`;
+  };
+  image.onerror = () => {
+    if (image.dataset.url !== url) return;
+    image.hidden = true;
+    missing.hidden = false;
+    $('#replay-marks').replaceChildren();
+    image.dataset.shown = `${step.task_id}:${step.step}:${when}:missing`;
+  };
+  image.dataset.url = url;
+  image.src = url;
+  renderReplayInfo(step);
+}
+
+function renderReplayInfo(step) {
+  const info = $('#replay-info');
+  const { planned, grounded, executed } = step;
+  const lines = [];
+  const line = (text, cls = 'replay-line', testid = null) => {
+    const node = el('div', cls, text);
+    if (testid) node.dataset.testid = testid;
+    lines.push(node);
+  };
+  line(`Step ${step.step} · ${clip(step.prompt, 120)}`);
+  line(summarize(planned.action), 'replay-action', 'replay-action');
+  if (planned.thought) line(planned.thought, 'replay-thought', 'replay-thought');
+  if (grounded) line(`Located “${clip(grounded.target, 80)}” at (${grounded.x}, ${grounded.y}) · ${grounded.method}`, 'replay-line', 'replay-grounding');
+  if (executed) {
+    line(executed.ok ? `✓ ${executed.output ? clip(executed.output, 200) : 'done'}` : `✗ ${executed.error?.message || 'failed'}`, 'replay-line', 'replay-result');
+  }
+  const timings = [];
+  if (planned.model_ms) timings.push(`model ${fmtMs(planned.model_ms)}`);
+  if (executed?.duration_ms) timings.push(`action ${fmtMs(executed.duration_ms)}`);
+  if (executed?.settle_ms) timings.push(`settle ${fmtMs(executed.settle_ms)}`);
+  const usage = usageText(planned.prompt_tokens || 0, planned.completion_tokens || 0);
+  if (usage) timings.push(usage);
+  if (timings.length) line(timings.join(' · '), 'replay-line', 'replay-timings');
+  info.replaceChildren(...lines);
+}
+
+function stopPlaying() {
+  if (replay.timer) clearInterval(replay.timer);
+  replay.timer = null;
+  $('#replay-play').textContent = 'Play';
+}
+
+function togglePlay() {
+  if (replay.timer) { stopPlaying(); return; }
+  if (replay.index >= replay.steps.length - 1) showReplayStep(0);
+  $('#replay-play').textContent = 'Pause';
+  replay.timer = setInterval(() => {
+    if (replay.index >= replay.steps.length - 1) { stopPlaying(); return; }
+    showReplayStep(replay.index + 1);
+  }, 1500);
+}
+
+async function openReplay(sid) {
+  let history;
+  try {
+    history = await api(`/api/sessions/${encodeURIComponent(sid)}/events?limit=100000`);
+  } catch (err) {
+    addError(`Could not load the session for replay: ${err.message}`);
+    return;
+  }
+  if (sid !== state.sessionId) return;
+  replay.sid = sid;
+  replay.steps = replaySteps(history.events);
+  if (!replay.steps.length) { addError('This session has no steps to replay yet.'); return; }
+  stopPlaying();
+  $('#replay-scrub').max = String(replay.steps.length - 1);
+  $('#replay').hidden = false;
+  showReplayStep(0);
+}
+
+function closeReplay() {
+  stopPlaying();
+  $('#replay').hidden = true;
+}
+
+function initReplay() {
+  $('#replay-open').addEventListener('click', () => openReplay(state.sessionId));
+  $('#replay-close').addEventListener('click', closeReplay);
+  $('#replay-play').addEventListener('click', togglePlay);
+  $('#replay-prev').addEventListener('click', () => { stopPlaying(); showReplayStep(replay.index - 1); });
+  $('#replay-next').addEventListener('click', () => { stopPlaying(); showReplayStep(replay.index + 1); });
+  $('#replay-scrub').addEventListener('input', (e) => { stopPlaying(); showReplayStep(Number(e.target.value)); });
+  $('#replay-after').addEventListener('change', () => showReplayStep(replay.index));
+}
+
 // --- sessions and composer -----------------------------------------------------
 
 function openSession(sid) {
@@ -538,6 +753,7 @@ function openSession(sid) {
   // View only until the session's own take-over notice (the events socket's first frame) says otherwise.
   setTakeover(false, false);
   if (state.events) { const old = state.events; state.events = null; old.close(); }
+  closeReplay();
   connectEvents();
   if (switching || !state.rfb) connectDesktop();
   renderSessions();
@@ -760,6 +976,7 @@ async function init() {
   $('#files').addEventListener('toggle', () => refreshFiles());
   $('#new-session').addEventListener('click', () => newSession());
   $('#new-session-side').addEventListener('click', () => newSession());
+  initReplay();
   const saved = localStorage.getItem('selfagent.session');
   let validId = () => false;
   try {

@@ -127,6 +127,10 @@ IDENTITIES: tuple[Identity, ...] = (
             # Session state: read and write the KV bucket.
             *_read_messages(KV_STREAM),
             KV_SUBJECTS,
+            # Each step's screenshots; the planner owns the stream's retention.
+            subjects.SCREENS_ALL,
+            *_declare(subjects.SCREENS_STREAM),
+            f"{JS_API}.STREAM.UPDATE.{subjects.SCREENS_STREAM}",
         ),
         subscribe=(
             subjects.SESSION_CONTROL_ALL,
@@ -184,6 +188,8 @@ IDENTITIES: tuple[Identity, ...] = (
             *_consume(KV_STREAM),
             f"{JS_API}.CONSUMER.DELETE.{KV_STREAM}.*",
             f"$JS.FC.{KV_STREAM}.>",
+            # Step screenshots for replay and export, one message at a time.
+            *_read_messages(subjects.SCREENS_STREAM),
         ),
         subscribe=(subjects.SESSION_EVENTS_ALL, subjects.SESSION_CONTROL_ALL, subjects.STATUS_ALL),
     ),

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, WebSocket
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +36,7 @@ from selfagent.schemas.subjects import ID_PATTERN, is_subject_id
 from .catalog import SessionList
 from .deps import Gateway, GatewayDep
 from .hub import Listener
+from .trajectory import trajectory_zip
 from .vnc_bridge import VncTarget, bridge
 
 # Ids become NATS subject tokens: the pattern is the schemas' own (subjects.ID_PATTERN).
@@ -43,6 +44,8 @@ SessionId = Annotated[str, Path(pattern=ID_PATTERN, description=f"Session id: {I
 WS_BAD_REQUEST = 4400
 STATUS_FRESH = 60.0
 WS_TRY_AGAIN_LATER = 1013
+# A trajectory reads the whole history, not the page's first screenful.
+TRAJECTORY_EVENTS = 100_000
 
 router = APIRouter()
 
@@ -307,6 +310,53 @@ async def session_events(
 ) -> SessionHistory:
     history = await gateway.bus.history(session_id, limit or gateway.settings.history_limit)
     return SessionHistory(session_id=session_id, events=history.events, truncated=history.truncated)
+
+
+@router.get(
+    "/api/sessions/{session_id}/steps/{step}/screenshot",
+    tags=["sessions"],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, 404: {}},
+)
+async def step_screenshot(
+    session_id: SessionId,
+    step: Annotated[int, Path(ge=1, le=100_000)],
+    gateway: GatewayDep,
+    when: Literal["before", "after"] = "before",
+    task_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+) -> Response:
+    """A step's screenshot: ``before``, what the model saw; ``after``, once the action ran.
+
+    Without ``task_id``, the step of the session's newest task that has one.
+    Kept for the planner's ``PLANNER_SCREENSHOT_RETENTION_DAYS``.
+    """
+    shot = await gateway.bus.screenshot(session_id, step, when, task_id)
+    if shot is None:
+        raise HTTPException(
+            404, detail=f"no {when} screenshot of step {step} in session {session_id!r}"
+        )
+    # Under one task id a step's image never changes; the newest task's may.
+    cache = "private, max-age=86400, immutable" if task_id else "private, no-cache"
+    return Response(shot.data, media_type=shot.mime, headers={"Cache-Control": cache})
+
+
+@router.get(
+    "/api/sessions/{session_id}/trajectory",
+    tags=["sessions"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}, 404: {}},
+)
+async def session_trajectory(session_id: SessionId, gateway: GatewayDep) -> StreamingResponse:
+    """The session's steps as a zip: ``steps.jsonl`` (JSON Schema ``TrajectoryStep``,
+    also in the zip) and each step's screenshots under ``images/``, streamed."""
+    history = await gateway.bus.history(session_id, TRAJECTORY_EVENTS)
+    if not history.events:
+        raise HTTPException(404, detail=f"no session {session_id!r} with events")
+    return StreamingResponse(
+        trajectory_zip(session_id, history.events, gateway.bus.screenshot),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="selfagent-{session_id}.zip"'},
+    )
 
 
 @router.get("/api/sessions/{session_id}", response_model=SessionState, tags=["sessions"])

@@ -22,6 +22,7 @@ from selfagent.bus import (
     jetstream,
     make_broker,
     request,
+    screens,
     sessions,
     start_with_retry,
     typed_handler,
@@ -174,6 +175,13 @@ class GatewayBus(Service):
         """The planner's record of a session (the ``agent_sessions`` KV bucket)."""
         self._require()
         return await sessions.load_state(self.broker, session_id)
+
+    async def screenshot(
+        self, session_id: str, step: int, when: str, task_id: str | None = None
+    ) -> screens.StoredShot | None:
+        """A step's kept screenshot (the ``AGENT_SCREENS`` stream), if it is still kept."""
+        self._require()
+        return await screens.fetch(self.broker, session_id, step, when, task_id)
 
     async def history(self, session_id: str, limit: int) -> History:
         """A session's events in order, read from the JetStream stream."""

@@ -81,6 +81,11 @@ class Settings(ServiceSettings):
     model_image_max_width: int = 1280
     model_image_max_height: int = 800
     image_quality: int = Field(default=80, ge=1, le=100)
+    # History: each step's screenshots (what the model saw, and after the
+    # action) kept in the AGENT_SCREENS stream for replay and export, this
+    # many days (0: none kept) and up to this many MiB (oldest go first).
+    screenshot_retention_days: float = Field(default=7.0, ge=0)
+    screenshot_store_mib: int = Field(default=2048, ge=16)
 
     # fixed: a task without its own sandbox_id runs on `sandbox_id`.
     # per_session: it runs on its session's desktop, leased from the provisioner.

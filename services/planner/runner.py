@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
-from selfagent.bus import BusError, RemoteError, RequestTimeout, request, sessions
+from selfagent.bus import BusError, RemoteError, RequestTimeout, request, screens, sessions
 from selfagent.llm import LLMClient, LLMError, LLMReply
 from selfagent.schemas import (
     ActionResult,
@@ -148,6 +148,15 @@ class _ActuatorGone(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Usage:
+    """One model call's cost: its tokens from the reply's ``usage`` and its time."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    model_ms: float
+
+
 @dataclass
 class _Finish(Exception):
     status: TaskStatus
@@ -166,6 +175,8 @@ class TaskRunner:
     family: Family | None = None
     steps_taken: int = 0
     tokens_used: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     _history: list[Turn] = field(default_factory=list)
     _feedback: str | None = None
     heartbeats: Heartbeats | None = None
@@ -173,6 +184,9 @@ class TaskRunner:
     _leased: str | None = None
     # The actuator instance that last answered for the desktop.
     _actuator: str = ""
+    # Screenshots being written to the history (in the background: a step
+    # must not wait on it), awaited before the task's end is announced.
+    _keeping: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def sandbox_id(self) -> str:
@@ -209,6 +223,8 @@ class TaskRunner:
                 "status": status,
                 "steps": self.steps_taken,
                 "tokens": self.tokens_used,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
                 "reply": reply,
                 "question": question,
                 "history": [
@@ -238,6 +254,61 @@ class TaskRunner:
             )
         except Exception as exc:
             log.warning("could not save session %s state: %s", self.task.session_id, exc)
+
+    def _keep(self, step: int, when: str, shot: Screenshot | None) -> None:
+        """Keep a step's screenshot for replay and export (best effort)."""
+        if shot is None or self.settings.screenshot_retention_days <= 0:
+            return
+        self._spawn_keep(
+            f"step {step}'s {when} screenshot",
+            screens.store(self.broker, self.task.session_id, self.task.task_id, step, when, shot),
+        )
+
+    def _keep_model_call(
+        self, step: int, messages: list[dict[str, Any]], reply: LLMReply, current: str
+    ) -> None:
+        """Keep what the model was sent and answered, for trajectory export.
+
+        The screenshots in the messages become ``step://<n>/before``: the
+        kept screenshot of that step of this task, not a second copy.
+        """
+        if self.settings.screenshot_retention_days <= 0:
+            return
+        known = {turn.screenshot: turn.step for turn in self._history if turn.screenshot}
+        known[current] = step
+        record = {
+            "messages": _image_refs(messages, known),
+            "reply": {
+                "content": reply.content,
+                "tool_calls": [
+                    {"name": call.name, "arguments": call.arguments} for call in reply.tool_calls
+                ],
+                "finish_reason": reply.finish_reason,
+                "model": reply.model,
+            },
+        }
+        self._spawn_keep(
+            f"step {step}'s model call",
+            screens.store_model_call(
+                self.broker, self.task.session_id, self.task.task_id, step, record
+            ),
+        )
+
+    def _spawn_keep(self, what: str, work: Awaitable[None]) -> None:
+        async def write() -> None:
+            try:
+                await asyncio.wait_for(work, 10.0)
+            except Exception as exc:
+                log.warning("could not keep %s: %s", what, exc)
+
+        job = asyncio.ensure_future(write())
+        self._keeping.add(job)
+        job.add_done_callback(self._keeping.discard)
+
+    async def _kept(self) -> None:
+        """Wait for the screenshots still being written, so the end event finds them all."""
+        if self._keeping:
+            await asyncio.wait(set(self._keeping), timeout=10.0)
 
     def _ids(self) -> dict[str, str]:
         return {"session_id": self.task.session_id, "task_id": self.task.task_id}
@@ -429,6 +500,7 @@ class TaskRunner:
     async def _resume(self, state: SessionState) -> TaskFinished | None:
         """Pick up an interrupted run; a TaskFinished if there is nothing left to do."""
         self.steps_taken, self.tokens_used = state.steps, state.tokens
+        self.prompt_tokens, self.completion_tokens = state.prompt_tokens, state.completion_tokens
         # The text of the earlier steps comes back; their screenshots do not.
         self._history = [Turn(r.step, r.action, r.outcome, None, r.action) for r in state.history]
         if state.status in FINISHED_STATUSES:
@@ -437,6 +509,9 @@ class TaskRunner:
                 status=state.status,
                 reply=state.reply or "",
                 steps=state.steps,
+                prompt_tokens=state.prompt_tokens,
+                completion_tokens=state.completion_tokens,
+                tokens=state.tokens,
                 **self._ids(),
             )
         age = (datetime.now(UTC) - self.task.submitted_at).total_seconds()
@@ -468,11 +543,15 @@ class TaskRunner:
         return None
 
     async def _finish(self, finish: _Finish) -> TaskFinished:
+        await self._kept()
         event = TaskFinished(
             status=finish.status,
             reply=finish.reply,
             steps=self.steps_taken,
             error=finish.error,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tokens=self.tokens_used,
             **self._ids(),
         )
         # Saved first: whoever sees the end (a chat reply, a script) and then
@@ -501,8 +580,16 @@ class TaskRunner:
             coords = CoordinateMap((shot.width, shot.height), screen, family.space)
 
             messages = self._messages(shot.width, shot.height, shot.data_uri())
+            asked = time.monotonic()
             reply = await self._ask(messages, started)
+            usage = _Usage(
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                (time.monotonic() - asked) * 1000,
+            )
             self.tokens_used += reply.total_tokens
+            self.prompt_tokens += reply.prompt_tokens
+            self.completion_tokens += reply.completion_tokens
             if self.tokens_used > settings.max_tokens_per_task:
                 raise _Finish(
                     "failed",
@@ -543,6 +630,7 @@ class TaskRunner:
                     ) from exc
                 continue
             invalid_replies = 0
+            self._keep_model_call(self.steps_taken + 1, messages, reply, shot.data_uri())
 
             turn = Turn(self.steps_taken + 1, parsed.reply, "ok", shot.data_uri(), parsed.summary)
             outcomes: list[str] = []
@@ -554,7 +642,9 @@ class TaskRunner:
                     self._record(turn, outcomes)
                     raise self._out_of_steps(max_steps)
                 try:
-                    result = await self._step(action, parsed, index == 0, coords, shot, screen)
+                    result = await self._step(
+                        action, parsed, usage if index == 0 else None, coords, shot, screen
+                    )
                 except _StepFailed as failure:
                     outcomes.append(f"FAILED: {failure.error.message}")
                     failed = failure
@@ -596,7 +686,7 @@ class TaskRunner:
         self,
         action: Action,
         parsed: FamilyReply,
-        first: bool,
+        usage: _Usage | None,
         coords: CoordinateMap,
         shot: Screenshot,
         screen: tuple[int, int],
@@ -609,10 +699,24 @@ class TaskRunner:
         """
         self.steps_taken += 1
         step = self.steps_taken
-        thought = parsed.thought if first else ""
-        await self._emit(StepPlanned(step=step, action=action, thought=thought, **self._ids()))
+        # The reply's thought and usage belong to its first action only, so
+        # that summing the steps gives the task's totals.
+        thought = parsed.thought if usage is not None else ""
+        spent = usage or _Usage(0, 0, 0.0)
+        await self._emit(
+            StepPlanned(
+                step=step,
+                action=action,
+                thought=thought,
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
+                model_ms=spent.model_ms,
+                **self._ids(),
+            )
+        )
         if thought:
             await self._emit(AgentMessage(text=thought, **self._ids()))
+        self._keep(step, "before", shot)
         if isinstance(action, DoneAction):
             # An empty final answer would leave the chat without a reply.
             reply_text = action.message.strip() or (parsed.thought or "").strip()
@@ -628,7 +732,13 @@ class TaskRunner:
             result = await self._act(screen_action)
         except _StepFailed as failure:
             await self._emit(
-                StepExecuted(step=step, action=action, ok=False, error=failure.error, **self._ids())
+                StepExecuted(
+                    step=step,
+                    action=action,
+                    ok=False,
+                    error=failure.error,
+                    **self._ids(),
+                )
             )
             raise
         await self._emit(
@@ -639,9 +749,12 @@ class TaskRunner:
                 output=result.output,
                 settle_ms=result.settle_ms,
                 duration_ms=result.duration_ms,
+                screen_width=screen[0],
+                screen_height=screen[1],
                 **self._ids(),
             )
         )
+        self._keep(step, "after", result.observation.screenshot if result.observation else None)
         return result
 
     async def _ask_user(self, question: str, started: float, turn: Turn) -> str:
@@ -923,6 +1036,23 @@ def _stopped() -> _Finish:
         "Stopped by the user.",
         ErrorInfo(code=ErrorCode.STOPPED, message="stopped by the user"),
     )
+
+
+def _image_refs(value: Any, known: dict[str, int]) -> Any:
+    """``value`` with each screenshot data URI replaced by a reference to its step's.
+
+    An image the runner does not know (a family's own rendering) is named, not kept.
+    """
+    if isinstance(value, str):
+        if not value.startswith("data:image/"):
+            return value
+        step = known.get(value)
+        return f"step://{step}/before" if step is not None else "image://not-kept"
+    if isinstance(value, list):
+        return [_image_refs(item, known) for item in value]
+    if isinstance(value, dict):
+        return {key: _image_refs(item, known) for key, item in value.items()}
+    return value
 
 
 def _outcome(result: ActionResult) -> str:

@@ -22,6 +22,7 @@ from selfagent.bus import (
     parse,
     pull_inbox,
     reject,
+    screens,
     sessions,
     start_with_retry,
     typed_handler,
@@ -80,6 +81,18 @@ class PlannerService(Service):
     async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
         await start_with_retry(self.broker, before_start=prepare)
+        if self.settings.screenshot_retention_days > 0:
+            try:
+                await screens.ensure_stream(
+                    self.broker,
+                    self.settings.screenshot_retention_days * 86400,
+                    self.settings.screenshot_store_mib * 1024 * 1024,
+                )
+            except Exception as exc:
+                # History is not what tasks need to run: a server config from
+                # before the stream existed (regenerate it: selfagent init)
+                # costs the replay, not the planner.
+                log.warning("step screenshots will not be kept (AGENT_SCREENS): %s", exc)
         if self._url_note:
             log.warning("LLM_API_BASE_URL: %s", self._url_note)
         self.spawn(

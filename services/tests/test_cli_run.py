@@ -10,20 +10,24 @@ and its exit code for each outcome.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 import re
 import signal
 import sys
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from faststream.nats import NatsBroker
+from PIL import Image
 
-from selfagent.bus import sessions
+from selfagent.bus import screens, sessions
 from selfagent.bus.natsd import EmbeddedNats, free_port
 from selfagent.cli_run import (
     EXIT_CANNOT_CONNECT,
@@ -40,6 +44,7 @@ from selfagent.schemas import (
     AgentMessage,
     ClickAction,
     ControlCommand,
+    Screenshot,
     SessionState,
     ShellAction,
     StepExecuted,
@@ -377,10 +382,56 @@ async def test_unknown_sessions_exit_7(served: Served, tmp_path: Path) -> None:
         ["stop", missing],
         ["stop", "--close", missing],
         ["run", "--session", missing, "hi"],
+        ["export", missing],
     ):
         code, out, err = await run_cli(served, args, tmp_path)
         assert code == EXIT_NOT_FOUND, (args, out, err)
         assert f"no session {missing!r}" in err
+
+
+async def test_export_saves_the_sessions_trajectory(
+    served: Served, planner: Planner, bus: NatsBroker, tmp_path: Path
+) -> None:
+    task = TaskSubmitted(prompt="open a terminal")
+    await planner.record(task, status="succeeded", steps=1)
+    # What a planner keeps of the step: its screenshots and its model call.
+    await screens.ensure_stream(bus, 3600, 64 * 1024 * 1024)
+    pictures = {}
+    for when, colour in (("before", "red"), ("after", "blue")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 40), colour).save(buffer, "JPEG")
+        pictures[when] = buffer.getvalue()
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        shot = Screenshot(format="jpeg", width=64, height=40, data_b64=encoded)
+        await screens.store(bus, task.session_id, task.task_id, 1, when, shot)
+    await screens.store_model_call(
+        bus,
+        task.session_id,
+        task.task_id,
+        1,
+        {"messages": [{"role": "user", "content": "step://1/before"}], "reply": {"content": "ok"}},
+    )
+    await planner.emit(*_click(task), _finished(task, "succeeded", "Opened.", 1))
+    out = tmp_path / "trip.zip"
+    code, text, err = await run_cli(
+        served, ["export", task.session_id, "-o", str(out), "--json"], tmp_path
+    )
+    assert code == EXIT_SUCCEEDED, err
+    assert json.loads(text.splitlines()[-1]) == {"path": str(out), "steps": 1, "images": 2}
+    with zipfile.ZipFile(out) as archive:
+        (line,) = archive.read("steps.jsonl").decode().splitlines()
+        step = json.loads(line)
+        assert step["instruction"] == "open a terminal" and step["task_status"] == "succeeded"
+        assert step["grounding"] == {
+            "target": "the Terminal icon in the dock", "x": 31, "y": 702, "method": "ocr"
+        }
+        assert step["result"]["ok"] is True
+        assert archive.read(step["images"]["before"]) == pictures["before"]
+        assert archive.read(step["images"]["after"]) == pictures["after"]
+        # The model call's screenshot reference became the image's path in the zip.
+        assert step["model"]["messages"][0]["content"] == step["images"]["before"]
+        assert step["model"]["reply"] == {"content": "ok"}
+    assert not (tmp_path / "trip.zip.part").exists()
 
 
 async def test_token_refused_or_missing_exits_6(served: Served, tmp_path: Path) -> None:

@@ -10,8 +10,11 @@ session events, exactly as the gateway sees them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,13 +22,17 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
+from PIL import Image
 
 from selfagent.bus.natsd import EmbeddedNats
+from selfagent.gateway.tests.inprocess import AppOnBus, app_on_bus
+from selfagent.gateway.tests.inprocess import settings as gateway_settings
 from selfagent.grounder.config import Settings as GrounderSettings
 from selfagent.grounder.service import build as build_grounder
 from selfagent.planner.config import Settings
 from selfagent.planner.service import PlannerService, build
 from selfagent.schemas import TaskSubmitted
+from selfagent.schemas.trajectory import TrajectoryStep
 from tests.harness.actuator import running_actuator
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM, tool_call
@@ -131,6 +138,12 @@ async def bus(nats_server: EmbeddedNats, planner: PlannerService) -> AsyncIterat
     await client.close()
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def gateway(nats_server: EmbeddedNats) -> AsyncIterator[AppOnBus]:
+    async with app_on_bus(gateway_settings(nats_server.url)) as app:
+        yield app
+
+
 @pytest.fixture
 def fresh(llm: FakeLLM, vlm: FakeLLM, planner: PlannerService) -> Iterator[PlannerService]:
     """Clean scripts, and the planner's settings back as they were after the test."""
@@ -229,6 +242,125 @@ async def test_context_keeps_recent_screenshots_and_older_steps_as_text(
     assert state["status"] == "succeeded" and state["steps"] == 9
     assert state["tokens"] == 9 * 120 and state["prompt"] == "wander around"
     assert state["task_id"] == outcome.finished["task_id"]
+
+
+async def test_each_step_carries_its_model_calls_usage_and_the_task_its_total(
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient
+) -> None:
+    # Each reply reports its own usage, so a step showing another's is caught.
+    def used(reply: dict[str, Any], prompt: int, completion: int) -> dict[str, Any]:
+        return {**reply, "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+    llm.push(
+        used(computer(action="move", x=200, y=200), 1000, 7),
+        used(computer(action="move", x=220, y=200), 2000, 9),
+        used(DONE, 3000, 11),
+    )
+    outcome = await run_task(bus, "count tokens")
+    planned = outcome.kinds("step.planned")
+    assert [(p["step"], p["prompt_tokens"], p["completion_tokens"]) for p in planned] == [
+        (1, 1000, 7),
+        (2, 2000, 9),
+        (3, 3000, 11),
+    ]
+    assert all(p["model_ms"] > 0 for p in planned)
+    finished = outcome.finished
+    assert (finished["prompt_tokens"], finished["completion_tokens"]) == (6000, 27)
+    assert finished["tokens"] == 6027
+    state = await session_state(bus, finished["session_id"])
+    assert (state["tokens"], state["prompt_tokens"], state["completion_tokens"]) == (6027, 6000, 27)
+
+
+def last_image(request: dict[str, Any]) -> bytes:
+    """The newest screenshot a model request carries, decoded."""
+    urls = [
+        part["image_url"]["url"]
+        for message in request["messages"]
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    ]
+    return base64.b64decode(urls[-1].split(",", 1)[1])
+
+
+async def test_each_steps_screenshots_are_kept_and_served(
+    fresh: PlannerService, llm: FakeLLM, bus: NatsClient, gateway: AppOnBus
+) -> None:
+    llm.push(
+        computer(action="move", x=250, y=250),
+        computer(action="move", x=300, y=260),
+        DONE,
+    )
+    outcome = await run_task(bus, "look around")
+    assert outcome.finished["status"] == "succeeded"
+    sid, tid = outcome.finished["session_id"], outcome.finished["task_id"]
+    base = f"/api/sessions/{sid}/steps"
+    async with gateway.client() as http:
+        for step in (1, 2, 3):
+            res = await http.get(f"{base}/{step}/screenshot")
+            assert res.status_code == 200, res.text
+            assert res.headers["content-type"] == "image/jpeg"
+            # Exactly the image the model was sent for that step.
+            assert res.content == last_image(llm.requests[step - 1]), f"step {step}"
+        for step in (1, 2):
+            res = await http.get(f"{base}/{step}/screenshot", params={"when": "after"})
+            assert res.status_code == 200 and res.content[:3] == b"\xff\xd8\xff"
+            with Image.open(io.BytesIO(res.content)) as image:
+                assert image.size[0] > 100 and image.size[1] > 100
+        # done has nothing after it; step 4 never was.
+        assert (await http.get(f"{base}/3/screenshot", params={"when": "after"})).status_code == 404
+        assert (await http.get(f"{base}/4/screenshot")).status_code == 404
+        assert (await http.get(f"{base}/1/screenshot", params={"when": "later"})).status_code == 422
+        own = await http.get(f"{base}/1/screenshot", params={"task_id": tid})
+        assert own.status_code == 200 and own.content == last_image(llm.requests[0])
+        assert "immutable" in own.headers["cache-control"]
+        other = await http.get(f"{base}/1/screenshot", params={"task_id": "no-such-task"})
+        assert other.status_code == 404
+
+    # The same steps as a trajectory: a zip of steps.jsonl and the images.
+    async with gateway.client() as http:
+        res = await http.get(f"/api/sessions/{sid}/trajectory")
+        assert res.status_code == 200, res.text
+        assert res.headers["content-type"] == "application/zip"
+        missing = await http.get("/api/sessions/never-was/trajectory")
+        assert missing.status_code == 404
+    with zipfile.ZipFile(io.BytesIO(res.content)) as archive:
+        names = set(archive.namelist())
+        lines = archive.read("steps.jsonl").decode().splitlines()
+        steps = [TrajectoryStep.model_validate_json(line) for line in lines]
+        assert [s.step for s in steps] == [1, 2, 3]
+        assert json.loads(archive.read("schema/TrajectoryStep.json"))["title"] == "TrajectoryStep"
+        for n, line in enumerate(steps, 1):
+            assert line.instruction == "look around" and line.task_id == tid
+            assert line.images.before in names
+            # The image the model saw for this step, byte for byte.
+            assert archive.read(line.images.before) == last_image(llm.requests[n - 1])
+            assert line.model is not None and line.model.prompt_tokens == 100
+            assert line.model.completion_tokens == 20 and line.timings.model_ms > 0
+            assert line.model.reply is not None
+            said = json.loads(line.model.reply["tool_calls"][0]["arguments"])
+            assert said["action"] == ("done" if n == 3 else "move")
+            # What was sent, its screenshots named by their paths in the zip.
+            sent = json.dumps(line.model.messages)
+            assert "data:image" not in sent and line.images.before in sent
+            for earlier in steps[: n - 1]:
+                assert earlier.images.before is not None and earlier.images.before in sent
+        first, last = steps[0], steps[2]
+        assert first.action.action == "move" and first.executed is not None
+        assert first.result is not None and first.result.ok
+        assert first.images.after in names and first.timings.duration_ms > 0
+        assert last.action.action == "done" and last.result is None
+        assert last.images.after is None and last.task_status == "succeeded"
+
+    # With no retention nothing is kept.
+    fresh.settings = fresh.settings.model_copy(update={"screenshot_retention_days": 0})
+    llm.reset()
+    llm.push(computer(action="move", x=250, y=250), DONE)
+    outcome = await run_task(bus, "leave no pictures")
+    assert outcome.finished["status"] == "succeeded"
+    async with gateway.client() as http:
+        res = await http.get(f"/api/sessions/{outcome.finished['session_id']}/steps/1/screenshot")
+        assert res.status_code == 404
 
 
 # --- the model endpoint misbehaving ------------------------------------------
