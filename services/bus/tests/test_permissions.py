@@ -111,7 +111,7 @@ async def admin(locked: EmbeddedNats) -> AsyncIterator[Conn]:
     await conn.client.close()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     # Polls state that the client's callbacks change; no event to wait on.
     while not predicate() and time.monotonic() < deadline:  # noqa: ASYNC110
