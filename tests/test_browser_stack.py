@@ -147,7 +147,7 @@ async def canvas_pixels(page: Page, rect: Rect, step: int) -> list[tuple[int, in
 
 
 async def settled_canvas(
-    page: Page, rect: Rect, step: int, quiet: float = 0.2, timeout: float = 10
+    page: Page, rect: Rect, step: int, quiet: float = 0.2, timeout: float = 30
 ) -> list[tuple[int, int, int]]:
     """Canvas samples once they stop changing for ``quiet`` seconds, as the actuator
     waits for the screen to settle: the desktop has repainted and noVNC drawn it."""

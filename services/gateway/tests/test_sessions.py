@@ -152,11 +152,19 @@ async def test_two_sessions_two_desktops(gateway: Served, bus: NatsBroker) -> No
         try:
             for view in (view_a, view_b):
                 assert (view.width, view.height) == (WIDTH, HEIGHT)
-                await view.request_update()
-                await asyncio.wait_for(view.read_update(), 10)
-                colours = {
-                    view.pixel(x, y) for x in range(0, WIDTH, 37) for y in range(0, HEIGHT, 29)
-                }
+                # A desktop just started may still be painting its background.
+                deadline = time.monotonic() + 20
+                while True:
+                    await view.request_update()
+                    await asyncio.wait_for(view.read_update(), 10)
+                    colours = {
+                        view.pixel(x, y)
+                        for x in range(0, WIDTH, 37)
+                        for y in range(0, HEIGHT, 29)
+                    }
+                    if len(colours) > 20 or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.3)
                 assert len(colours) > 20, "not a real desktop"
 
             # Taken over, each bridge moves the pointer of its own session's desktop.
