@@ -102,8 +102,13 @@ class Broker(NatsBroker):
         auth = auth or BusAuth()
         self.user = auth.user or url_user(url)
         self.inbox = inbox_prefix(self.user) or DEFAULT_INBOX
+        # How many copies JetStream keeps of the streams and bucket this
+        # service declares (selfagent.bus.streams, selfagent.bus.sessions).
+        self.replicas = auth.replicas
         super().__init__(
-            url,
+            # nats-py takes a list and fails over between its members (and
+            # the cluster's other members, which the servers announce).
+            server_list(url),
             name=name,
             security=security(auth),
             # Replies come to this identity's own inbox prefix: the server
@@ -200,6 +205,19 @@ def make_broker(url: str, name: str, auth: BusAuth | None = None) -> Broker:
 
 
 DEFAULT_INBOX = "_INBOX"
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of a comma-separated ``NATS_URL`` (one or more), blanks dropped."""
+    servers = [server.strip() for server in url.split(",") if server.strip()]
+    if not servers:
+        raise ValueError("the NATS URL names no server")
+    return servers
+
+
+def replicas_of(broker: NatsBroker) -> int:
+    """The replica count the service was configured with (1 for a plain NatsBroker)."""
+    return broker.replicas if isinstance(broker, Broker) else 1
 
 
 def url_user(url: str) -> str:
