@@ -33,7 +33,7 @@ from selfagent.actuator.service import build as build_actuator
 from selfagent.bus.natsd import EmbeddedCluster
 from selfagent.planner.config import Settings
 from selfagent.planner.service import PlannerService, build
-from selfagent.schemas import ActRequest, ActionResult, TaskSubmitted, subjects
+from selfagent.schemas import ActionResult, ActRequest, TaskSubmitted, subjects
 from tests.harness.desktop import Desktop, start_desktop
 from tests.harness.fakellm import FakeLLM, tool_call
 from tests.harness.tasks import RunningTask, session_state
