@@ -6,27 +6,38 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import nats.errors
+from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage as NatsMessageCtx
 from faststream.nats.broker.broker import UNRECOVERABLE_CONNECT_ERRORS
 from faststream.nats.message import NatsMessage
 from faststream.nats.security import NatsSecurity, NatsUserPassword
 from nats.aio.client import ErrorCallback
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from selfagent.schemas import DeadLetter, ErrorCode, ErrorInfo, ErrorReply, Reply, subjects
 
+from .auth import covers
 from .auth import inbox_prefix as auth_inbox_prefix
 from .errors import BusAuthError, BusError, InvalidMessage, RemoteError, RequestTimeout
 from .settings import BusAuth
+
+if TYPE_CHECKING:
+    from faststream.nats.schemas import Schedule
+    from faststream.types import SendableMessage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,23 @@ _REFUSALS = (
     "permissions violation",
 )
 _PERMISSIONS_VIOLATION = "permissions violation"
+
+# Subjects whose messages a stream keeps for later readers (the UI's replay,
+# a planner picking up a session's controls), and that stream. Published
+# with an acknowledgement, so that a stream between leaders (a cluster node
+# died) does not silently miss them.
+STORED: tuple[tuple[str, str], ...] = (
+    (subjects.SESSION_EVENTS_ALL, subjects.EVENTS_STREAM),
+    (subjects.SESSION_CONTROL_ALL, subjects.CONTROLS_STREAM),
+)
+# How long a stored publish is retried: a three-node cluster elects a new
+# leader for a dead node's streams within about 5 s.
+STORE_WAIT = 10.0
+# One attempt's wait for the stream's acknowledgement.
+ACK_TIMEOUT = 1.0
+_RETRY_EVERY = 0.1
+# What a stream without a leader (or not reachable yet) answers, or does not.
+_NOT_STORED = (NoStreamResponseError, NatsTimeoutError, TimeoutError)
 # What nats-py raises when the connection is already gone (the server
 # stopped first, or is being restarted) by the time we drain it.
 _CONNECTION_GONE = (
@@ -93,6 +121,10 @@ class Broker(NatsBroker):
     * A publish the server refuses is only reported to the error callback
       (the request itself just times out); :meth:`guard` turns that report
       into an immediate :class:`BusAuthError`.
+    * A publish to a subject a stream keeps (:data:`STORED`) waits for the
+      stream's acknowledgement and is retried (with a message id, so the
+      stream keeps one copy) while the stream has no leader: see
+      :meth:`publish`.
     """
 
     def __init__(self, url: str, *, name: str, auth: BusAuth | None = None) -> None:
@@ -105,6 +137,9 @@ class Broker(NatsBroker):
         # How many copies JetStream keeps of the streams and bucket this
         # service declares (selfagent.bus.streams, selfagent.bus.sessions).
         self.replicas = auth.replicas
+        # Streams that have acknowledged a publish of ours: they exist, so
+        # their silence means "between leaders", worth waiting out.
+        self._acked: set[str] = set()
         super().__init__(
             # nats-py takes a list and fails over between its members (and
             # the cluster's other members, which the servers announce).
@@ -121,6 +156,7 @@ class Broker(NatsBroker):
             # service logs about the service, not about each message.
             log_level=logging.DEBUG,
             graceful_timeout=5.0,
+            parser=_stored_is_not_a_request,
         )
 
     async def stop(
@@ -141,6 +177,92 @@ class Broker(NatsBroker):
             except (*_CONNECTION_GONE, OSError) as exc:
                 log.info("NATS connection already lost while closing (%s)", exc)
             self._connection = None
+
+    @overload
+    async def publish(
+        self,
+        message: SendableMessage,
+        subject: str,
+        headers: dict[str, str] | None = None,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+        stream: None = None,
+        timeout: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> None: ...
+
+    @overload
+    async def publish(
+        self,
+        message: SendableMessage,
+        subject: str,
+        headers: dict[str, str] | None = None,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+        stream: str | None = None,
+        timeout: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> PubAck: ...
+
+    async def publish(
+        self,
+        message: SendableMessage,
+        subject: str,
+        headers: dict[str, str] | None = None,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+        stream: str | None = None,
+        timeout: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> PubAck | None:
+        """FastStream's publish; for a subject a stream keeps, acknowledged and retried.
+
+        A stream that has acknowledged this broker before exists, so no
+        answer from it means it is between leaders (the node that led it
+        died): the publish is retried for up to :data:`STORE_WAIT` seconds
+        under one message id, which the stream stores once. A stream that
+        never answered may not be declared at all (a bare server in a test,
+        core NATS only): then the message is published as it always was.
+        """
+        target = stream or (None if reply_to or schedule else stored_in(subject))
+        if target is None:
+            await super().publish(
+                message,
+                subject,
+                headers=headers,
+                reply_to=reply_to,
+                correlation_id=correlation_id,
+                timeout=timeout,
+                schedule=schedule,
+            )
+            return None
+        headers = {"Nats-Msg-Id": uuid.uuid4().hex, **(headers or {})}
+        deadline = time.monotonic() + STORE_WAIT
+        while True:
+            try:
+                ack: PubAck = await super().publish(
+                    message,
+                    subject,
+                    headers=headers,
+                    reply_to=reply_to,
+                    correlation_id=correlation_id,
+                    stream=target,
+                    timeout=timeout or ACK_TIMEOUT,
+                    schedule=schedule,
+                )
+            except _NOT_STORED as exc:
+                if target not in self._acked:
+                    if stream is not None:
+                        raise
+                    await super().publish(message, subject, headers=headers, timeout=timeout)
+                    return None
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("stream %s did not store %s (%s); retrying", target, subject, exc)
+                await asyncio.sleep(_RETRY_EVERY)
+                continue
+            self._acked.add(target)
+            return ack if stream is not None else None
 
     def _log_connection_broken(self, error_cb: ErrorCallback | None = None) -> ErrorCallback:
         async def on_error(err: Exception) -> None:
@@ -205,6 +327,32 @@ def make_broker(url: str, name: str, auth: BusAuth | None = None) -> Broker:
 
 
 DEFAULT_INBOX = "_INBOX"
+
+
+async def _stored_is_not_a_request(
+    msg: Msg, original: Callable[[Msg], Awaitable[StreamMessage[Msg]]]
+) -> StreamMessage[Msg]:
+    """Read a message as FastStream does; on a stored subject, never as a request.
+
+    Events and controls are published, never requested: a reply subject on
+    one is the publisher's acknowledgement inbox (see :meth:`Broker.publish`),
+    which only the stream may answer. FastStream would send each
+    subscriber's return value there, and the publisher would take the first
+    answer for the stream's. A message delivered by JetStream keeps its reply
+    subject: that is how it is acknowledged.
+    """
+    parsed = await original(msg)
+    if parsed.reply_to and not parsed.reply_to.startswith("$JS.") and stored_in(msg.subject):
+        parsed.reply_to = ""
+    return parsed
+
+
+def stored_in(subject: str) -> str | None:
+    """The stream that keeps messages published to ``subject`` (see :data:`STORED`), if any."""
+    for pattern, stream in STORED:
+        if covers(pattern, subject):
+            return stream
+    return None
 
 
 def server_list(url: str) -> list[str]:
