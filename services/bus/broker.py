@@ -9,6 +9,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
@@ -71,6 +72,10 @@ STORED: tuple[tuple[str, str], ...] = (
 # How long a stored publish is retried: a three-node cluster elects a new
 # leader for a dead node's streams within about 5 s.
 STORE_WAIT = 10.0
+# How long a stream that never answered is taken to be absent.
+ABSENT_RECHECK = 10.0
+# How long stopping waits for queued stored publishes to be acknowledged.
+OUTBOX_DRAIN = 5.0
 # One attempt's wait for the stream's acknowledgement.
 ACK_TIMEOUT = 1.0
 _RETRY_EVERY = 0.1
@@ -140,6 +145,13 @@ class Broker(NatsBroker):
         # Streams that have acknowledged a publish of ours: they exist, so
         # their silence means "between leaders", worth waiting out.
         self._acked: set[str] = set()
+        # Streams that did not answer before they ever acknowledged, and
+        # when: probably not declared, so not waited for (see publish).
+        self._absent: dict[str, float] = {}
+        # Stored publishes, sent in order by one task while the publisher
+        # goes on (see publish).
+        self._outbox: asyncio.Queue[_Stored] | None = None
+        self._sender: asyncio.Task[None] | None = None
         super().__init__(
             # nats-py takes a list and fails over between its members (and
             # the cluster's other members, which the servers announce).
@@ -165,6 +177,7 @@ class Broker(NatsBroker):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> None:
+        await self._flush_outbox()
         try:
             await super().stop(exc_type, exc_val, exc_tb)
         except* _CONNECTION_GONE as gone:
@@ -217,12 +230,20 @@ class Broker(NatsBroker):
     ) -> PubAck | None:
         """FastStream's publish; for a subject a stream keeps, acknowledged and retried.
 
+        Such a publish (without ``stream``) returns at once, as a plain one
+        does: one task per broker sends them in order and waits for each
+        acknowledgement, so a step does not wait for three servers to agree
+        (on a cluster, about 1 ms an event). With ``stream`` (the caller
+        wants the acknowledgement) it is awaited here. ``stop`` sends what
+        is queued first.
+
         A stream that has acknowledged this broker before exists, so no
         answer from it means it is between leaders (the node that led it
         died): the publish is retried for up to :data:`STORE_WAIT` seconds
         under one message id, which the stream stores once. A stream that
         never answered may not be declared at all (a bare server in a test,
-        core NATS only): then the message is published as it always was.
+        core NATS only): then the message is published as it always was,
+        and so are the next ones for :data:`ABSENT_RECHECK` seconds.
         """
         target = stream or (None if reply_to or schedule else stored_in(subject))
         if target is None:
@@ -236,33 +257,97 @@ class Broker(NatsBroker):
                 schedule=schedule,
             )
             return None
-        headers = {"Nats-Msg-Id": uuid.uuid4().hex, **(headers or {})}
+        if stream is None and self._connection is not None:
+            self._enqueue(_Stored(message, subject, headers, correlation_id, timeout, target))
+            return None
+        return await self._store(
+            _Stored(message, subject, headers, correlation_id, timeout, target),
+            explicit=stream is not None,
+            reply_to=reply_to,
+            schedule=schedule,
+        )
+
+    async def _store(
+        self,
+        item: _Stored,
+        *,
+        explicit: bool,
+        reply_to: str = "",
+        schedule: Schedule | None = None,
+    ) -> PubAck | None:
+        """Publish ``item`` until its stream acknowledges it (see :meth:`publish`)."""
+        headers = {"Nats-Msg-Id": uuid.uuid4().hex, **(item.headers or {})}
+        missing_since = self._absent.get(item.stream, -ABSENT_RECHECK)
+        if not explicit and time.monotonic() - missing_since < ABSENT_RECHECK:
+            await super().publish(item.message, item.subject, headers=headers, timeout=item.timeout)
+            return None
         deadline = time.monotonic() + STORE_WAIT
         while True:
             try:
                 ack: PubAck = await super().publish(
-                    message,
-                    subject,
+                    item.message,
+                    item.subject,
                     headers=headers,
                     reply_to=reply_to,
-                    correlation_id=correlation_id,
-                    stream=target,
-                    timeout=timeout or ACK_TIMEOUT,
+                    correlation_id=item.correlation_id,
+                    stream=item.stream,
+                    timeout=item.timeout or ACK_TIMEOUT,
                     schedule=schedule,
                 )
             except _NOT_STORED as exc:
-                if target not in self._acked:
-                    if stream is not None:
+                if item.stream not in self._acked:
+                    if explicit:
                         raise
-                    await super().publish(message, subject, headers=headers, timeout=timeout)
+                    self._absent[item.stream] = time.monotonic()
+                    await super().publish(
+                        item.message, item.subject, headers=headers, timeout=item.timeout
+                    )
                     return None
                 if time.monotonic() >= deadline:
                     raise
-                log.info("stream %s did not store %s (%s); retrying", target, subject, exc)
+                log.info("%s did not store %s (%s); retrying", item.stream, item.subject, exc)
                 await asyncio.sleep(_RETRY_EVERY)
                 continue
-            self._acked.add(target)
-            return ack if stream is not None else None
+            self._acked.add(item.stream)
+            self._absent.pop(item.stream, None)
+            return ack if explicit else None
+
+    def _enqueue(self, item: _Stored) -> None:
+        if self._outbox is None:
+            self._outbox = asyncio.Queue()
+        self._outbox.put_nowait(item)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(self._outbox), name="stored-publisher")
+
+    async def _send(self, outbox: asyncio.Queue[_Stored]) -> None:
+        """Publish the queued messages one after another, in the order they were published."""
+        while True:
+            item = await outbox.get()
+            try:
+                await self._store(item, explicit=False)
+            except Exception:
+                # As a failed plain publish would be: reported, and the
+                # publisher goes on.
+                log.exception("could not publish to %s", item.subject)
+            finally:
+                outbox.task_done()
+
+    async def _flush_outbox(self) -> None:
+        """Send what is queued (bounded by the graceful timeout), then stop the sender."""
+        if self._outbox is not None and self._sender is not None and not self._sender.done():
+            try:
+                await asyncio.wait_for(self._outbox.join(), OUTBOX_DRAIN)
+            except TimeoutError:
+                log.warning(
+                    "NATS at %s: %d event(s) not stored before stopping",
+                    self.address,
+                    self._outbox.qsize(),
+                )
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
 
     def _log_connection_broken(self, error_cb: ErrorCallback | None = None) -> ErrorCallback:
         async def on_error(err: Exception) -> None:
@@ -345,6 +430,18 @@ async def _stored_is_not_a_request(
     if parsed.reply_to and not parsed.reply_to.startswith("$JS.") and stored_in(msg.subject):
         parsed.reply_to = ""
     return parsed
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A publish to a stored subject, waiting for its turn (see :meth:`Broker.publish`)."""
+
+    message: Any
+    subject: str
+    headers: dict[str, str] | None
+    correlation_id: str | None
+    timeout: float | None
+    stream: str
 
 
 def stored_in(subject: str) -> str | None:
