@@ -1,6 +1,6 @@
 """One NATS server vs a three-node cluster: step overhead and event latency, in the same run.
 
-    python -m bench.cluster [--tasks 3] [--steps 15] [--events 300]
+    python -m bench.cluster [--tasks 6] [--steps 15] [--events 300]
 
 For each bus (one nats-server, streams at one replica; three routed
 nats-servers, streams at three replicas, services given the list of all
@@ -27,7 +27,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import nats
@@ -73,14 +73,19 @@ class Bus:
     reader_url: str
     replicas: int
 
+    @property
+    def sandbox(self) -> str:
+        return f"{SANDBOX}-{self.name}"
+
 
 @asynccontextmanager
 async def services(bus: Bus, desktop: Desktop, llm: FakeLLM) -> AsyncIterator[None]:
+    """A planner and an actuator on ``bus``, serving the desktop as ``bus.sandbox``."""
     actuator = build_actuator(
         ActuatorSettings(
             nats_url=bus.url,
             nats_replicas=bus.replicas,
-            sandbox_id=SANDBOX,
+            sandbox_id=bus.sandbox,
             vnc_port=desktop.vnc_port,
             vnc_password=desktop.password,
         )
@@ -89,7 +94,7 @@ async def services(bus: Bus, desktop: Desktop, llm: FakeLLM) -> AsyncIterator[No
         PlannerSettings(
             nats_url=bus.url,
             nats_replicas=bus.replicas,
-            sandbox_id=SANDBOX,
+            sandbox_id=bus.sandbox,
             llm_api_base_url=llm.base_url,
             llm_model="fake-planner",
             mode="direct",
@@ -117,27 +122,27 @@ def stamper(arrivals: list[float]) -> Callable[[Msg], Awaitable[None]]:
     return stamp
 
 
-async def step_times(watcher: NatsClient, llm: FakeLLM, tasks: int, steps: int) -> list[float]:
-    gaps: list[float] = []
-    for run in range(tasks):
-        llm.reset()
-        moves = [
-            tool_call("computer", {"action": "move", "x": 100 + 37 * i % 900, "y": 200 + run})
-            for i in range(steps)
-        ]
-        llm.push(*moves, tool_call("computer", {"action": "done", "message": "ok"}))
-        arrivals: list[float] = []
-        task = TaskSubmitted(prompt="move", sandbox_id=SANDBOX)
-        stamp = stamper(arrivals)
-        sub = await watcher.subscribe(
-            subjects.session_event(task.session_id, "step.executed"), cb=stamp
-        )
-        outcome = await (await RunningTask(watcher, task, bound=120.0).start()).outcome()
-        await sub.unsubscribe()
-        if outcome.finished["status"] != "succeeded":
-            raise RuntimeError(f"bench task failed: {outcome.finished}")
-        gaps += [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
-    return gaps
+async def step_times(
+    watcher: NatsClient, llm: FakeLLM, sandbox: str, run: int, steps: int
+) -> list[float]:
+    """One scripted task of ``steps`` moves: the gaps between its steps, in ms."""
+    llm.reset()
+    moves = [
+        tool_call("computer", {"action": "move", "x": 100 + 37 * i % 900, "y": 200 + run})
+        for i in range(steps)
+    ]
+    llm.push(*moves, tool_call("computer", {"action": "done", "message": "ok"}))
+    arrivals: list[float] = []
+    task = TaskSubmitted(prompt="move", sandbox_id=sandbox)
+    stamp = stamper(arrivals)
+    sub = await watcher.subscribe(
+        subjects.session_event(task.session_id, "step.executed"), cb=stamp
+    )
+    outcome = await (await RunningTask(watcher, task, bound=120.0).start()).outcome()
+    await sub.unsubscribe()
+    if outcome.finished["status"] != "succeeded":
+        raise RuntimeError(f"bench task failed: {outcome.finished}")
+    return [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
 
 
 async def event_times(bus: Bus, count: int) -> tuple[list[float], list[float]]:
@@ -174,15 +179,28 @@ async def event_times(bus: Bus, count: int) -> tuple[list[float], list[float]]:
     return publish, delivery
 
 
-async def measure(bus: Bus, desktop: Desktop, llm: FakeLLM, args: argparse.Namespace) -> Figures:
-    async with services(bus, desktop, llm):
-        watcher = await nats.connect(bus.reader_url)
-        try:
-            steps = await step_times(watcher, llm, args.tasks, args.steps)
-        finally:
-            await watcher.close()
-    publish, delivery = await event_times(bus, args.events)
-    return Figures(steps, publish, delivery)
+async def measure(
+    buses: tuple[Bus, ...], desktop: Desktop, llm: FakeLLM, args: argparse.Namespace
+) -> dict[str, Figures]:
+    """Both buses' services run at once and take turns, task by task, so that
+    whatever else the machine does weighs on both alike."""
+    steps: dict[str, list[float]] = {bus.name: [] for bus in buses}
+    async with AsyncExitStack() as stack:
+        watchers: dict[str, NatsClient] = {}
+        for bus in buses:
+            await stack.enter_async_context(services(bus, desktop, llm))
+            watchers[bus.name] = await nats.connect(bus.reader_url)
+            stack.push_async_callback(watchers[bus.name].close)
+        for run in range(args.tasks):
+            for bus in buses:
+                steps[bus.name] += await step_times(
+                    watchers[bus.name], llm, bus.sandbox, run, args.steps
+                )
+    results: dict[str, Figures] = {}
+    for bus in buses:
+        publish, delivery = await event_times(bus, args.events)
+        results[bus.name] = Figures(steps[bus.name], publish, delivery)
+    return results
 
 
 def report(results: dict[str, Figures]) -> None:
@@ -213,15 +231,12 @@ async def main(args: argparse.Namespace) -> None:
     llm = FakeLLM().start()
     single = EmbeddedNats().start()
     cluster = EmbeddedCluster(3).start()
-    results: dict[str, Figures] = {}
     try:
         buses = (
             Bus("single", single.url, single.url, 1),
             Bus("cluster", cluster.url, cluster.nodes[-1].url, 3),
         )
-        for bus in buses:
-            print(f"measuring {bus.name} ...", flush=True)
-            results[bus.name] = await measure(bus, desktop, llm, args)
+        results = await measure(buses, desktop, llm, args)
     finally:
         cluster.cleanup()
         single.cleanup()
@@ -232,7 +247,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster")
-    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=6)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--events", type=int, default=300)
     return parser.parse_args(argv)
