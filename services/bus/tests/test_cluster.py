@@ -7,18 +7,20 @@ project's own authorization block, and the broker every service uses.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
 import nats
 import pytest
+from faststream.nats.annotations import NatsMessage as NatsMessageCtx
 from nats.js.api import StreamInfo
 
 from selfagent.bus.auth import ADMIN, server_config
 from selfagent.bus.broker import Broker, make_broker, server_list, start_with_retry
 from selfagent.bus.healthcheck import check
 from selfagent.bus.jetstream import jetstream
-from selfagent.bus.natsd import EmbeddedCluster
+from selfagent.bus.natsd import EmbeddedCluster, EmbeddedNats
 from selfagent.bus.sessions import ensure_bucket
 from selfagent.bus.settings import BusAuth, ServiceSettings
 from selfagent.bus.streams import STREAM_CONFIGS, ensure_streams
@@ -146,3 +148,43 @@ def _connected(broker: Broker) -> str:
     url = connection.connected_url
     assert url is not None
     return f"{url.scheme}://{url.hostname}:{url.port}"
+
+
+async def test_stored_events_are_acknowledged_by_the_stream_only(nats_server: EmbeddedNats) -> None:
+    """A subscriber of events never answers in the stream's place, and queued events
+    arrive in order, each stored once with its own message id."""
+    publisher = make_broker(nats_server.url, "stored-publisher")
+    listener = make_broker(nats_server.url, "stored-listener")
+    session = f"acked-{time.monotonic_ns()}"
+    seen: list[str] = []
+    replies: set[str] = set()
+
+    @listener.subscriber(subjects.SESSION_EVENTS_ALL)
+    async def relay(msg: NatsMessageCtx) -> dict[str, str]:
+        # FastStream sends this to the message's reply subject (the
+        # publisher's acknowledgement inbox) unless the broker blanks it.
+        seen.append(json.loads(msg.body)["text"])
+        replies.add(msg.reply_to)
+        return {"not": "an ack"}
+
+    await asyncio.wait_for(start_with_retry(listener, before_start=ensure_streams), 20)
+    await asyncio.wait_for(start_with_retry(publisher), 20)
+    try:
+        subject = subjects.session_event(session, "message")
+        for _ in range(20):
+            ack = await publisher.publish({"text": "acked"}, subject, stream=subjects.EVENTS_STREAM)
+            assert ack.stream == subjects.EVENTS_STREAM and ack.seq > 0
+        for index in range(50):
+            assert await publisher.publish({"text": str(index)}, subject) is None
+        deadline = time.monotonic() + 10
+        while len(seen) < 70:
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.05)
+        assert seen[20:] == [str(index) for index in range(50)]
+        assert replies == {""}, replies
+        js = jetstream(publisher)
+        info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subject)
+        assert info.state.subjects == {subject: 70}, info.state
+    finally:
+        await publisher.stop()
+        await listener.stop()
