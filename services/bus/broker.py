@@ -6,27 +6,39 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import nats.errors
+from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage as NatsMessageCtx
 from faststream.nats.broker.broker import UNRECOVERABLE_CONNECT_ERRORS
 from faststream.nats.message import NatsMessage
 from faststream.nats.security import NatsSecurity, NatsUserPassword
 from nats.aio.client import ErrorCallback
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from selfagent.schemas import DeadLetter, ErrorCode, ErrorInfo, ErrorReply, Reply, subjects
 
+from .auth import covers
 from .auth import inbox_prefix as auth_inbox_prefix
 from .errors import BusAuthError, BusError, InvalidMessage, RemoteError, RequestTimeout
 from .settings import BusAuth
+
+if TYPE_CHECKING:
+    from faststream.nats.schemas import Schedule
+    from faststream.types import SendableMessage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,27 @@ _REFUSALS = (
     "permissions violation",
 )
 _PERMISSIONS_VIOLATION = "permissions violation"
+
+# Subjects whose messages a stream keeps for later readers (the UI's replay,
+# a planner picking up a session's controls), and that stream. Published
+# with an acknowledgement, so that a stream between leaders (a cluster node
+# died) does not silently miss them.
+STORED: tuple[tuple[str, str], ...] = (
+    (subjects.SESSION_EVENTS_ALL, subjects.EVENTS_STREAM),
+    (subjects.SESSION_CONTROL_ALL, subjects.CONTROLS_STREAM),
+)
+# How long a stored publish is retried: a three-node cluster elects a new
+# leader for a dead node's streams within about 5 s.
+STORE_WAIT = 10.0
+# How long a stream that never answered is taken to be absent.
+ABSENT_RECHECK = 10.0
+# How long stopping waits for queued stored publishes to be acknowledged.
+OUTBOX_DRAIN = 5.0
+# One attempt's wait for the stream's acknowledgement.
+ACK_TIMEOUT = 1.0
+_RETRY_EVERY = 0.1
+# What a stream without a leader (or not reachable yet) answers, or does not.
+_NOT_STORED = (NoStreamResponseError, NatsTimeoutError, TimeoutError)
 # What nats-py raises when the connection is already gone (the server
 # stopped first, or is being restarted) by the time we drain it.
 _CONNECTION_GONE = (
@@ -93,6 +126,10 @@ class Broker(NatsBroker):
     * A publish the server refuses is only reported to the error callback
       (the request itself just times out); :meth:`guard` turns that report
       into an immediate :class:`BusAuthError`.
+    * A publish to a subject a stream keeps (:data:`STORED`) waits for the
+      stream's acknowledgement and is retried (with a message id, so the
+      stream keeps one copy) while the stream has no leader: see
+      :meth:`publish`.
     """
 
     def __init__(self, url: str, *, name: str, auth: BusAuth | None = None) -> None:
@@ -102,8 +139,23 @@ class Broker(NatsBroker):
         auth = auth or BusAuth()
         self.user = auth.user or url_user(url)
         self.inbox = inbox_prefix(self.user) or DEFAULT_INBOX
+        # How many copies JetStream keeps of the streams and bucket this
+        # service declares (selfagent.bus.streams, selfagent.bus.sessions).
+        self.replicas = auth.replicas
+        # Streams that have acknowledged a publish of ours: they exist, so
+        # their silence means "between leaders", worth waiting out.
+        self._acked: set[str] = set()
+        # Streams that did not answer before they ever acknowledged, and
+        # when: probably not declared, so not waited for (see publish).
+        self._absent: dict[str, float] = {}
+        # Stored publishes, sent in order by one task while the publisher
+        # goes on (see publish).
+        self._outbox: asyncio.Queue[_Stored] | None = None
+        self._sender: asyncio.Task[None] | None = None
         super().__init__(
-            url,
+            # nats-py takes a list and fails over between its members (and
+            # the cluster's other members, which the servers announce).
+            server_list(url),
             name=name,
             security=security(auth),
             # Replies come to this identity's own inbox prefix: the server
@@ -116,6 +168,7 @@ class Broker(NatsBroker):
             # service logs about the service, not about each message.
             log_level=logging.DEBUG,
             graceful_timeout=5.0,
+            parser=_stored_is_not_a_request,
         )
 
     async def stop(
@@ -124,6 +177,7 @@ class Broker(NatsBroker):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> None:
+        await self._flush_outbox()
         try:
             await super().stop(exc_type, exc_val, exc_tb)
         except* _CONNECTION_GONE as gone:
@@ -136,6 +190,164 @@ class Broker(NatsBroker):
             except (*_CONNECTION_GONE, OSError) as exc:
                 log.info("NATS connection already lost while closing (%s)", exc)
             self._connection = None
+
+    @overload
+    async def publish(
+        self,
+        message: SendableMessage,
+        subject: str,
+        headers: dict[str, str] | None = None,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+        stream: None = None,
+        timeout: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> None: ...
+
+    @overload
+    async def publish(
+        self,
+        message: SendableMessage,
+        subject: str,
+        headers: dict[str, str] | None = None,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+        stream: str | None = None,
+        timeout: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> PubAck: ...
+
+    async def publish(
+        self,
+        message: SendableMessage,
+        subject: str,
+        headers: dict[str, str] | None = None,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+        stream: str | None = None,
+        timeout: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> PubAck | None:
+        """FastStream's publish; for a subject a stream keeps, acknowledged and retried.
+
+        Such a publish (without ``stream``) returns at once, as a plain one
+        does: one task per broker sends them in order and waits for each
+        acknowledgement, so a step does not wait for three servers to agree
+        (on a cluster, about 1 ms an event). With ``stream`` (the caller
+        wants the acknowledgement) it is awaited here. ``stop`` sends what
+        is queued first.
+
+        A stream that has acknowledged this broker before exists, so no
+        answer from it means it is between leaders (the node that led it
+        died): the publish is retried for up to :data:`STORE_WAIT` seconds
+        under one message id, which the stream stores once. A stream that
+        never answered may not be declared at all (a bare server in a test,
+        core NATS only): then the message is published as it always was,
+        and so are the next ones for :data:`ABSENT_RECHECK` seconds.
+        """
+        target = stream or (None if reply_to or schedule else stored_in(subject))
+        if target is None:
+            await super().publish(
+                message,
+                subject,
+                headers=headers,
+                reply_to=reply_to,
+                correlation_id=correlation_id,
+                timeout=timeout,
+                schedule=schedule,
+            )
+            return None
+        if stream is None and self._connection is not None:
+            self._enqueue(_Stored(message, subject, headers, correlation_id, timeout, target))
+            return None
+        return await self._store(
+            _Stored(message, subject, headers, correlation_id, timeout, target),
+            explicit=stream is not None,
+            reply_to=reply_to,
+            schedule=schedule,
+        )
+
+    async def _store(
+        self,
+        item: _Stored,
+        *,
+        explicit: bool,
+        reply_to: str = "",
+        schedule: Schedule | None = None,
+    ) -> PubAck | None:
+        """Publish ``item`` until its stream acknowledges it (see :meth:`publish`)."""
+        headers = {"Nats-Msg-Id": uuid.uuid4().hex, **(item.headers or {})}
+        missing_since = self._absent.get(item.stream, -ABSENT_RECHECK)
+        if not explicit and time.monotonic() - missing_since < ABSENT_RECHECK:
+            await super().publish(item.message, item.subject, headers=headers, timeout=item.timeout)
+            return None
+        deadline = time.monotonic() + STORE_WAIT
+        while True:
+            try:
+                ack: PubAck = await super().publish(
+                    item.message,
+                    item.subject,
+                    headers=headers,
+                    reply_to=reply_to,
+                    correlation_id=item.correlation_id,
+                    stream=item.stream,
+                    timeout=item.timeout or ACK_TIMEOUT,
+                    schedule=schedule,
+                )
+            except _NOT_STORED as exc:
+                if item.stream not in self._acked:
+                    if explicit:
+                        raise
+                    self._absent[item.stream] = time.monotonic()
+                    await super().publish(
+                        item.message, item.subject, headers=headers, timeout=item.timeout
+                    )
+                    return None
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("%s did not store %s (%s); retrying", item.stream, item.subject, exc)
+                await asyncio.sleep(_RETRY_EVERY)
+                continue
+            self._acked.add(item.stream)
+            self._absent.pop(item.stream, None)
+            return ack if explicit else None
+
+    def _enqueue(self, item: _Stored) -> None:
+        if self._outbox is None:
+            self._outbox = asyncio.Queue()
+        self._outbox.put_nowait(item)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(self._outbox), name="stored-publisher")
+
+    async def _send(self, outbox: asyncio.Queue[_Stored]) -> None:
+        """Publish the queued messages one after another, in the order they were published."""
+        while True:
+            item = await outbox.get()
+            try:
+                await self._store(item, explicit=False)
+            except Exception:
+                # As a failed plain publish would be: reported, and the
+                # publisher goes on.
+                log.exception("could not publish to %s", item.subject)
+            finally:
+                outbox.task_done()
+
+    async def _flush_outbox(self) -> None:
+        """Send what is queued (bounded by the graceful timeout), then stop the sender."""
+        if self._outbox is not None and self._sender is not None and not self._sender.done():
+            try:
+                await asyncio.wait_for(self._outbox.join(), OUTBOX_DRAIN)
+            except TimeoutError:
+                log.warning(
+                    "NATS at %s: %d event(s) not stored before stopping",
+                    self.address,
+                    self._outbox.qsize(),
+                )
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
 
     def _log_connection_broken(self, error_cb: ErrorCallback | None = None) -> ErrorCallback:
         async def on_error(err: Exception) -> None:
@@ -200,6 +412,57 @@ def make_broker(url: str, name: str, auth: BusAuth | None = None) -> Broker:
 
 
 DEFAULT_INBOX = "_INBOX"
+
+
+async def _stored_is_not_a_request(
+    msg: Msg, original: Callable[[Msg], Awaitable[StreamMessage[Msg]]]
+) -> StreamMessage[Msg]:
+    """Read a message as FastStream does; on a stored subject, never as a request.
+
+    Events and controls are published, never requested: a reply subject on
+    one is the publisher's acknowledgement inbox (see :meth:`Broker.publish`),
+    which only the stream may answer. FastStream would send each
+    subscriber's return value there, and the publisher would take the first
+    answer for the stream's. A message delivered by JetStream keeps its reply
+    subject: that is how it is acknowledged.
+    """
+    parsed = await original(msg)
+    if parsed.reply_to and not parsed.reply_to.startswith("$JS.") and stored_in(msg.subject):
+        parsed.reply_to = ""
+    return parsed
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A publish to a stored subject, waiting for its turn (see :meth:`Broker.publish`)."""
+
+    message: Any
+    subject: str
+    headers: dict[str, str] | None
+    correlation_id: str | None
+    timeout: float | None
+    stream: str
+
+
+def stored_in(subject: str) -> str | None:
+    """The stream that keeps messages published to ``subject`` (see :data:`STORED`), if any."""
+    for pattern, stream in STORED:
+        if covers(pattern, subject):
+            return stream
+    return None
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of a comma-separated ``NATS_URL`` (one or more), blanks dropped."""
+    servers = [server.strip() for server in url.split(",") if server.strip()]
+    if not servers:
+        raise ValueError("the NATS URL names no server")
+    return servers
+
+
+def replicas_of(broker: NatsBroker) -> int:
+    """The replica count the service was configured with (1 for a plain NatsBroker)."""
+    return broker.replicas if isinstance(broker, Broker) else 1
 
 
 def url_user(url: str) -> str:

@@ -6,7 +6,8 @@ The service images run it as their HEALTHCHECK. The URL comes from the named
 service's own settings (so ``PLANNER_NATS_URL``, ``NATS_URL`` and their
 precedence are read exactly as the service reads them); without a service
 name, from ``NATS_URL``. It connects with the service's credentials, so a
-refused password is unhealthy too.
+refused password is unhealthy too. A URL that lists a cluster's servers is
+healthy when any of them answers: the service fails over to that one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import nats
 import nats.errors
 from pydantic import ValidationError
 
-from .broker import display_url, tls_context
+from .broker import display_url, server_list, tls_context
 from .settings import BusAuth
 
 SERVICES = ("planner", "grounder", "actuator", "gateway", "provisioner")
@@ -49,7 +50,22 @@ def configured(service: str | None) -> tuple[str, BusAuth]:
 
 
 async def check(url: str, timeout: float, auth: BusAuth | None = None) -> None:
-    """Connect and make one round trip (PING/PONG); raise if either fails."""
+    """Connect and make one round trip (PING/PONG) to any of the URL's servers;
+    raise the last failure if none answers."""
+    failure: Exception | None = None
+    for server in server_list(url):
+        try:
+            await check_one(server, timeout, auth)
+        except (OSError, nats.errors.Error) as exc:
+            failure = exc
+            continue
+        return
+    assert failure is not None
+    raise failure
+
+
+async def check_one(url: str, timeout: float, auth: BusAuth | None = None) -> None:
+    """Connect to this one server and make one round trip; raise if either fails."""
 
     async def fail_now(exc: Exception) -> None:
         # nats-py reports a failed attempt here and then tries again (with

@@ -12,6 +12,7 @@ from nats.js.kv import KeyValue
 
 from selfagent.schemas import SessionState, subjects
 
+from .broker import replicas_of
 from .jetstream import jetstream
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 TIMEOUT = 2.0
 
 
-async def ensure_bucket(broker: NatsBroker) -> None:
+async def ensure_bucket(broker: NatsBroker, replicas: int | None = None) -> None:
+    """Create the bucket if missing, with ``replicas`` copies (default: the service's
+    ``NATS_REPLICAS``); an existing bucket is left as it is."""
     js = jetstream(broker)
     try:
         await js.key_value(subjects.SESSIONS_BUCKET)
@@ -33,6 +36,7 @@ async def ensure_bucket(broker: NatsBroker) -> None:
                 history=1,
                 ttl=7 * 24 * 3600,
                 storage=StorageType.FILE,
+                replicas=replicas_of(broker) if replicas is None else replicas,
             )
         )
 

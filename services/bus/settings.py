@@ -39,6 +39,12 @@ class ServiceSettings(BaseSettings):
     ``selfagent.bus.auth``); ``NATS_TLS_CA`` is the certificate (PEM) that
     signed the server's, when the server speaks TLS with one this machine
     does not already trust.
+
+    ``NATS_URL`` may list several servers of one cluster, comma-separated:
+    the service connects to any of them and fails over to the others.
+    ``NATS_REPLICAS`` is how many copies JetStream keeps of each stream and of
+    the session bucket that this service declares (1 on a single server, 3
+    on a three-node cluster); every service should be given the same.
     """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -47,6 +53,7 @@ class ServiceSettings(BaseSettings):
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
     nats_tls_ca: str = ""
+    nats_replicas: int = Field(default=1, ge=1, le=5)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -65,16 +72,21 @@ class ServiceSettings(BaseSettings):
             user=self.nats_user,
             password=self.nats_password.get_secret_value(),
             ca_file=self.nats_tls_ca,
+            replicas=self.nats_replicas,
         )
 
 
-_NATS_FIELDS = ("nats_url", "nats_user", "nats_password", "nats_tls_ca")
+_NATS_FIELDS = ("nats_url", "nats_user", "nats_password", "nats_tls_ca", "nats_replicas")
 
 
 @dataclass(frozen=True)
 class BusAuth:
-    """A NATS user and password, and the CA that signed the server's TLS certificate."""
+    """How a service joins the bus: its NATS user and password, the CA that
+    signed the server's TLS certificate, and the replica count of what it
+    declares in JetStream (carried here because this is what every service
+    already hands to ``make_broker``)."""
 
     user: str = ""
     password: str = field(default="", repr=False)
     ca_file: str = ""
+    replicas: int = 1

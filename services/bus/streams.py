@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -15,7 +16,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from selfagent.errors import RequestTimeout
 from selfagent.schemas import subjects
 
-from .broker import guard
+from .broker import guard, replicas_of
 from .jetstream import jetstream
 
 log = logging.getLogger(__name__)
@@ -66,17 +67,35 @@ STREAM_CONFIGS: tuple[StreamConfig, ...] = (
 )
 
 
-async def ensure_streams(broker: NatsBroker) -> None:
+async def ensure_streams(broker: NatsBroker, replicas: int | None = None) -> None:
     """Create the streams if missing; an existing stream is left as it is.
 
+    ``replicas``: copies JetStream keeps of each (default: the service's
+    ``NATS_REPLICAS``, see :func:`selfagent.bus.broker.replicas_of`); more
+    than one needs a cluster of at least that many JetStream servers.
     Only "stream not found" means missing: a refused permission raises
     :class:`BusAuthError` and a JetStream that does not answer raises
     :class:`RequestTimeout`, rather than being mistaken for a missing stream.
     """
     js = jetstream(broker, timeout=API_TIMEOUT)
-    for config in STREAM_CONFIGS:
-        assert config.name is not None
-        if await _exists(broker, js, config.name):
+    copies = replicas_of(broker) if replicas is None else replicas
+    for declared in STREAM_CONFIGS:
+        assert declared.name is not None
+        config = dataclasses.replace(declared, num_replicas=copies)
+        existing = await _existing(broker, js, declared.name)
+        if existing is not None:
+            if (existing.num_replicas or 1) != copies:
+                # Changing it is the operator's call (it moves data between
+                # servers): say so once at start rather than act silently.
+                log.warning(
+                    "stream %s has %s replica(s), this service is configured for %s; "
+                    "change it with: nats stream edit %s --replicas %s",
+                    declared.name,
+                    existing.num_replicas or 1,
+                    copies,
+                    declared.name,
+                    copies,
+                )
             continue
         subject = f"{DEFAULT_PREFIX}.STREAM.CREATE.{config.name}"
         try:
@@ -90,14 +109,15 @@ async def ensure_streams(broker: NatsBroker) -> None:
             log.debug("stream %s: %s", config.name, exc)
 
 
-async def _exists(broker: NatsBroker, js: JetStreamContext, name: str) -> bool:
+async def _existing(broker: NatsBroker, js: JetStreamContext, name: str) -> StreamConfig | None:
+    """The stream's configuration as the server has it; None if there is no such stream."""
     try:
-        await _api(broker, f"{DEFAULT_PREFIX}.STREAM.INFO.{name}", js.stream_info(name))
+        info = await _api(broker, f"{DEFAULT_PREFIX}.STREAM.INFO.{name}", js.stream_info(name))
     except NotFoundError as exc:
         if exc.err_code != STREAM_NOT_FOUND:
             raise
-        return False
-    return True
+        return None
+    return info.config
 
 
 async def _api(broker: NatsBroker, subject: str, call: Awaitable[T]) -> T:
