@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from selfagent.schemas import Screenshot, subjects
 
+from .broker import replicas_of
 from .jetstream import jetstream
 from .streams import API_TIMEOUT, STREAM_NOT_FOUND, _api, _exists
 
@@ -43,7 +44,7 @@ class StoredShot:
     height: int
 
 
-def config(retention_seconds: float, max_bytes: int) -> StreamConfig:
+def config(retention_seconds: float, max_bytes: int, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=subjects.SCREENS_STREAM,
         subjects=[subjects.SCREENS_ALL],
@@ -54,13 +55,14 @@ def config(retention_seconds: float, max_bytes: int) -> StreamConfig:
         # Full: the oldest screenshots go, never the new step's.
         discard=DiscardPolicy.OLD,
         max_msgs_per_subject=1,
+        num_replicas=replicas,
     )
 
 
 async def ensure_stream(broker: NatsBroker, retention_seconds: float, max_bytes: int) -> None:
     """Create the stream, or bring its retention to the setting (the planner owns it)."""
     js = jetstream(broker, timeout=API_TIMEOUT)
-    wanted = config(retention_seconds, max_bytes)
+    wanted = config(retention_seconds, max_bytes, replicas_of(broker))
     name = subjects.SCREENS_STREAM
     if not await _exists(broker, js, name):
         await _api(broker, f"$JS.API.STREAM.CREATE.{name}", js.add_stream(wanted))
