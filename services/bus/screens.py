@@ -25,7 +25,7 @@ from selfagent.schemas import Screenshot, subjects
 
 from .broker import replicas_of
 from .jetstream import jetstream
-from .streams import API_TIMEOUT, STREAM_NOT_FOUND, _api, _exists
+from .streams import API_TIMEOUT, STREAM_NOT_FOUND, _api, _existing
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def ensure_stream(broker: NatsBroker, retention_seconds: float, max_bytes:
     js = jetstream(broker, timeout=API_TIMEOUT)
     wanted = config(retention_seconds, max_bytes, replicas_of(broker))
     name = subjects.SCREENS_STREAM
-    if not await _exists(broker, js, name):
+    if await _existing(broker, js, name) is None:
         await _api(broker, f"$JS.API.STREAM.CREATE.{name}", js.add_stream(wanted))
         log.info("created JetStream stream %s", name)
         return
