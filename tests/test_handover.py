@@ -34,11 +34,12 @@ def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
             "GROUNDER_FAMILY": "ocr",
             "GROUNDER_CANARY": "false",
             "PLANNER_CANARY": "false",
-            # A dead planner's task returns to the queue after 6 s: short for
+            # A dead planner's task returns to the queue after 10 s: short for
             # a test, yet longer than a replacement planner takes to start on
             # a loaded machine (test_redelivered_task_does_not_override_a_newer_one
-            # needs the replacement to take the newer task first).
-            "PLANNER_TASK_ACK_WAIT": "6",
+            # needs the replacement to take the newer task first; 6 s was
+            # missed once with three suites' worth of load).
+            "PLANNER_TASK_ACK_WAIT": "10",
         },
     )
     local.start()
@@ -174,8 +175,8 @@ async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any
         stack.start_service("planner")
         await session.until("task.finished", task_id=second)
         # The first task comes back from the queue after its lease runs out
-        # (6 s here) and must be dropped, not started over.
-        await session.quiet(10)
+        # (10 s here) and must be dropped, not started over.
+        await session.quiet(14)
     return session.seen
 
 
