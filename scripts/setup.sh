@@ -10,7 +10,7 @@ cd "$ROOT"
 EXTRAS="${SELFAGENT_EXTRAS:-dev}"
 APT_PACKAGES="tigervnc-standalone-server tigervnc-tools xfce4 xfce4-terminal mousepad thunar \
 dbus-x11 xdotool x11-utils xauth fonts-dejavu-core procps novnc tesseract-ocr tesseract-ocr-eng \
-python3-venv ca-certificates"
+python3-venv ca-certificates libglib2.0-bin"
 # The browser tests drive Debian's Chromium; running the product does not need it.
 [ "$EXTRAS" = "dev" ] && APT_PACKAGES="$APT_PACKAGES chromium"
 
