@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
-from selfagent.bus.natsd import free_port
 from selfagent.local import SESSION_SERVICES
 from selfagent.provisioner.native import marked_processes
 from tests.harness.api import computer
 from tests.harness.fakellm import FakeLLM
+from tests.harness.up import Up
 
 pytestmark = pytest.mark.desktop
 
@@ -40,58 +34,30 @@ def _processes_naming(text: str) -> list[str]:
 
 
 def test_ctrl_c_stops_services_before_nats(tmp_path: Path, llm: FakeLLM) -> None:
-    port = free_port()
-    token = "stop-token-" + secrets.token_urlsafe(24)
     host = f"stop-{uuid.uuid4().hex[:8]}"
     data = tmp_path / "data"
     env = {
-        **{k: v for k, v in os.environ.items() if "NATS_URL" not in k},
         "LLM_API_BASE_URL": llm.base_url,
         "LLM_MODEL": "fake-planner",
         "LLM_API_KEY": "sk-test",
         "GROUNDER_FAMILY": "ocr",
         "GROUNDER_CANARY": "false",
         "PLANNER_CANARY": "false",
-        "SELFAGENT_TOKEN": token,
+        "SELFAGENT_TOKEN": "stop-token-" + secrets.token_urlsafe(24),
         # Names this run's desktops, to find any left behind.
         "PROVISIONER_HOST_NAME": host,
         "PYTHONUNBUFFERED": "1",
     }
-    output = tmp_path / "up.out"
-    argv = [sys.executable, "-m", "selfagent.cli", "up", f"--port={port}", f"--data-dir={data}"]
-    with output.open("wb") as out:
-        # Its own process group, standing in for the terminal's foreground
-        # group: Ctrl-C there sends SIGINT to every process in the group.
-        up = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    up = Up(tmp_path, env, f"--data-dir={data}")
     try:
-        deadline = time.monotonic() + 120
-        while "selfagent is running" not in output.read_text(errors="replace"):
-            assert up.poll() is None, output.read_text(errors="replace")
-            assert time.monotonic() < deadline, output.read_text(errors="replace")
-            time.sleep(0.3)
+        up.wait_running()
         # One task through every service, so each has bus traffic to drain.
         llm.push(computer(action="done", message="Nothing to do."))
-        reply = httpx.post(
-            f"http://127.0.0.1:{port}/api/chat",
-            json={"prompt": "say done"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=120,
-        )
+        reply = up.post("/api/chat", {"prompt": "say done"})
         assert reply.status_code == 200 and reply.json()["status"] == "succeeded", reply.text
-
-        os.killpg(up.pid, signal.SIGINT)
-        assert up.wait(60) == 0, output.read_text(errors="replace")
+        assert up.ctrl_c() == 0, up.text()
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
+        up.kill()
 
     # `selfagent up` runs per-session desktops: the provisioner is one of them.
     for name in SESSION_SERVICES:
