@@ -49,7 +49,7 @@ from selfagent.schemas.sandboxes import SandboxLeased, SandboxLost, SandboxRelea
 from .backend import VncDesktop
 from .config import Settings
 from .fleet import Fleet, Served
-from .gate import ApprovalGate
+from .gate import ApprovalGate, Verdict
 from .policy import load_policy
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ def _fixed_endpoint(settings: Settings) -> SandboxEndpoint:
         exec_url=settings.exec_url or "",
         exec_token=token.get_secret_value() if token else "",
     )
+
+
+def _unavailable(exc: DesktopUnavailable) -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc))
 
 
 def _sandbox_of(subject: str) -> str:
@@ -113,14 +117,9 @@ class ActuatorService(Service):
     async def _act(self, sandbox_id: str, request: ActRequest) -> ActionResult:
         try:
             served = await self.fleet.get(sandbox_id)
+            verdict = await self.gate.check(request, sandbox_id, served.session_id)
         except DesktopUnavailable as exc:
-            return ActionResult(
-                ok=False,
-                action_id=request.action.id,
-                actuator=self.instance,
-                error=ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc)),
-            )
-        verdict = await self.gate.check(request, sandbox_id, served.session_id)
+            verdict = Verdict(go=False, error=_unavailable(exc))
         if not verdict.go:
             return ActionResult(
                 ok=False, action_id=request.action.id, actuator=self.instance, error=verdict.error
@@ -139,11 +138,7 @@ class ActuatorService(Service):
         try:
             served = await self.fleet.get(sandbox_id)
         except DesktopUnavailable as exc:
-            return Observation(
-                ok=False,
-                actuator=self.instance,
-                error=ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=str(exc)),
-            )
+            return Observation(ok=False, actuator=self.instance, error=_unavailable(exc))
         observation = await served.executor.observe(request)
         observation.actuator = self.instance
         return observation
