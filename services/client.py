@@ -46,6 +46,7 @@ T = TypeVar("T")
 EVENT: TypeAdapter[SessionEvent] = TypeAdapter(SessionEvent)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 _DENIED = "permissions violation for publish to "
+REFUSAL_GRACE = 0.1
 
 
 class AutomationClient:
@@ -194,6 +195,11 @@ class AutomationClient:
         try:
             either: set[asyncio.Future[Any]] = {work, refused}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not refused.done():
+                # The refusal comes before the flush's PONG on the wire, but its
+                # callback can be scheduled behind the flush's wake-up (seen once
+                # on a loaded machine): give it a moment before calling it sent.
+                await asyncio.wait({refused}, timeout=REFUSAL_GRACE)
             if refused.done():
                 raise BusAuthError(
                     f"NATS at {self.address} does not allow this user to publish to "
