@@ -49,6 +49,11 @@ def _claim(num: int) -> bool:
     return True
 
 
+# Many desktops at once (a provisioner's pool, parallel test workers, desktops
+# killed without removing their X lock files) climb well past the first few.
+LAST_DISPLAY = 299
+
+
 def free_display(first: int = 10) -> int:
     """Reserve an X display number with no X server, no lock file and a free
     VNC port (5900 + n); give it back with :func:`release_display`.
@@ -59,7 +64,7 @@ def free_display(first: int = 10) -> int:
     other's desktop. So the pick is claimed with an exclusive ``flock`` on a
     claim file, held until released or until this process ends.
     """
-    for num in range(first, 99):
+    for num in range(first, LAST_DISPLAY + 1):
         if num in _held:
             continue
         if Path(f"/tmp/.X11-unix/X{num}").exists() or Path(f"/tmp/.X{num}-lock").exists():
@@ -69,7 +74,7 @@ def free_display(first: int = 10) -> int:
                 continue
         if _claim(num):
             return num
-    raise LocalModeError(f"no free X display number from :{first} to :98")
+    raise LocalModeError(f"no free X display number from :{first} to :{LAST_DISPLAY}")
 
 
 def release_display(num: int) -> None:

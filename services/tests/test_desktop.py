@@ -10,7 +10,7 @@ import textwrap
 
 from selfagent.desktop import free_display, release_display
 
-FIRST = 400  # far above the numbers local mode and the tests' desktops climb to
+FIRST = 200  # far above the numbers local mode and the tests' desktops climb to
 
 HOLDER = textwrap.dedent(
     f"""
