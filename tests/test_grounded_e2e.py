@@ -21,7 +21,7 @@ import pytest
 
 from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
-from tests.harness import dock
+from tests.harness import dock as dock_module
 from tests.harness.api import chat, session_events
 from tests.harness.dock import Box, find_launcher, received_image, request_text
 from tests.harness.fakellm import FakeLLM, tool_call
@@ -74,12 +74,12 @@ def grounded_stack(planner_llm: FakeLLM, vlm: FakeLLM) -> Iterator[LocalStack]:
 
 
 def dock_window(stack: LocalStack) -> Box:
-    return dock.dock_window(stack.display_num, stack.screen[1])
+    return dock_module.dock_window(stack.display_num, stack.screen[1])
 
 
 def dock_items(stack: LocalStack) -> list[str]:
     assert stack.sandbox_home is not None
-    return dock.dock_items(stack.sandbox_home)
+    return dock_module.dock_items(stack.sandbox_home)
 
 
 class TarsStandIn:
@@ -116,7 +116,7 @@ class TarsStandIn:
 
 
 def terminal_windows(stack: LocalStack) -> set[str]:
-    return dock.terminal_windows(stack.display_num)
+    return dock_module.terminal_windows(stack.display_num)
 
 
 # --- the test -----------------------------------------------------------------
@@ -137,10 +137,13 @@ def test_click_on_described_target_opens_the_terminal(
         tool_call("computer", {"action": "done", "message": "A terminal is open."}),
     )
     assert not terminal_windows(stack), "a terminal was open before the task"
+    dock_module.wait_for_launcher(stack.display_num, stack.screen, dock, items)
 
     reply = chat(stack, "open a terminal from the dock")
 
     assert reply["status"] == "succeeded", reply
+    # The grounding first: when it failed, no terminal could appear.
+    assert len(vlm.requests) == 1 and tars.answers, "the VLM did not find the launcher"
     # The window maps a moment after the launcher is pressed.
     deadline = time.monotonic() + 20
     while not terminal_windows(stack) and time.monotonic() < deadline:
@@ -149,7 +152,6 @@ def test_click_on_described_target_opens_the_terminal(
 
     # The VLM was asked about the planner's words and saw a smart-resized image
     # (UI-TARS-1.5 works on a 28-pixel grid), not the raw 1280x720 screen.
-    assert len(vlm.requests) == 1 and tars.answers, "the VLM did not find the launcher"
     assert TARGET in request_text(vlm.requests[0])
     (w, h) = tars.image_sizes[0]
     assert w % 28 == 0 and h % 28 == 0 and (w, h) != stack.screen

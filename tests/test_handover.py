@@ -162,7 +162,9 @@ def test_interrupted_task_resumes_on_the_next_planner(
     assert finished[0]["steps"] == 3
 
 
-async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any]]:
+async def newer_task_wins(
+    stack: LocalStack, llm: FakeLLM, planner_back_after: float
+) -> list[dict[str, Any]]:
     llm.reset()
     llm.push(move(100, 100), move(200, 200, delay=4.0))
     async with Session(stack) as session:
@@ -172,6 +174,9 @@ async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any
         # The person gives up on the stuck task and asks for something else.
         second = await session.submit("the second task")
         llm.push(tool_call("computer", {"action": "done", "message": "Second task done."}))
+        # Late enough, the first task's lease has run out before any planner
+        # is back, and the queue may hand it out before the second.
+        await asyncio.sleep(planner_back_after)
         stack.start_service("planner")
         await session.until("task.finished", task_id=second)
         # The first task comes back from the queue after its lease runs out
@@ -180,10 +185,11 @@ async def newer_task_wins(stack: LocalStack, llm: FakeLLM) -> list[dict[str, Any
     return session.seen
 
 
+@pytest.mark.parametrize("planner_back_after", [0.0, 14.0], ids=["newer-first", "stale-first"])
 def test_redelivered_task_does_not_override_a_newer_one(
-    handover_stack: LocalStack, llm: FakeLLM
+    handover_stack: LocalStack, llm: FakeLLM, planner_back_after: float
 ) -> None:
-    seen = asyncio.run(newer_task_wins(handover_stack, llm))
+    seen = asyncio.run(newer_task_wins(handover_stack, llm, planner_back_after))
     started = [e["task_id"] for e in seen if e["kind"] == "task.started"]
     finished = [(e["task_id"], e["status"]) for e in seen if e["kind"] == "task.finished"]
     assert len(started) == 2 and len(set(started)) == 2, started

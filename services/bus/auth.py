@@ -122,8 +122,10 @@ IDENTITIES: tuple[Identity, ...] = (
             # naks and terms go to the consumer's ack subjects.
             *_consume(subjects.TASKS_STREAM, subjects.PLANNER_DURABLE),
             f"$JS.ACK.{subjects.TASKS_STREAM}.{subjects.PLANNER_DURABLE}.>",
-            # A session's latest control, for a stop sent while its task queued.
+            # A session's latest control, for a stop sent while its task queued;
+            # the tasks queued behind a redelivered one, for a newer task.
             *_read_messages(subjects.CONTROLS_STREAM),
+            *_read_messages(subjects.TASKS_STREAM),
             # Session state: read and write the KV bucket.
             *_read_messages(KV_STREAM),
             KV_SUBJECTS,

@@ -150,12 +150,12 @@ class PlannerService(Service):
                 await msg.nack()
                 return
             resume: SessionState | None = None
-            if msg.raw_message.metadata.num_delivered > 1:
+            metadata = msg.raw_message.metadata
+            if metadata.num_delivered > 1:
                 state = await sessions.load_state(broker, task.session_id)
-                if state is not None and state.task_id != task.task_id:
-                    # The session has moved on to a newer task since this one
-                    # was interrupted: running it now would start it over and
-                    # fight the newer one for the desktop.
+                if await self._session_moved_on(task, state, metadata.sequence.stream):
+                    # Running it now would start it over and fight the newer
+                    # task for the desktop.
                     log.warning(
                         "dropping redelivered task %s: session %s has moved on",
                         task.task_id,
@@ -192,6 +192,22 @@ class PlannerService(Service):
             if control is not None:
                 log.info("session %s: %s", command.session_id, command.command)
                 control.apply(command.command, command.text)
+
+    async def _session_moved_on(
+        self, task: TaskSubmitted, state: SessionState | None, stream_sequence: int
+    ) -> bool:
+        """Whether a newer task of the same session exists, so ``task`` (redelivered) is stale.
+
+        Newer means: it owns the session state, runs here, or waits in the
+        queue behind this one (the queue may hand this task back before the
+        newer one, when the replica that had it died a while ago).
+        """
+        if state is not None and state.task_id != task.task_id:
+            return True
+        running = self.runners.get(task.session_id)
+        if running is not None and running.task.submitted_at > task.submitted_at:
+            return True
+        return await newer_task_queued(self.broker, task, stream_sequence)
 
     def _desktop_gone(self, sandbox_id: str, reason: str) -> None:
         for runner in list(self.runners.values()):
@@ -294,6 +310,48 @@ async def _settle_delivery(
         await (delivery.ack() if how == "ack" else delivery.nack())
     except Exception as exc:
         log.warning("could not %s task %s: %s", how, task.task_id, exc)
+
+
+# Past this many queued tasks the look-ahead gives up: the task runs, and a
+# newer task of its session that arrives later still replaces it.
+_QUEUE_LOOKAHEAD = 200
+
+
+async def newer_task_queued(broker: NatsBroker, task: TaskSubmitted, after: int) -> bool:
+    """Whether the tasks queue holds a later task of ``task``'s session, past sequence ``after``.
+
+    The queue keeps a task until it is acknowledged, so a newer task that is
+    waiting or running elsewhere is still there. Read failures count as "no":
+    the task runs, as it did before this check.
+    """
+    manager = jetstream(broker)
+    sequence = after + 1
+    try:
+        for _ in range(_QUEUE_LOOKAHEAD):
+            try:
+                raw = await asyncio.wait_for(
+                    manager.get_msg(
+                        subjects.TASKS_STREAM, seq=sequence, subject=subjects.TASK_SUBMIT, next=True
+                    ),
+                    2.0,
+                )
+            except NotFoundError:
+                return False  # nothing after it
+            try:
+                later = TaskSubmitted.model_validate_json(raw.data or b"")
+            except ValidationError:
+                later = None  # the planner that pulls it rejects it
+            if (
+                later is not None
+                and later.session_id == task.session_id
+                and later.task_id != task.task_id
+                and later.submitted_at >= task.submitted_at
+            ):
+                return True
+            sequence = (raw.seq or sequence) + 1
+    except Exception as exc:
+        log.warning("session %s: could not look at the tasks queue: %s", task.session_id, exc)
+    return False
 
 
 async def stopped_while_queued(broker: NatsBroker, task: TaskSubmitted) -> bool:

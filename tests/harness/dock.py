@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageGrab
 
 TERMINAL_LAUNCHER = "xfce4-terminal-emulator.desktop"
 
@@ -57,6 +57,25 @@ def dock_window(display_num: int, screen_h: int, timeout: float = 30.0) -> Box:
                 return box
         time.sleep(0.3)
     raise AssertionError("no dock panel at the bottom of the screen")
+
+
+def wait_for_launcher(
+    display_num: int, screen: tuple[int, int], dock: Box, items: list[str], timeout: float = 30.0
+) -> Launcher:
+    """The terminal launcher once the dock shows every item's icon.
+
+    On a loaded machine the panel maps its window before its icons are
+    drawn; a model shown that half-drawn dock could not find the launcher.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        shot = ImageGrab.grab(xdisplay=f":{display_num}").convert("RGB")
+        launcher = find_launcher(shot, screen, dock, items)
+        if launcher is not None:
+            return launcher
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the dock did not show its {len(items)} items in {timeout} s")
+        time.sleep(0.3)
 
 
 def dock_items(home: Path) -> list[str]:
