@@ -55,8 +55,23 @@ def ink_centre(image: Image.Image) -> tuple[float, float]:
     return (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
 
 
+def settled_capture(desk: Desktop, timeout: float = 15.0) -> Image.Image:
+    """A screenshot once two in a row agree: on a loaded machine the desktop
+    may still be drawing (the panel, the message's font) when first captured."""
+    deadline = time.monotonic() + timeout
+    previous = capture(desk)
+    while True:
+        time.sleep(0.5)
+        current = capture(desk)
+        if np.array_equal(np.asarray(previous), np.asarray(current)):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the desktop kept changing for {timeout} s")
+        previous = current
+
+
 @pytest.fixture(scope="module")
-def message_on_screen(desktop: Desktop) -> Iterator[Image.Image]:
+def message_window(desktop: Desktop) -> Iterator[Desktop]:
     proc = subprocess.Popen(
         [
             "xmessage", "-bg", "white",
@@ -69,12 +84,17 @@ def message_on_screen(desktop: Desktop) -> Iterator[Image.Image]:
     )  # fmt: skip
     try:
         desktop.wait_for_window("xmessage")
-        time.sleep(1.0)
-        yield capture(desktop)
+        yield desktop
     finally:
         proc.terminate()
         proc.wait(10)
         api.shutdown()
+
+
+@pytest.fixture
+def message_on_screen(message_window: Desktop) -> Image.Image:
+    # Taken for each test, so a retried test does not reuse a bad screenshot.
+    return settled_capture(message_window)
 
 
 def request_for(image: Image.Image, description: str) -> GroundRequest:
