@@ -8,8 +8,10 @@ NATS subscription per browser tab.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,9 +55,18 @@ class Listener:
         return self.kinds is None or event.kind in self.kinds
 
 
+# How many recent events the hub remembers to drop a repeat: far more than
+# a publisher re-sends after losing a NATS node (one queue's worth).
+RECENT_EVENTS = 4096
+
+
 @dataclass
 class EventHub:
     listeners: set[Listener] = field(default_factory=set)
+    # A publisher that lost its NATS node re-sends what the stream did not
+    # acknowledge, and the first copy may have reached live subscribers
+    # already; a repeat is byte for byte the same event (same ``at``).
+    _recent: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
     @contextmanager
     def listen(
@@ -74,6 +85,13 @@ class EventHub:
 
     def dispatch(self, event: SessionEvent) -> None:
         frame = Frame(text=event.model_dump_json(), event=event)
+        digest = hashlib.blake2b(frame.text.encode(), digest_size=16).digest()
+        if digest in self._recent:
+            log.debug("dropped a repeated %s event of session %s", event.kind, event.session_id)
+            return
+        self._recent[digest] = None
+        if len(self._recent) > RECENT_EVENTS:
+            self._recent.popitem(last=False)
         for listener in list(self.listeners):
             if listener.wants(event):
                 self._offer(listener, frame)

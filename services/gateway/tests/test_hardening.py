@@ -258,7 +258,9 @@ async def test_cookie_requests_that_change_state_need_this_origin(app: AppOnBus)
             response = await browser.post("/api/sessions", headers=headers)
             assert response.status_code == 403, (headers, response.text)
             assert "Origin" in response.json()["detail"]
-        delete = await browser.delete("/api/sessions/x-1", headers={"Origin": "http://evil.invalid"})
+        delete = await browser.delete(
+            "/api/sessions/x-1", headers={"Origin": "http://evil.invalid"}
+        )
         assert delete.status_code == 403
 
         assert (await browser.post("/api/sessions", headers={"Origin": here})).status_code == 201

@@ -158,9 +158,7 @@ async def test_two_sessions_two_desktops(gateway: Served, bus: NatsBroker) -> No
                     await view.request_update()
                     await asyncio.wait_for(view.read_update(), 10)
                     colours = {
-                        view.pixel(x, y)
-                        for x in range(0, WIDTH, 37)
-                        for y in range(0, HEIGHT, 29)
+                        view.pixel(x, y) for x in range(0, WIDTH, 37) for y in range(0, HEIGHT, 29)
                     }
                     if len(colours) > 20 or time.monotonic() > deadline:
                         break

@@ -157,3 +157,24 @@ async def test_vnc_bridge_unreachable_server_is_a_clear_error(served: Served) ->
         # Still serving, and only the bridge failed.
         assert (await client.get("/healthz")).status_code == 200
     assert not served.service.server.should_exit
+
+
+async def test_a_repeated_event_reaches_the_page_once(served: Served, bus: NatsBroker) -> None:
+    """A publisher that lost its NATS node sends an unacknowledged event again."""
+    sid = f"s{uuid.uuid4().hex[:8]}"
+    async with connect(
+        served.ws_url + f"/ws/events?session_id={sid}", additional_headers=served.auth
+    ) as ws:
+        await asyncio.wait_for(ws.recv(), 5)
+        first = AgentMessage(session_id=sid, task_id="t", text="once")
+        for event in (first, first, AgentMessage(session_id=sid, task_id="t", text="once")):
+            await bus.publish(event, subjects.session_event(sid, "message"))
+        await bus.publish(
+            AgentMessage(session_id=sid, task_id="t", text="last"),
+            subjects.session_event(sid, "message"),
+        )
+        texts = []
+        while not texts or texts[-1] != "last":
+            texts.append(json.loads(await asyncio.wait_for(ws.recv(), 5))["text"])
+        # The same event twice is one; another event with the same words is not.
+        assert texts == ["once", "once", "last"], texts
