@@ -173,7 +173,7 @@ async def test_a_repeated_event_reaches_the_page_once(served: Served, bus: NatsB
             AgentMessage(session_id=sid, task_id="t", text="last"),
             subjects.session_event(sid, "message"),
         )
-        texts = []
+        texts: list[str] = []
         while not texts or texts[-1] != "last":
             texts.append(json.loads(await asyncio.wait_for(ws.recv(), 5))["text"])
         # The same event twice is one; another event with the same words is not.
