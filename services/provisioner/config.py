@@ -40,11 +40,7 @@ class Settings(ServiceSettings):
     # machine's (native); not the container's own, which is new each time.
     # With several hosts on one bus each must have its own: it names the
     # host's request subjects (agent.provisioner.<host>.<op>) and its events.
-    host_name: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z0-9_.-]{1,128}$",
-        validation_alias=AliasChoices("PROVISIONER_HOST_NAME", "PROVISIONER_HOST"),
-    )
+    host_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     # Sandbox records (secrets included, mode 0600) and, natively, the homes.
     data_dir: Path = Field(default_factory=_default_data_dir)
 
