@@ -59,6 +59,8 @@ from .messages import (
 )
 from .sandboxes import (
     ConnectRequest,
+    HostCapacity,
+    HostSandbox,
     Lease,
     LeaseRequest,
     ProvisionerStatus,
@@ -129,6 +131,8 @@ __all__ = [
 # The provisioner's messages (schemas/sandboxes.py).
 __all__ += [
     "ConnectRequest",
+    "HostCapacity",
+    "HostSandbox",
     "Lease",
     "LeaseRequest",
     "ProvisionerStatus",

@@ -46,6 +46,7 @@ EXPORTED: dict[str, Any] = {
     "StatusRequest": sandboxes.StatusRequest,
     "ProvisionerStatus": sandboxes.ProvisionerStatus,
     "SandboxEvent": sandboxes.SandboxEvent,
+    "HostCapacity": sandboxes.HostCapacity,
     # Not a bus message: a line of a trajectory export's steps.jsonl.
     "TrajectoryStep": trajectory.TrajectoryStep,
 }
@@ -170,11 +171,38 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         "receive",
         "Sandboxes becoming ready, leased, released or lost (no secrets).",
     ),
+    (
+        "provisionerCapacity",
+        subjects.PROVISIONER_CAPACITY,
+        ["HostCapacity"],
+        "receive",
+        "Each provisioner host's free places, warm desktops and sandboxes, every 2 s and on "
+        "every change; a host silent for three intervals is gone.",
+    ),
+    *(
+        (
+            f"provisionerHost{op.capitalize()}",
+            f"agent.provisioner.{{host}}.{op}",
+            [request],
+            "request",
+            f"The same as agent.provisioner.{op}, answered by that host's provisioner only "
+            "(what the provisioners use among themselves).",
+        )
+        for op, request in (
+            ("lease", "LeaseRequest"),
+            ("release", "ReleaseRequest"),
+            ("connect", "ConnectRequest"),
+            ("status", "StatusRequest"),
+        )
+    ),
 ]
 _ID_PARAMETER = f"an id matching {subjects.ID_PATTERN}"
 # Only ids are subject-safe tokens; an event kind is itself dotted
 # ("task.started", "sandbox.ready").
-_PARAMETERS = {"kind": "the event kind, e.g. task.started (one or more tokens)"}
+_PARAMETERS = {
+    "kind": "the event kind, e.g. task.started (one or more tokens)",
+    "host": "a provisioner's host name as a token (selfagent.schemas.subjects.host_token)",
+}
 _REPLIES = {
     "ground": "GroundResult",
     "sandboxAct": "ActionResult",
@@ -183,6 +211,10 @@ _REPLIES = {
     "provisionerRelease": "Released",
     "provisionerConnect": "SandboxEndpoint",
     "provisionerStatus": "ProvisionerStatus",
+    "provisionerHostLease": "Lease",
+    "provisionerHostRelease": "Released",
+    "provisionerHostConnect": "SandboxEndpoint",
+    "provisionerHostStatus": "ProvisionerStatus",
 }
 
 

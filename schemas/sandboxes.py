@@ -106,15 +106,54 @@ class SandboxInfo(Message):
     session_id: str | None = None
     home: str = ""
     started_at: datetime | None = None
+    host: str = Field(default="", description="The provisioner host that runs it")
 
 
 class ProvisionerStatus(Reply):
+    """One host's sandboxes; asked on the shared subject, every live host's (``hosts``)."""
+
     host: str = ""
     backend: str = ""
     max_per_host: int = 0
     warm_target: int = 0
     waiting: int = Field(default=0, description="Lease requests waiting for capacity")
     sandboxes: list[SandboxInfo] = Field(default_factory=list)
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="The hosts whose sandboxes are listed (several when asked on the shared "
+        "subject with more than one provisioner); empty from an older provisioner",
+    )
+
+
+class HostSandbox(Message):
+    """A sandbox a host runs, named in its capacity announcement (no secrets)."""
+
+    sandbox_id: str
+    session_id: str | None = Field(default=None, description="The session holding it, if leased")
+
+
+class HostCapacity(Message):
+    """One provisioner's capacity, on ``agent.provisioner.capacity`` every few seconds and on
+    every change. A host not heard from for ``3 * interval`` seconds counts as gone."""
+
+    host: str = Field(description="The provisioner's host name")
+    instance: str = Field(
+        default="", description="This run of the provisioner (two claiming one host name show)"
+    )
+    free: int = Field(ge=0, description="Places a new desktop could take now (max minus in use)")
+    warm: int = Field(ge=0, description="Warm desktops ready for a new session")
+    starting: int = Field(ge=0, description="Desktops starting")
+    leased: int = Field(ge=0, description="Desktops held by sessions")
+    max: int = Field(ge=0, description="Desktops at most (PROVISIONER_MAX_PER_HOST)")
+    waiting: int = Field(default=0, ge=0, description="Lease requests waiting for a place")
+    stopping: bool = Field(
+        default=False, description="The provisioner is stopping: send it nothing new"
+    )
+    interval: float = Field(default=2.0, gt=0, description="Seconds between announcements")
+    sandboxes: list[HostSandbox] = Field(
+        default_factory=list, description="Its sandboxes, so a session's requests find its host"
+    )
+    at: datetime = Field(default_factory=_now)
 
 
 # --- events (agent.provisioner.event.<kind>) --------------------------------
@@ -145,6 +184,9 @@ class SandboxReleased(_SandboxEvent):
     session_id: str | None = None
     reason: Literal["released", "idle", "shutdown", "evicted"] = "released"
     home_kept: bool = True
+    detail: str = Field(
+        default="", description="Why, in words, when the reason alone does not say it"
+    )
 
 
 class SandboxLost(_SandboxEvent):

@@ -20,11 +20,14 @@ subject                            pattern             payload
 ``agent.provisioner.connect``      request             ConnectRequest -> SandboxEndpoint
 ``agent.provisioner.status``       request             StatusRequest -> ProvisionerStatus
 ``agent.provisioner.event.<k>``    publish             SandboxEvent, ``<k>`` = event kind
+``agent.provisioner.capacity``     publish             HostCapacity, every 2 s and on change
+``agent.provisioner.<host>.<op>``  request             one host's lease/release/connect/status
 =================================  ==================  =====================================
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
@@ -117,6 +120,39 @@ PROVISIONER_RELEASE = "agent.provisioner.release"
 PROVISIONER_CONNECT = "agent.provisioner.connect"
 PROVISIONER_STATUS = "agent.provisioner.status"
 PROVISIONER_EVENTS_ALL = "agent.provisioner.event.>"
+# Every provisioner announces its capacity here (HostCapacity).
+PROVISIONER_CAPACITY = "agent.provisioner.capacity"
+# The shared request subjects are served by one provisioner of the queue group,
+# which answers itself or hands the request to the host that holds the session.
+PROVISIONER_QUEUE = "provisioner"
+PROVISIONER_OPS: Final = ("lease", "release", "connect", "status")
+# One host's own subjects, for every op: agent.provisioner.<host>.<op>.
+PROVISIONER_HOST_ALL: Final = tuple(f"agent.provisioner.*.{op}" for op in PROVISIONER_OPS)
+PROVISIONER_HOST_CONNECT_ALL = "agent.provisioner.*.connect"
+PROVISIONER_HOST_STATUS_ALL = "agent.provisioner.*.status"
+
+
+def host_token(host: str) -> str:
+    """A host name as a subject token.
+
+    Host names may hold dots (a machine's FQDN), which would split the
+    token; they become ``_``. A name too long for a token keeps its start
+    and a hash of the whole, and ``event`` is not a host token (it would
+    fall under ``agent.provisioner.event.>``).
+    """
+    token = re.sub(r"[^A-Za-z0-9_-]", "_", host) or "_"
+    if len(token) > 64:
+        token = f"{token[:47]}-{hashlib.sha256(host.encode()).hexdigest()[:16]}"
+    if token == "event":
+        token = "event_"
+    return check_token(token)
+
+
+def provisioner_host(host: str, op: str) -> str:
+    """One host's own subject for ``op`` (lease, release, connect, status)."""
+    if op not in PROVISIONER_OPS:
+        raise ValueError(f"op must be one of {PROVISIONER_OPS}, not {op!r}")
+    return f"agent.provisioner.{host_token(host)}.{op}"
 
 
 def provisioner_event(kind: str) -> str:

@@ -17,6 +17,11 @@ class Settings(ServiceSettings):
     # per_session: serve every desktop the provisioner leases.
     desktops: DesktopsMode = desktops_field("ACTUATOR_")
     sandbox_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Per-session desktops with several provisioner hosts: the host this
+    # actuator runs on (its provisioner's PROVISIONER_HOST_NAME). It then
+    # serves only that host's desktops and leaves the others' requests to
+    # their own actuators. None: every leased desktop, whichever host runs it.
+    host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     # Per-session desktops: how long the provisioner may take to say how to
     # reach a desktop, and how often leases are checked for missed releases.
     connect_timeout: float = Field(default=5.0, gt=0)

@@ -18,6 +18,7 @@ from faststream.nats.annotations import NatsMessage
 from pydantic import BaseModel
 
 from selfagent.bus import (
+    NO_REPLY,
     RemoteError,
     RequestTimeout,
     Service,
@@ -28,6 +29,7 @@ from selfagent.bus import (
     typed_handler,
     typed_subject_handler,
 )
+from selfagent.bus.hosts import Peers
 from selfagent.errors import DesktopUnavailable, InvalidMessage
 from selfagent.schemas import (
     ActionResult,
@@ -37,6 +39,7 @@ from selfagent.schemas import (
     ControlCommand,
     ErrorCode,
     ErrorInfo,
+    HostCapacity,
     Observation,
     ObserveRequest,
     ProvisionerStatus,
@@ -92,6 +95,11 @@ class ActuatorService(Service):
         self.gate = ApprovalGate(load_policy(settings.policy_file), self._publish)
         self.fixed: set[str] = set()
         self._opening: set[asyncio.Task[None]] = set()
+        # With a host of its own: what the other hosts hold, from their
+        # capacity announcements and the events of their leases.
+        self.host = settings.host if settings.desktops == "per_session" else None
+        self.peers = Peers(self.host or "", self.instance)
+        self._elsewhere: dict[str, str] = {}
         if settings.desktops == "fixed":
             self.fixed.add(settings.sandbox_id)
             self.fleet.add(Served.open(settings.sandbox_id, _fixed_endpoint(settings), settings))
@@ -168,8 +176,11 @@ class ActuatorService(Service):
             description="Execute one action on a leased desktop",
         )
         @typed_subject_handler(broker, SERVICE, ActRequest, subjects.SANDBOX_ACT_ALL)
-        async def act(request: ActRequest, subject: str) -> ActionResult:
-            return await self._act(_sandbox_of(subject), request)
+        async def act(request: ActRequest, subject: str) -> ActionResult | BaseModel:
+            sandbox_id = _sandbox_of(subject)
+            if self._other_hosts(sandbox_id):
+                return NO_REPLY
+            return await self._act(sandbox_id, request)
 
         @broker.subscriber(
             subjects.SANDBOX_OBSERVE_ALL,
@@ -178,8 +189,11 @@ class ActuatorService(Service):
             description="Take a screenshot of a leased desktop",
         )
         @typed_subject_handler(broker, SERVICE, ObserveRequest, subjects.SANDBOX_OBSERVE_ALL)
-        async def observe(request: ObserveRequest, subject: str) -> Observation:
-            return await self._observe(_sandbox_of(subject), request)
+        async def observe(request: ObserveRequest, subject: str) -> Observation | BaseModel:
+            sandbox_id = _sandbox_of(subject)
+            if self._other_hosts(sandbox_id):
+                return NO_REPLY
+            return await self._observe(sandbox_id, request)
 
         @broker.subscriber(subjects.PROVISIONER_EVENTS_ALL, title="sandbox events")
         async def on_sandbox_event(msg: NatsMessage) -> None:
@@ -187,18 +201,41 @@ class ActuatorService(Service):
             try:
                 if subject.endswith(".sandbox.leased"):
                     leased = parse(SandboxLeased, msg.body, subject)
+                    if self.host is not None and leased.host != self.host:
+                        self._elsewhere[leased.sandbox_id] = leased.host
+                        return
                     # In the background: opening waits for the VNC handshake.
                     opening = asyncio.create_task(self.fleet.open_soon(leased.sandbox_id))
                     self._opening.add(opening)
                     opening.add_done_callback(self._opening.discard)
                 elif subject.endswith(".sandbox.released"):
                     released = parse(SandboxReleased, msg.body, subject)
+                    self._elsewhere.pop(released.sandbox_id, None)
                     await self.fleet.close(released.sandbox_id, f"released ({released.reason})")
                 elif subject.endswith(".sandbox.lost"):
                     lost = parse(SandboxLost, msg.body, subject)
+                    self._elsewhere.pop(lost.sandbox_id, None)
                     await self.fleet.close(lost.sandbox_id, f"lost: {lost.reason}")
             except InvalidMessage as exc:
                 log.warning("ignoring a sandbox event: %s", exc)
+
+        if self.host is not None:
+
+            @broker.subscriber(subjects.PROVISIONER_CAPACITY, title="host capacity")
+            @typed_handler(broker, SERVICE, HostCapacity, subjects.PROVISIONER_CAPACITY)
+            async def on_capacity(announced: HostCapacity) -> None:
+                self.peers.heard(announced)
+
+    def _other_hosts(self, sandbox_id: str) -> bool:
+        """Whether another host's actuator answers for this sandbox (only with a host set).
+
+        A sandbox this actuator serves, or nobody is known to hold, is answered
+        here: by the desktop, or by the error that it is unavailable.
+        """
+        if self.host is None or self.fleet.served(sandbox_id) is not None:
+            return False
+        elsewhere = self._elsewhere.get(sandbox_id) or self.peers.holder_of_sandbox(sandbox_id)
+        return elsewhere is not None and elsewhere != self.host
 
     def _subscribe_controls(self) -> None:
         broker = self.broker
@@ -208,10 +245,18 @@ class ActuatorService(Service):
         async def on_control(command: ControlCommand) -> None:
             self.gate.on_control(command)
 
+    def _provisioner(self, op: str) -> str:
+        """Its own host's provisioner when it has one, else whichever the bus picks."""
+        if self.host is None:
+            return {"connect": subjects.PROVISIONER_CONNECT, "status": subjects.PROVISIONER_STATUS}[
+                op
+            ]
+        return subjects.provisioner_host(self.host, op)
+
     async def _connect(self, sandbox_id: str) -> SandboxEndpoint:
         return await request(
             self.broker,
-            subjects.PROVISIONER_CONNECT,
+            self._provisioner("connect"),
             ConnectRequest(sandbox_id=sandbox_id),
             SandboxEndpoint,
             timeout=self.settings.connect_timeout,
@@ -239,7 +284,7 @@ class ActuatorService(Service):
             try:
                 status = await request(
                     self.broker,
-                    subjects.PROVISIONER_STATUS,
+                    self._provisioner("status"),
                     StatusRequest(),
                     ProvisionerStatus,
                     timeout=self.settings.connect_timeout,
@@ -259,7 +304,11 @@ class ActuatorService(Service):
         self.spawn(self._heartbeat(), name="actuator-heartbeat")
         if self.settings.desktops == "per_session":
             self.spawn(self._reconcile(), name="actuator-reconcile")
-            log.info("actuator %s ready: serving every leased desktop", self.instance)
+            log.info(
+                "actuator %s ready: serving every leased desktop%s",
+                self.instance,
+                f" of host {self.host}" if self.host else "",
+            )
         else:
             log.info("actuator %s ready for sandbox %r", self.instance, self.settings.sandbox_id)
 

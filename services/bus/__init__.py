@@ -2,6 +2,7 @@
 
 from .broker import (
     MAX_PAYLOAD,
+    NO_REPLY,
     error_reply,
     make_broker,
     parse,
@@ -19,6 +20,7 @@ from .settings import DesktopsMode, ServiceSettings, desktops_field
 
 __all__ = [
     "MAX_PAYLOAD",
+    "NO_REPLY",
     "BusError",
     "DesktopsMode",
     "InvalidMessage",

@@ -151,12 +151,16 @@ IDENTITIES: tuple[Identity, ...] = (
     ),
     Identity(
         "actuator",
-        "the only subscriber of act and observe; asks the provisioner for desktops; "
-        "asks for approvals (events) and reads the decisions (controls)",
+        "the only subscriber of act and observe; asks the provisioner (its host's, with "
+        "ACTUATOR_HOST) for desktops; asks for approvals (events) and reads the decisions "
+        "(controls)",
         publish=(
             subjects.ACTUATOR_HEARTBEAT,
             subjects.PROVISIONER_CONNECT,
             subjects.PROVISIONER_STATUS,
+            # With ACTUATOR_HOST: its own host's provisioner.
+            subjects.PROVISIONER_HOST_CONNECT_ALL,
+            subjects.PROVISIONER_HOST_STATUS_ALL,
             # Its approval events only: it cannot speak for the planner.
             subjects.APPROVAL_EVENTS_ALL,
             subjects.dead_letter("actuator"),
@@ -165,6 +169,8 @@ IDENTITIES: tuple[Identity, ...] = (
             subjects.SANDBOX_ACT_ALL,
             subjects.SANDBOX_OBSERVE_ALL,
             subjects.PROVISIONER_EVENTS_ALL,
+            # Which host holds which sandbox: it leaves other hosts' to their actuators.
+            subjects.PROVISIONER_CAPACITY,
             subjects.SESSION_CONTROL_ALL,
         ),
         responds=True,
@@ -197,11 +203,14 @@ IDENTITIES: tuple[Identity, ...] = (
     ),
     Identity(
         "provisioner",
-        "leases desktops, reports their events, follows session activity",
+        "leases desktops, reports their events and its host's capacity, follows session "
+        "activity; hands a shared request to the host that holds the session",
         publish=(
             subjects.PROVISIONER_EVENTS_ALL,
-            # It asks itself once at start, to know requests reach it.
-            subjects.PROVISIONER_STATUS,
+            subjects.PROVISIONER_CAPACITY,
+            # Requests handed to another host (and, once at start, to itself
+            # to know requests reach it).
+            *subjects.PROVISIONER_HOST_ALL,
             subjects.dead_letter("provisioner"),
         ),
         subscribe=(
@@ -209,6 +218,8 @@ IDENTITIES: tuple[Identity, ...] = (
             subjects.PROVISIONER_RELEASE,
             subjects.PROVISIONER_CONNECT,
             subjects.PROVISIONER_STATUS,
+            *subjects.PROVISIONER_HOST_ALL,
+            subjects.PROVISIONER_CAPACITY,
             subjects.SESSION_EVENTS_ALL,
         ),
         responds=True,

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -618,6 +618,20 @@ async def request(
 HandlerFn = Callable[[NatsMessage], Awaitable[BaseModel | None]]
 
 
+class _NoReply(BaseModel):
+    """What a handler returns to stay silent on a request another subscriber answers."""
+
+
+NO_REPLY: Final = _NoReply()
+"""Return this from a typed handler to send no reply at all.
+
+For subjects several services subscribe to without a queue group (an
+actuator per host on ``agent.sandbox.*.act``): the one that does not serve
+the sandbox leaves the answer to the one that does, since a requester keeps
+the first reply it gets.
+"""
+
+
 def typed_handler(
     broker: NatsBroker,
     service: str,
@@ -673,12 +687,18 @@ def _wrap(
         except InvalidMessage as exc:
             return await reject(broker, service, msg, exc)
         try:
-            return await call(parsed, msg.raw_message.subject)
+            result = await call(parsed, msg.raw_message.subject)
         except Exception as exc:
             log.exception("%s: handler for %s failed", service, subject)
             if msg.reply_to:
                 return error_reply(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             return None
+        if result is NO_REPLY:
+            # FastStream answers a request with whatever the handler returned,
+            # None included, unless the message has no reply subject.
+            msg.reply_to = ""
+            return None
+        return result
 
     handler.__name__ = getattr(named, "__name__", "handler")
     handler.__doc__ = named.__doc__

@@ -234,7 +234,8 @@ class PlannerService(Service):
         @broker.subscriber(released_subject, title="sandbox.released")
         @typed_handler(broker, SERVICE, SandboxReleased, released_subject)
         async def on_released(event: SandboxReleased) -> None:
-            self._desktop_gone(event.sandbox_id, f"was released ({event.reason})")
+            why = f"{event.reason}: {event.detail}" if event.detail else event.reason
+            self._desktop_gone(event.sandbox_id, f"was released ({why})")
 
     def start_task(
         self, task: TaskSubmitted, delivery: NatsMessage, resume: SessionState | None = None

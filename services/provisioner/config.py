@@ -38,6 +38,8 @@ class Settings(ServiceSettings):
     # adopts or removes only what carries its own name, so it must not change
     # across restarts. Empty: the Docker engine's host name (docker), this
     # machine's (native); not the container's own, which is new each time.
+    # With several hosts on one bus each must have its own: it names the
+    # host's request subjects (agent.provisioner.<host>.<op>) and its events.
     host_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     # Sandbox records (secrets included, mode 0600) and, natively, the homes.
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -67,6 +69,9 @@ class Settings(ServiceSettings):
     # A leased desktop with no lease, connect or session event for this long
     # is released (its home kept). 0 never releases.
     idle_release: float = Field(default=1800.0, ge=0)
+    # How often this host announces its capacity (HostCapacity) besides on
+    # every change; a host silent for three intervals counts as gone.
+    capacity_interval: float = Field(default=2.0, gt=0)
     # How often desktops are checked for being alive and idle.
     check_interval: float = Field(default=5.0, gt=0)
     # Longest wait for one desktop to show its panel.

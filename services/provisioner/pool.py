@@ -36,6 +36,8 @@ from typing import Literal
 
 from selfagent.errors import CapacityExhausted, ProvisionerError, SandboxStartFailed, UnknownSandbox
 from selfagent.schemas import (
+    HostCapacity,
+    HostSandbox,
     SandboxInfo,
     SandboxLeased,
     SandboxLost,
@@ -97,6 +99,7 @@ class Pool:
         idle_release: float = 1800.0,
         check_interval: float = 5.0,
         publish: Publish | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
         self.state = state
@@ -107,6 +110,7 @@ class Pool:
         self.idle_release = idle_release
         self.check_interval = check_interval
         self._publish = publish
+        self._on_change = on_change
         self._slots: dict[str, Slot] = {}
         self._starting = asyncio.Semaphore(max_starting)
         self._queue: deque[object] = deque()
@@ -190,9 +194,35 @@ class Pool:
                 session_id=slot.session_id if slot.state == "leased" else None,
                 home=slot.home,
                 started_at=slot.handle.started_at if slot.handle else None,
+                host=self.host,
             )
             for slot in self._slots.values()
         ]
+
+    def capacity(self, *, instance: str, interval: float, stopping: bool) -> HostCapacity:
+        """What this host announces: its room, and which sandboxes and sessions it holds."""
+        counts = dict.fromkeys(("starting", "warm", "leased", "stopping"), 0)
+        for slot in self._slots.values():
+            counts[slot.state] += 1
+        return HostCapacity(
+            host=self.host,
+            instance=instance,
+            free=max(0, self.max_per_host - len(self._slots)),
+            warm=counts["warm"],
+            starting=counts["starting"],
+            leased=counts["leased"],
+            max=self.max_per_host,
+            waiting=len(self._queue),
+            stopping=stopping or self._stopping,
+            interval=interval,
+            sandboxes=[
+                # A session's place counts from the moment it is promised,
+                # so its next request finds this host even while it starts.
+                HostSandbox(sandbox_id=slot.sandbox_id, session_id=slot.session_id)
+                for slot in self._slots.values()
+                if slot.state != "stopping"
+            ],
+        )
 
     @property
     def waiting(self) -> int:
@@ -223,6 +253,15 @@ class Pool:
         for slot in self._slots.values():
             if slot.session_id == session_id and slot.state == "leased":
                 slot.last_active = time.monotonic()
+
+    def holds(self, session_id: str) -> bool:
+        """Whether the session has (or is being given) a desktop here."""
+        if session_id in self._pending:
+            return True
+        return any(
+            slot.session_id == session_id and slot.state != "stopping"
+            for slot in self._slots.values()
+        )
 
     def _leased_by(self, session_id: str) -> Slot | None:
         for slot in self._slots.values():
@@ -505,6 +544,9 @@ class Pool:
                 session_id=slot.session_id,
                 reason=reason,
                 home_kept=kept,
+                detail=f"the provisioner of host {self.host} stopped"
+                if reason == "shutdown"
+                else "",
             )
         )
 
@@ -559,6 +601,8 @@ class Pool:
         """Wake everything waiting for a change (waiting leases, the refill loop)."""
         self._changed.set()
         self._changed = asyncio.Event()
+        if self._on_change is not None:
+            self._on_change()
 
     async def _emit(self, event: SandboxEvent) -> None:
         if self._publish is None:

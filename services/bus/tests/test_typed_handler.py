@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import pytest
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from pydantic import BaseModel
 
-from selfagent.bus import RemoteError, make_broker, request, typed_handler
+from selfagent.bus import NO_REPLY, RemoteError, RequestTimeout, make_broker, request, typed_handler
 from selfagent.schemas import DeadLetter, ErrorCode, ErrorReply, Reply, subjects
 from selfagent.schemas.messages import Message
 from tests.harness.bus import BusVariant, bus_variant
@@ -117,3 +118,43 @@ async def test_unexpected_exception_is_an_internal_error_reply(bus_variant: BusV
         assert (await request(p.broker, p.subject, Ping(n=3), Pong, timeout=5)).n == 4
     assert [m.n for m in p.seen] == [1, 2, 3]
     assert p.letters.empty()
+
+
+async def test_no_reply_leaves_the_request_to_the_subscriber_that_answers(
+    bus_variant: BusVariant,
+) -> None:
+    if not bus_variant.real:
+        pytest.skip("who answers first is the server's doing: a real nats-server only")
+    service = f"probe{uuid.uuid4().hex[:8]}"
+    subject = f"test.{service}.ping"
+    broker = make_broker(bus_variant.url, service)
+    silent_saw: list[int] = []
+
+    # Two subscribers without a queue group, as an actuator per host: the one
+    # that is not concerned answers at once with NO_REPLY, the other later.
+    @broker.subscriber(subject)
+    @typed_handler(broker, service, Ping, subject)
+    async def silent(message: Ping) -> BaseModel:
+        silent_saw.append(message.n)
+        return NO_REPLY
+
+    @broker.subscriber(subject)
+    @typed_handler(broker, service, Ping, subject)
+    async def answers(message: Ping) -> Pong:
+        await asyncio.sleep(0.3)
+        return Pong(n=message.n + 1)
+
+    lonely = f"test.{service}.lonely"
+
+    @broker.subscriber(lonely)
+    @typed_handler(broker, service, Ping, lonely)
+    async def nobody(message: Ping) -> BaseModel:
+        return NO_REPLY
+
+    async with bus_variant.running(broker):
+        reply = await request(broker, subject, Ping(n=1), Pong, timeout=5)
+        assert reply.ok and reply.n == 2
+        # Alone, it sends nothing at all (not an empty reply): the request times out.
+        with pytest.raises(RequestTimeout):
+            await request(broker, lonely, Ping(n=1), Pong, timeout=0.5)
+    assert silent_saw == [1]
