@@ -137,6 +137,7 @@ IDENTITIES: tuple[Identity, ...] = (
         subscribe=(
             subjects.SESSION_CONTROL_ALL,
             subjects.ACTUATOR_HEARTBEAT,
+            subjects.GROUNDER_HEARTBEAT,
             subjects.provisioner_event("sandbox.lost"),
             subjects.provisioner_event("sandbox.released"),
         ),
@@ -144,7 +145,11 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity(
         "grounder",
         "answers grounding requests in its queue group",
-        publish=(subjects.status("grounder"), subjects.dead_letter("grounder")),
+        publish=(
+            subjects.status("grounder"),
+            subjects.dead_letter("grounder"),
+            subjects.GROUNDER_HEARTBEAT,
+        ),
         subscribe=(subjects.GROUND,),
         responds=True,
         requests=False,
