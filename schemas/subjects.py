@@ -53,6 +53,9 @@ PLANNER_DURABLE = "planner"
 EVENTS_STREAM = "AGENT_EVENTS"
 # KV bucket of SessionState records, keyed by session id.
 SESSIONS_BUCKET = "agent_sessions"
+# KV bucket of the gateway's take-over state (who holds which desktop, and
+# from which page), so that it survives a gateway restart.
+TAKEOVER_BUCKET = "agent_takeover"
 DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
 # The latest control command per session, so a stop sent while a task still
 # waits in the queue is seen by the planner that later takes it.

@@ -14,6 +14,9 @@ const state = {
   rfb: null,
   events: null,
   seen: new Set(),
+  // The events stream's sequence of the last history event read for the
+  // session shown: a reconnect (a gateway restart) reads only what came after.
+  lastSeq: 0,
   steps: new Map(),
   thoughts: new Set(),
   answers: new Set(),
@@ -392,9 +395,18 @@ function connectEvents(delay = 500) {
   ws.onopen = async () => {
     setDot('#events-status', 'connected', 'Events live');
     delay = 500;
+    // Listening first, then the stream's history from where the page left
+    // off: whatever happened while the socket was down (a gateway restart)
+    // is replayed, and what both deliver is shown once (handleEvent).
     try {
-      const history = await api(`/api/sessions/${sid}/events`);
-      if (sid === state.sessionId) history.events.forEach(handleEvent);
+      for (;;) {
+        const after = state.lastSeq ? `?after=${state.lastSeq}` : '';
+        const history = await api(`/api/sessions/${sid}/events${after}`);
+        if (sid !== state.sessionId || state.events !== ws) return;
+        history.events.forEach(handleEvent);
+        if (history.last_seq) state.lastSeq = history.last_seq;
+        if (!history.truncated || !history.events.length) break;
+      }
     } catch (err) {
       addError(`Could not load the session history: ${err.message}`);
     }
@@ -407,7 +419,9 @@ function connectEvents(delay = 500) {
     if (state.events !== ws) return;
     if (evt.code === 1008) { location.reload(); return; }
     setDot('#events-status', 'error', 'Events offline');
-    setTimeout(() => { if (state.events === ws) connectEvents(Math.min(delay * 2, 10000)); }, delay);
+    // Capped low: a restarted gateway is back within seconds, and the page
+    // should be too.
+    setTimeout(() => { if (state.events === ws) connectEvents(Math.min(delay * 2, 2000)); }, delay);
   };
 }
 
@@ -447,7 +461,7 @@ function connectDesktop(delay = 1000) {
     $('#screen-overlay-text').textContent =
       `${reason || (e.detail.clean ? 'The desktop closed the connection.' : 'Connection lost.')} Retrying…`;
     overlay.hidden = false;
-    setTimeout(() => { if (state.desktopGen === gen) connectDesktop(Math.min(delay * 2, 15000)); }, delay);
+    setTimeout(() => { if (state.desktopGen === gen) connectDesktop(Math.min(delay * 2, 4000)); }, delay);
   });
 }
 
@@ -744,6 +758,7 @@ function openSession(sid) {
   $('#session-id').title = sid;
   if (state.emptyTemplate) timeline().replaceChildren(state.emptyTemplate);
   state.seen.clear();
+  state.lastSeq = 0;
   state.steps.clear();
   state.thoughts.clear();
   state.answers.clear();
