@@ -434,6 +434,9 @@ async def _new_session(stack: LocalStack) -> str:
     return session
 
 
+STEPS_AT_LEAST = "(n) => document.querySelectorAll('[data-testid=\"step\"]').length >= n"
+
+
 async def _page_steps(page: Page) -> list[str]:
     numbers: list[str] = await page.eval_on_selector_all(
         tid("step"), "nodes => nodes.map(n => n.querySelector('.step-no').textContent)"
@@ -454,9 +457,7 @@ async def test_a_killed_gateway_loses_no_task_and_the_page_replays_what_it_misse
     page = await _open_page(browser, kill_stack, session)
     await page.wait_for_selector(VNC_LIVE, timeout=20000)
     await _submit(kill_stack, "[gw] count while the gateway restarts", session)
-    await page.wait_for_function(
-        f"document.querySelectorAll('{tid('step')}').length >= 2", timeout=60000
-    )
+    await page.wait_for_function(STEPS_AT_LEAST, arg=2, timeout=60000)
     executed_before = len(_of(await _stored(bus, session), "step.executed"))
     _kill(kill_stack, "gateway")
     await page.wait_for_selector('[data-testid="events-status"][data-state="error"]')
@@ -469,10 +470,7 @@ async def test_a_killed_gateway_loses_no_task_and_the_page_replays_what_it_misse
     stored = await _events(kill_stack, session)
     executed_now = len(_of(stored, "step.executed"))
     await page.wait_for_selector(EVENTS_LIVE, timeout=RECOVERY * 1000)
-    await page.wait_for_function(
-        f"document.querySelectorAll('{tid('step')}').length >= {executed_now}",
-        timeout=RECOVERY * 1000,
-    )
+    await page.wait_for_function(STEPS_AT_LEAST, arg=executed_now, timeout=RECOVERY * 1000)
     caught_up = time.monotonic() - up
     await page.wait_for_selector(VNC_LIVE, timeout=RECOVERY * 1000)
     vnc_back = time.monotonic() - up
@@ -486,6 +484,8 @@ async def test_a_killed_gateway_loses_no_task_and_the_page_replays_what_it_misse
     await asyncio.sleep(0.5)
     assert await _page_steps(page) == [str(n) for n in range(1, steps + 1)]
     assert len(await page.query_selector_all(tid("result"))) == 1
+    # It read on from where it was, not the whole history again.
+    assert f"/api/sessions/{session}/events?after=" in kill_stack.log("gateway")
     print(
         f"gateway killed: the page caught up {caught_up:.1f}s after the new gateway was up "
         f"(desktop view back after {vnc_back:.1f}s)"
@@ -541,7 +541,7 @@ async def test_take_over_survives_a_gateway_restart(
 ) -> None:
     router.scripts["hold"] = [
         computer(action="shell", command="echo $DISPLAY"),
-        *(computer(action="wait", seconds=0.5) for _ in range(30)),
+        *(computer(action="wait", seconds=0.5) for _ in range(20)),
         computer(action="done", message="released and done"),
     ]
     session = await _new_session(kill_stack)
@@ -584,6 +584,7 @@ async def test_take_over_survives_a_gateway_restart(
     spot, other = (900, 420), (1000, 300)
     await holder.mouse.click(*await _page_point(holder, *spot))
     assert await _pointer_at(display, spot), await asyncio.to_thread(_pointer, display)
+    landed = await asyncio.to_thread(_pointer, display)
     # Another page's input is still dropped, even when it sends it anyway.
     watcher = await _open_page(browser, kill_stack, session)
     await watcher.wait_for_selector(VNC_LIVE, timeout=20000)
@@ -591,7 +592,7 @@ async def test_take_over_survives_a_gateway_restart(
     await watcher.evaluate("window.selfagent.rfb.viewOnly = false")
     await watcher.mouse.click(*await _page_point(watcher, *other))
     await asyncio.sleep(0.5)
-    assert await asyncio.to_thread(_pointer, display) == spot
+    assert await asyncio.to_thread(_pointer, display) == landed
     # The agent stayed paused all along.
     held = await _events(kill_stack, session)
     executed = len(_of(held, "step.executed"))
@@ -603,7 +604,8 @@ async def test_take_over_survives_a_gateway_restart(
     await holder.click(tid("btn-release"))
     await holder.wait_for_selector(f'{tid("mode-badge")}[data-mode="view"]', timeout=5000)
     events = await _finished(kill_stack, session)
-    assert _of(events, "task.finished")[0]["status"] == "succeeded", events[-3:]
+    finish = _of(events, "task.finished")[0]
+    assert finish["status"] == "succeeded", (finish["reply"], finish["error"], events[-4:-1])
     _once_each(events)
     await holder.context.close()
     await watcher.context.close()
