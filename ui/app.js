@@ -387,33 +387,49 @@ function setDot(sel, status, text) {
   node.querySelector('.text').textContent = text;
 }
 
+// Reads the session's history on from state.lastSeq (the events stream's
+// sequence of the last event read): after the socket opens, whatever happened
+// while it was down (a gateway restart) is replayed; and a moment after live
+// events, so the position stays close behind them and a reconnect replays
+// little. What both the socket and the history deliver is shown once
+// (handleEvent).
+async function catchUp(sid, ws) {
+  for (;;) {
+    const after = state.lastSeq ? `?after=${state.lastSeq}` : '';
+    const history = await api(`/api/sessions/${sid}/events${after}`);
+    if (sid !== state.sessionId || state.events !== ws) return;
+    history.events.forEach(handleEvent);
+    state.lastSeq = Math.max(state.lastSeq, history.last_seq || 0);
+    if (!history.truncated || !history.events.length) return;
+  }
+}
+
 function connectEvents(delay = 500) {
   const sid = state.sessionId;
   const ws = new WebSocket(`${wsBase}/ws/events?session_id=${encodeURIComponent(sid)}`);
   state.events = ws;
+  let pending = null;
   setDot('#events-status', 'connecting', 'Events');
   ws.onopen = async () => {
     setDot('#events-status', 'connected', 'Events live');
     delay = 500;
-    // Listening first, then the stream's history from where the page left
-    // off: whatever happened while the socket was down (a gateway restart)
-    // is replayed, and what both deliver is shown once (handleEvent).
     try {
-      for (;;) {
-        const after = state.lastSeq ? `?after=${state.lastSeq}` : '';
-        const history = await api(`/api/sessions/${sid}/events${after}`);
-        if (sid !== state.sessionId || state.events !== ws) return;
-        history.events.forEach(handleEvent);
-        if (history.last_seq) state.lastSeq = history.last_seq;
-        if (!history.truncated || !history.events.length) break;
-      }
+      await catchUp(sid, ws);
     } catch (err) {
       addError(`Could not load the session history: ${err.message}`);
     }
   };
   ws.onmessage = (msg) => {
     if (state.events !== ws) return; // a socket of the session shown before
-    try { handleEvent(JSON.parse(msg.data)); } catch (err) { console.error('bad event', err); }
+    let ev;
+    try { ev = JSON.parse(msg.data); } catch (err) { console.error('bad event', err); return; }
+    handleEvent(ev);
+    if (ev.kind !== 'gateway.takeover' && !pending) {
+      pending = setTimeout(() => {
+        pending = null;
+        catchUp(sid, ws).catch(() => { /* the next event or reconnect tries again */ });
+      }, 1500);
+    }
   };
   ws.onclose = (evt) => {
     if (state.events !== ws) return;
