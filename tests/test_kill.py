@@ -237,7 +237,7 @@ async def _stored(bus: NatsBroker, session_id: str) -> list[dict[str, Any]]:
     )
     events: list[dict[str, Any]] = []
     try:
-        pending = (await sub.consumer_info()).num_pending
+        pending = (await sub.consumer_info()).num_pending or 0
         while len(events) < pending:
             msg = await sub.next_msg(timeout=5)
             events.append(json.loads(msg.data))
