@@ -35,6 +35,7 @@ EXPORTED: dict[str, Any] = {
     "ErrorReply": messages.ErrorReply,
     "DeadLetter": messages.DeadLetter,
     "ActuatorHeartbeat": messages.ActuatorHeartbeat,
+    "GrounderHeartbeat": messages.GrounderHeartbeat,
     "ModelStatus": messages.ModelStatus,
     "SessionState": messages.SessionState,
     "LeaseRequest": sandboxes.LeaseRequest,
@@ -121,6 +122,14 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         ["ActuatorHeartbeat"],
         "receive",
         "Each running actuator, every second: its instance and the desktops it serves.",
+    ),
+    (
+        "grounderHeartbeat",
+        subjects.GROUNDER_HEARTBEAT,
+        ["GrounderHeartbeat"],
+        "receive",
+        "Each grounder replica, every second and when it takes a request: "
+        "the requests it is working on.",
     ),
     (
         "modelStatus",

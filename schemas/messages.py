@@ -335,6 +335,25 @@ class ActuatorHeartbeat(Message):
     at: datetime = Field(default_factory=_now)
 
 
+class GrounderHeartbeat(Message):
+    """Published every second by each grounder replica on ``agent.grounder.heartbeat``,
+    and at once when it takes a request.
+
+    ``grounding`` names the requests (``GroundRequest.request_id``) it is
+    working on. A planner waiting for a grounding watches the replica that
+    took its request: when that replica falls silent (it died with the
+    request), the planner asks again instead of waiting out its grounding
+    timeout. Grounding changes nothing on the desktop, so asking again is safe.
+    """
+
+    instance: str
+    started_at: datetime
+    grounding: list[str] = Field(
+        default_factory=list, description="The request ids it is working on now"
+    )
+    at: datetime = Field(default_factory=_now)
+
+
 class ModelStatus(Message):
     """What a service found at its model endpoint; on ``agent.status.<service>`` every 10 s.
 

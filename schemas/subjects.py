@@ -13,6 +13,7 @@ subject                            pattern             payload
 ``agent.sandbox.<box>.act``        request             ActRequest -> ActionResult
 ``agent.sandbox.<box>.observe``    request             ObserveRequest -> Observation
 ``agent.actuator.heartbeat``       publish             ActuatorHeartbeat, every second
+``agent.grounder.heartbeat``       publish             GrounderHeartbeat, every second
 ``agent.status.<service>``         publish             ModelStatus, every 10 s (planner, grounder)
 ``agent.deadletter.<service>``     publish (stream)    DeadLetter
 ``agent.provisioner.lease``        request             LeaseRequest -> Lease
@@ -36,6 +37,7 @@ GROUND = "agent.ground"
 
 GROUNDER_QUEUE = "grounder"
 ACTUATOR_HEARTBEAT = "agent.actuator.heartbeat"
+GROUNDER_HEARTBEAT = "agent.grounder.heartbeat"
 STATUS_ALL = "agent.status.*"
 SANDBOX_ACT_ALL = "agent.sandbox.*.act"
 SANDBOX_OBSERVE_ALL = "agent.sandbox.*.observe"
@@ -54,6 +56,9 @@ PLANNER_DURABLE = "planner"
 EVENTS_STREAM = "AGENT_EVENTS"
 # KV bucket of SessionState records, keyed by session id.
 SESSIONS_BUCKET = "agent_sessions"
+# KV bucket of the gateway's take-over state (who holds which desktop, and
+# from which page), so that it survives a gateway restart.
+TAKEOVER_BUCKET = "agent_takeover"
 DEAD_LETTER_STREAM = "AGENT_DEADLETTER"
 # The latest control command per session, so a stop sent while a task still
 # waits in the queue is seen by the planner that later takes it.

@@ -271,9 +271,15 @@ class LocalStack:
         env.update(self.extra_env)
         return env
 
-    def start_service(self, name: str) -> subprocess.Popen[bytes]:
+    def start_service(
+        self, name: str, *, replica: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start service ``name``; ``replica`` names a further process of it (its key in
+        ``processes`` and its log), ``env`` overrides its environment."""
         return self._spawn(
-            name, [sys.executable, "-m", f"selfagent.{name}"], self.service_env(name)
+            replica or name,
+            [sys.executable, "-m", f"selfagent.{name}"],
+            {**self.service_env(name), **(env or {})},
         )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

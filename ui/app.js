@@ -14,6 +14,9 @@ const state = {
   rfb: null,
   events: null,
   seen: new Set(),
+  // The events stream's sequence of the last history event read for the
+  // session shown: a reconnect (a gateway restart) reads only what came after.
+  lastSeq: 0,
   steps: new Map(),
   thoughts: new Set(),
   answers: new Set(),
@@ -384,30 +387,57 @@ function setDot(sel, status, text) {
   node.querySelector('.text').textContent = text;
 }
 
+// Reads the session's history on from state.lastSeq (the events stream's
+// sequence of the last event read): after the socket opens, whatever happened
+// while it was down (a gateway restart) is replayed; and a moment after live
+// events, so the position stays close behind them and a reconnect replays
+// little. What both the socket and the history deliver is shown once
+// (handleEvent).
+async function catchUp(sid, ws) {
+  for (;;) {
+    const after = state.lastSeq ? `?after=${state.lastSeq}` : '';
+    const history = await api(`/api/sessions/${sid}/events${after}`);
+    if (sid !== state.sessionId || state.events !== ws) return;
+    history.events.forEach(handleEvent);
+    state.lastSeq = Math.max(state.lastSeq, history.last_seq || 0);
+    if (!history.truncated || !history.events.length) return;
+  }
+}
+
 function connectEvents(delay = 500) {
   const sid = state.sessionId;
   const ws = new WebSocket(`${wsBase}/ws/events?session_id=${encodeURIComponent(sid)}`);
   state.events = ws;
+  let pending = null;
   setDot('#events-status', 'connecting', 'Events');
   ws.onopen = async () => {
     setDot('#events-status', 'connected', 'Events live');
     delay = 500;
     try {
-      const history = await api(`/api/sessions/${sid}/events`);
-      if (sid === state.sessionId) history.events.forEach(handleEvent);
+      await catchUp(sid, ws);
     } catch (err) {
       addError(`Could not load the session history: ${err.message}`);
     }
   };
   ws.onmessage = (msg) => {
     if (state.events !== ws) return; // a socket of the session shown before
-    try { handleEvent(JSON.parse(msg.data)); } catch (err) { console.error('bad event', err); }
+    let ev;
+    try { ev = JSON.parse(msg.data); } catch (err) { console.error('bad event', err); return; }
+    handleEvent(ev);
+    if (ev.kind !== 'gateway.takeover' && !pending) {
+      pending = setTimeout(() => {
+        pending = null;
+        catchUp(sid, ws).catch(() => { /* the next event or reconnect tries again */ });
+      }, 1500);
+    }
   };
   ws.onclose = (evt) => {
     if (state.events !== ws) return;
     if (evt.code === 1008) { location.reload(); return; }
     setDot('#events-status', 'error', 'Events offline');
-    setTimeout(() => { if (state.events === ws) connectEvents(Math.min(delay * 2, 10000)); }, delay);
+    // Capped low: a restarted gateway is back within seconds, and the page
+    // should be too.
+    setTimeout(() => { if (state.events === ws) connectEvents(Math.min(delay * 2, 2000)); }, delay);
   };
 }
 
@@ -447,7 +477,7 @@ function connectDesktop(delay = 1000) {
     $('#screen-overlay-text').textContent =
       `${reason || (e.detail.clean ? 'The desktop closed the connection.' : 'Connection lost.')} Retrying…`;
     overlay.hidden = false;
-    setTimeout(() => { if (state.desktopGen === gen) connectDesktop(Math.min(delay * 2, 15000)); }, delay);
+    setTimeout(() => { if (state.desktopGen === gen) connectDesktop(Math.min(delay * 2, 4000)); }, delay);
   });
 }
 
@@ -744,6 +774,7 @@ function openSession(sid) {
   $('#session-id').title = sid;
   if (state.emptyTemplate) timeline().replaceChildren(state.emptyTemplate);
   state.seen.clear();
+  state.lastSeq = 0;
   state.steps.clear();
   state.thoughts.clear();
   state.answers.clear();

@@ -31,6 +31,7 @@ from selfagent.schemas import subjects
 JS_API = "$JS.API"
 KV_STREAM = f"KV_{subjects.SESSIONS_BUCKET}"
 KV_SUBJECTS = f"$KV.{subjects.SESSIONS_BUCKET}.>"
+TAKEOVER_KV_STREAM = f"KV_{subjects.TAKEOVER_BUCKET}"
 ADMIN = "admin"
 AUTOMATION = "automation"
 
@@ -137,6 +138,7 @@ IDENTITIES: tuple[Identity, ...] = (
         subscribe=(
             subjects.SESSION_CONTROL_ALL,
             subjects.ACTUATOR_HEARTBEAT,
+            subjects.GROUNDER_HEARTBEAT,
             subjects.provisioner_event("sandbox.lost"),
             subjects.provisioner_event("sandbox.released"),
         ),
@@ -144,7 +146,11 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity(
         "grounder",
         "answers grounding requests in its queue group",
-        publish=(subjects.status("grounder"), subjects.dead_letter("grounder")),
+        publish=(
+            subjects.status("grounder"),
+            subjects.dead_letter("grounder"),
+            subjects.GROUNDER_HEARTBEAT,
+        ),
         subscribe=(subjects.GROUND,),
         responds=True,
         requests=False,
@@ -198,6 +204,12 @@ IDENTITIES: tuple[Identity, ...] = (
             f"$JS.FC.{KV_STREAM}.>",
             # Step screenshots for replay and export, one message at a time.
             *_read_messages(subjects.SCREENS_STREAM),
+            # Its take-over state, kept across restarts; and the last control
+            # of a held session, to see a release sent while it was away.
+            *_declare(TAKEOVER_KV_STREAM),
+            *_read_messages(TAKEOVER_KV_STREAM),
+            f"$KV.{subjects.TAKEOVER_BUCKET}.>",
+            *_read_messages(subjects.CONTROLS_STREAM),
         ),
         subscribe=(subjects.SESSION_EVENTS_ALL, subjects.SESSION_CONTROL_ALL, subjects.STATUS_ALL),
     ),

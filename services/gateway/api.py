@@ -124,7 +124,12 @@ class ControlAccepted(BaseModel):
 class SessionHistory(BaseModel):
     session_id: str
     events: list[dict[str, Any]]
-    truncated: bool
+    truncated: bool = Field(description="More events follow: read on with ?after=last_seq")
+    last_seq: int = Field(
+        default=0,
+        description="The stream sequence of the last event returned (or the ?after= given): "
+        "pass it as ?after= to read only the events stored since",
+    )
 
 
 class TakeoverInfo(BaseModel):
@@ -307,9 +312,17 @@ async def session_events(
     session_id: SessionId,
     gateway: GatewayDep,
     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    after: Annotated[int, Query(ge=0)] = 0,
 ) -> SessionHistory:
-    history = await gateway.bus.history(session_id, limit or gateway.settings.history_limit)
-    return SessionHistory(session_id=session_id, events=history.events, truncated=history.truncated)
+    history = await gateway.bus.history(
+        session_id, limit or gateway.settings.history_limit, after=after
+    )
+    return SessionHistory(
+        session_id=session_id,
+        events=history.events,
+        truncated=history.truncated,
+        last_seq=history.last_seq,
+    )
 
 
 @router.get(

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from faststream.exceptions import IncorrectState
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from selfagent.bus import (
     Service,
@@ -27,6 +30,7 @@ from selfagent.bus import (
     start_with_retry,
     typed_handler,
 )
+from selfagent.bus.broker import replicas_of
 from selfagent.bus.streams import ensure_streams
 from selfagent.errors import BusAuthError, BusUnavailable
 from selfagent.schemas import ControlCommand, ModelStatus, SessionState, TaskSubmitted, subjects
@@ -41,11 +45,19 @@ SERVICE = "gateway"
 
 ReplyT = TypeVar("ReplyT", bound=Reply)
 
+# The one key of the take-over bucket: every held desktop in one value, so a
+# restart reads it in one get (one gateway replica writes it).
+TAKEOVER_KEY = "holders"
+# Saving the take-over must not hold anything up; a failed save is retried.
+TAKEOVER_TIMEOUT = 2.0
+
 
 @dataclass
 class History:
     events: list[dict[str, Any]]
     truncated: bool
+    # The stream sequence of the last event read (0: none); read on with ``after``.
+    last_seq: int = 0
 
 
 class GatewayBus(Service):
@@ -56,6 +68,8 @@ class GatewayBus(Service):
         self.takeover = takeover
         self.broker = make_broker(settings.nats_url, name=SERVICE, auth=settings.bus_auth())
         self._ready = asyncio.Event()
+        self._takeover_dirty = asyncio.Event()
+        takeover.on_change = self._takeover_dirty.set
         self.resources.push_async_callback(self.broker.stop)
 
         @self.broker.subscriber(subjects.SESSION_EVENTS_ALL)
@@ -96,8 +110,85 @@ class GatewayBus(Service):
                     "could not create the %s stream (%s); retrying", subjects.EVENTS_STREAM, exc
                 )
                 await asyncio.sleep(1.0)
+        await self._restore_takeover()
+        self.spawn(self._keep_takeover(), name="gateway-takeover-save")
         self._ready.set()
         log.info("connected to NATS at %s", self.broker.address)
+
+    # --- take-over, kept on the bus ------------------------------------------
+
+    async def _takeover_bucket(self) -> KeyValue:
+        js = jetstream(self.broker)
+        try:
+            return await js.key_value(subjects.TAKEOVER_BUCKET)
+        except BucketNotFoundError:
+            return await js.create_key_value(
+                KeyValueConfig(
+                    bucket=subjects.TAKEOVER_BUCKET,
+                    description="the gateway's take-over state: who holds which desktop",
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=replicas_of(self.broker),
+                )
+            )
+
+    async def _restore_takeover(self) -> None:
+        """What an earlier gateway saved, less the sessions released since (on the bus,
+        while no gateway listened: the controls stream keeps each session's last)."""
+        try:
+            bucket = await asyncio.wait_for(self._takeover_bucket(), TAKEOVER_TIMEOUT)
+            entry = await asyncio.wait_for(bucket.get(TAKEOVER_KEY), TAKEOVER_TIMEOUT)
+        except KeyNotFoundError:
+            return
+        except (TimeoutError, NatsTimeoutError) as exc:
+            log.warning("could not read the saved take-over state (%s); starting released", exc)
+            return
+        try:
+            saved = json.loads(entry.value or b"{}")
+        except ValueError:
+            log.warning("unreadable saved take-over state; starting released")
+            return
+        if not isinstance(saved, dict):
+            return
+        last: dict[str, ControlCommand] = {}
+        for raw in dict(saved.get("holders") or {}).values():
+            session_id = raw.get("session_id") if isinstance(raw, dict) else None
+            if isinstance(session_id, str) and session_id not in last:
+                command = await self._last_control(session_id)
+                if command is not None:
+                    last[session_id] = command
+
+        def released(session_id: str, since: datetime) -> bool:
+            command = last.get(session_id)
+            return command is not None and command.command == "release" and command.sent_at > since
+
+        self.takeover.restore(saved, released)
+
+    async def _last_control(self, session_id: str) -> ControlCommand | None:
+        try:
+            msg = await asyncio.wait_for(
+                jetstream(self.broker).get_last_msg(
+                    subjects.CONTROLS_STREAM, subjects.session_control(session_id)
+                ),
+                TAKEOVER_TIMEOUT,
+            )
+            return ControlCommand.model_validate_json(msg.data or b"")
+        except (NotFoundError, TimeoutError, NatsTimeoutError, ValueError):
+            return None
+
+    async def _keep_takeover(self) -> None:
+        """Save the take-over state after each change, the newest state each time."""
+        while True:
+            await self._takeover_dirty.wait()
+            self._takeover_dirty.clear()
+            data = json.dumps(self.takeover.dump()).encode()
+            try:
+                bucket = await asyncio.wait_for(self._takeover_bucket(), TAKEOVER_TIMEOUT)
+                await asyncio.wait_for(bucket.put(TAKEOVER_KEY, data), TAKEOVER_TIMEOUT)
+            except Exception as exc:
+                log.warning("could not save the take-over state (%s); retrying", exc)
+                self._takeover_dirty.set()
+                await asyncio.sleep(1.0)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -183,15 +274,18 @@ class GatewayBus(Service):
         self._require()
         return await screens.fetch(self.broker, session_id, step, when, task_id)
 
-    async def history(self, session_id: str, limit: int) -> History:
-        """A session's events in order, read from the JetStream stream."""
+    async def history(self, session_id: str, limit: int, after: int = 0) -> History:
+        """A session's events in order, read from the JetStream stream; with ``after``,
+        only those stored after that stream sequence (a page reconnecting
+        reads on from the ``last_seq`` it was given)."""
         self._require()
         js = jetstream(self.broker)
         psub = await js.pull_subscribe(
             subjects.session_events(session_id),
             stream=subjects.EVENTS_STREAM,
             config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+                opt_start_seq=after + 1 if after else None,
                 ack_policy=AckPolicy.NONE,
                 inactive_threshold=30.0,
             ),
@@ -199,6 +293,7 @@ class GatewayBus(Service):
         events: list[dict[str, Any]] = []
         consumer: str | None = None
         pending = 0
+        last_seq = after
         try:
             info = await psub.consumer_info()
             consumer = info.name
@@ -210,6 +305,7 @@ class GatewayBus(Service):
                 except (NatsTimeoutError, TimeoutError):
                     break
                 for msg in batch:
+                    last_seq = max(last_seq, msg.metadata.sequence.stream)
                     try:
                         events.append(SESSION_EVENT.validate_json(msg.data).model_dump(mode="json"))
                     except ValueError:
@@ -220,4 +316,4 @@ class GatewayBus(Service):
             if consumer:
                 with contextlib.suppress(Exception):
                     await js.delete_consumer(subjects.EVENTS_STREAM, consumer)
-        return History(events=events, truncated=pending > limit)
+        return History(events=events, truncated=pending > limit, last_seq=last_seq)

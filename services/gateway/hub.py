@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,8 +137,13 @@ class TakeoverState:
     claims it. With per-session desktops each session's desktop is taken
     over on its own; with the fixed desktop every session shares the one
     desktop, so a take-over by any session holds it and a release by any
-    session frees it. Starts released, so a gateway restart errs on the side
-    of view-only.
+    session frees it.
+
+    It is kept on the bus (``agent_takeover`` bucket, see ``GatewayBus``):
+    ``on_change`` is called after every change, and a restarted gateway
+    ``restore``s what was saved, so a desktop taken over stays taken over,
+    by the same page, across a gateway restart. Until that is read it starts
+    released, erring on the side of view-only.
     """
 
     hub: EventHub
@@ -148,6 +153,7 @@ class TakeoverState:
     changed_at: datetime | None = None
     # Replaced on every change, so a bridge can wait for "whatever changes next".
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_change: Callable[[], None] | None = None
 
     def _key(self, session_id: str | None) -> str:
         return (session_id or "") if self.per_session else ""
@@ -223,9 +229,7 @@ class TakeoverState:
             if held is None:
                 return False
             del self.holders[key]
-        self.changed_at = datetime.now(UTC)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed_now()
         log.info(
             "desktop %s by session %s%s",
             "taken over" if command.command == "takeover" else "released",
@@ -237,6 +241,61 @@ class TakeoverState:
         else:
             self.hub.notice(self.snapshot(None))
         return True
+
+    def _changed_now(self) -> None:
+        self.changed_at = datetime.now(UTC)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
+
+    def dump(self) -> dict[str, Any]:
+        """What is saved on the bus: every holder, by desktop key."""
+        return {
+            "holders": {
+                key: {
+                    "session_id": held.session_id,
+                    "since": held.since.isoformat(),
+                    "viewer": held.viewer,
+                }
+                for key, held in self.holders.items()
+            }
+        }
+
+    def restore(self, saved: dict[str, Any], released: Callable[[str, datetime], bool]) -> int:
+        """Take back what ``dump`` saved before a restart; how many desktops are held.
+
+        Only while nothing has changed here since the start: a command that
+        arrived first is newer. ``released(session_id, since)`` says whether
+        that session was released after ``since`` while no gateway listened;
+        such a holder is dropped. Notices go out as for any change.
+        """
+        if self.changed_at is not None:
+            return len(self.holders)
+        restored = 0
+        for key, raw in dict(saved.get("holders") or {}).items():
+            try:
+                held = _Holder(
+                    session_id=str(raw["session_id"]),
+                    since=datetime.fromisoformat(str(raw["since"])),
+                    viewer=None if raw.get("viewer") is None else str(raw["viewer"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                log.warning("unreadable saved take-over for desktop %r; ignored", key)
+                continue
+            if released(held.session_id, held.since):
+                continue
+            self.holders[str(key)] = held
+            restored += 1
+        if restored:
+            log.info("take-over restored for sessions %s", ", ".join(self.sessions()))
+            self._changed_now()
+            for held in self.holders.values():
+                if self.per_session:
+                    self.hub.notice(self.snapshot(held.session_id), session_id=held.session_id)
+            if not self.per_session:
+                self.hub.notice(self.snapshot(None))
+        return restored
 
     def snapshot(self, session_id: str | None) -> dict[str, Any]:
         """The ``gateway.takeover`` notice for a watcher of ``session_id`` (None: any).

@@ -43,6 +43,7 @@ class Settings(ServiceSettings):
     max_pixels: int | None = Field(default=None, gt=0)
     canary: bool = True
     concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight per replica")
+    heartbeat_interval: float = Field(default=1.0, gt=0)
     ocr_timeout: float = Field(default=20.0, gt=0)
     ocr_min_score: float = Field(default=0.75, ge=0, le=1)
 

@@ -3,16 +3,24 @@
 Replicas share the work through the queue group; each replica also runs up
 to ``GROUNDER_CONCURRENCY`` requests at once (the work is waiting on the
 model endpoint, not CPU), so one slow model call never blocks the others.
+
+Each replica publishes a ``GrounderHeartbeat`` every second, and at once when
+it takes a request, naming the requests it is working on: a planner whose
+request was taken by a replica that then died sees it fall silent and asks
+again, instead of waiting out its grounding timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+from datetime import UTC, datetime
 
 from selfagent.bus import Service, make_broker, start_with_retry, typed_handler
 from selfagent.bus.modelwatch import watch_model
 from selfagent.modelcheck import reachable_url
-from selfagent.schemas import GroundRequest, GroundResult, subjects
+from selfagent.schemas import GrounderHeartbeat, GroundRequest, GroundResult, subjects
 
 from .canary import run_canary
 from .config import Settings
@@ -29,6 +37,10 @@ class GrounderService(Service):
         self.settings = settings
         self.broker = make_broker(settings.nats_url, SERVICE, settings.bus_auth())
         self.grounder = Grounder.from_settings(settings)
+        self.instance = f"{SERVICE}-{secrets.token_hex(4)}"
+        self.started_at = datetime.now(UTC)
+        # The request ids being grounded now, for the heartbeats.
+        self.grounding: set[str] = set()
         self.resources.push_async_callback(self.grounder.aclose)
         self.resources.push_async_callback(self.broker.stop)
         self._subscribe()
@@ -46,15 +58,39 @@ class GrounderService(Service):
         @subscriber
         @typed_handler(broker, SERVICE, GroundRequest, subjects.GROUND)
         async def ground(request: GroundRequest) -> GroundResult:
-            return await grounder.ground(request)
+            self.grounding.add(request.request_id)
+            try:
+                # Claimed at once: the requester learns which replica holds it.
+                await self._beat()
+                return await grounder.ground(request)
+            finally:
+                self.grounding.discard(request.request_id)
+
+    async def _beat(self) -> None:
+        beat = GrounderHeartbeat(
+            instance=self.instance,
+            started_at=self.started_at,
+            grounding=sorted(self.grounding),
+        )
+        try:
+            await self.broker.publish(beat, subjects.GROUNDER_HEARTBEAT)
+        except Exception as exc:
+            log.debug("heartbeat not sent: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._beat()
+            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _start(self) -> None:
         await start_with_retry(self.broker)
+        self.spawn(self._heartbeat(), name="grounder-heartbeat")
         log.info(
-            "grounder ready: %s, concurrency %d, NATS %s",
+            "grounder ready: %s, concurrency %d, NATS %s (instance %s)",
             self.grounder.method,
             self.settings.concurrency,
             self.broker.address,
+            self.instance,
         )
         settings = self.settings
         if settings.uses_model:

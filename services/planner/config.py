@@ -108,6 +108,11 @@ class Settings(ServiceSettings):
     approval_wait: float = Field(default=330.0, ge=0)
     observe_timeout: float = 15.0
     ground_timeout: float = 90.0
+    # A grounder replica that sends no heartbeat for this long while it holds
+    # a grounding request is taken for dead and the request is asked again
+    # (at most ground_attempts times in all, within ground_timeout).
+    grounder_silence: float = Field(default=3.5, gt=0)
+    ground_attempts: int = Field(default=3, ge=1, le=10)
 
     @property
     def resolved_mode(self) -> Literal["grounded", "direct"]:

@@ -33,6 +33,7 @@ from selfagent.schemas import (
     ErrorCode,
     ErrorInfo,
     FailAction,
+    GrounderHeartbeat,
     GroundRequest,
     GroundResult,
     Lease,
@@ -59,6 +60,7 @@ from selfagent.schemas.messages import (
     SessionStatus,
     StepRecord,
     TaskStatus,
+    new_id,
 )
 
 from .config import Settings
@@ -144,6 +146,45 @@ class Heartbeats:
         return 0.0 if seen is None else time.monotonic() - seen
 
 
+class GrounderWatch:
+    """Which grounder replica holds which grounding request, and when each was last heard
+    (``agent.grounder.heartbeat``)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._holder: dict[str, str] = {}
+
+    def beat(self, beat: GrounderHeartbeat) -> None:
+        self._seen[beat.instance] = time.monotonic()
+        for request_id in beat.grounding:
+            self._holder[request_id] = beat.instance
+
+    def forget(self, request_id: str) -> None:
+        self._holder.pop(request_id, None)
+
+    def lost(self, request_id: str, sent: float, silence: float) -> str | None:
+        """The replica that died with the request, if it did; None while it may still come.
+
+        A request some replica claimed is lost when that replica falls
+        silent. One nobody claimed yet may be waiting for a free worker in a
+        busy replica, so it counts as lost only when a replica that was alive
+        when it was sent has fallen silent since: the request may have gone
+        to it.
+        """
+        now = time.monotonic()
+        holder = self._holder.get(request_id)
+        if holder is not None:
+            return holder if now - self._seen[holder] > silence else None
+        for instance, seen in self._seen.items():
+            if seen > sent - silence and now - seen > silence:
+                return instance
+        return None
+
+
+class _GrounderGone(Exception):
+    pass
+
+
 class _ActuatorGone(Exception):
     pass
 
@@ -180,6 +221,7 @@ class TaskRunner:
     _history: list[Turn] = field(default_factory=list)
     _feedback: str | None = None
     heartbeats: Heartbeats | None = None
+    grounders: GrounderWatch | None = None
     # The desktop leased for the session (per-session desktops), once leased.
     _leased: str | None = None
     # The actuator instance that last answered for the desktop.
@@ -371,9 +413,7 @@ class TaskRunner:
             raise _Finish(
                 "failed",
                 f"The session's desktop is gone: {self.control.desktop_gone}",
-                ErrorInfo(
-                    code=ErrorCode.SANDBOX_UNAVAILABLE, message=self.control.desktop_gone
-                ),
+                ErrorInfo(code=ErrorCode.SANDBOX_UNAVAILABLE, message=self.control.desktop_gone),
             )
 
     async def _lease_desktop(self) -> None:
@@ -909,17 +949,13 @@ class TaskRunner:
                     ErrorInfo(code=ErrorCode.VNC_UNAVAILABLE, message="no screenshot"),
                 )
             result = await self._unless_stopped(
-                request(
-                    self.broker,
-                    subjects.GROUND,
+                self._ground_request(
                     GroundRequest(
                         description=target,
                         screenshot=observation.screenshot,
                         screen_width=screen[0],
                         screen_height=screen[1],
-                    ),
-                    GroundResult,
-                    timeout=self.settings.ground_timeout,
+                    )
                 )
             )
         except (RemoteError, RequestTimeout) as exc:
@@ -944,6 +980,55 @@ class TaskRunner:
             )
         )
         return action.model_copy(update={"x": result.x, "y": result.y})
+
+    async def _ground_request(self, ground: GroundRequest) -> GroundResult:
+        """The grounding, asked again (within ``ground_timeout``) when the replica holding
+        it dies: grounding changes nothing, so a second ask is safe, and the
+        task goes on as soon as a live replica answers instead of waiting out
+        the whole timeout for a reply that will never come."""
+        deadline = time.monotonic() + self.settings.ground_timeout
+        attempts = self.settings.ground_attempts
+        for attempt in range(1, attempts + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                return await self._while_grounder_lives(
+                    ground.request_id,
+                    request(self.broker, subjects.GROUND, ground, GroundResult, timeout=left),
+                )
+            except _GrounderGone as gone:
+                log.warning(
+                    "grounder %s went silent with request %s (attempt %d of %d)",
+                    gone,
+                    ground.request_id,
+                    attempt,
+                    attempts,
+                )
+                ground = ground.model_copy(update={"request_id": new_id()})
+        raise RequestTimeout(subjects.GROUND, self.settings.ground_timeout)
+
+    async def _while_grounder_lives(self, request_id: str, work: Awaitable[_T]) -> _T:
+        """Await ``work`` unless the replica holding the request stops sending heartbeats."""
+        call = asyncio.ensure_future(work)
+        watch, sent = self.grounders, time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=_HEARTBEAT_CHECK)
+                if done:
+                    return call.result()
+                if watch is None:
+                    continue
+                gone = watch.lost(request_id, sent, self.settings.grounder_silence)
+                if gone is not None:
+                    raise _GrounderGone(gone)
+        finally:
+            if watch is not None:
+                watch.forget(request_id)
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call
 
     async def _act(self, action: Action) -> ActionResult:
         try:

@@ -34,6 +34,7 @@ from selfagent.modelcheck import reachable_url
 from selfagent.schemas import (
     ActuatorHeartbeat,
     ControlCommand,
+    GrounderHeartbeat,
     SessionState,
     TaskSubmitted,
     subjects,
@@ -43,7 +44,7 @@ from selfagent.schemas.sandboxes import SandboxLost, SandboxReleased
 from .canary import run_canary
 from .config import Settings
 from .families import for_settings
-from .runner import Control, Heartbeats, TaskRunner
+from .runner import Control, GrounderWatch, Heartbeats, TaskRunner
 
 log = logging.getLogger(__name__)
 SERVICE = "planner"
@@ -69,6 +70,7 @@ class PlannerService(Service):
         self.controls: dict[str, Control] = {}
         self.runners: dict[str, TaskRunner] = {}
         self.heartbeats = Heartbeats()
+        self.grounders = GrounderWatch()
         self.running: set[asyncio.Task[object]] = set()
         self.accepting = True
         # Released in reverse: running tasks go back to the queue first.
@@ -223,6 +225,11 @@ class PlannerService(Service):
         async def on_heartbeat(beat: ActuatorHeartbeat) -> None:
             self.heartbeats.beat(beat.instance)
 
+        @broker.subscriber(subjects.GROUNDER_HEARTBEAT, title="grounder.heartbeat")
+        @typed_handler(broker, SERVICE, GrounderHeartbeat, subjects.GROUNDER_HEARTBEAT)
+        async def on_grounder_heartbeat(beat: GrounderHeartbeat) -> None:
+            self.grounders.beat(beat)
+
         lost_subject = subjects.provisioner_event("sandbox.lost")
         released_subject = subjects.provisioner_event("sandbox.released")
 
@@ -246,7 +253,13 @@ class PlannerService(Service):
         control = Control()
         self.controls[task.session_id] = control
         runner = TaskRunner(
-            self.broker, self.llm, self.settings, task, control, heartbeats=self.heartbeats
+            self.broker,
+            self.llm,
+            self.settings,
+            task,
+            control,
+            heartbeats=self.heartbeats,
+            grounders=self.grounders,
         )
         self.runners[task.session_id] = runner
 
