@@ -8,8 +8,9 @@ model endpoint, not CPU), so one slow model call never blocks the others.
 from __future__ import annotations
 
 import logging
+import time
 
-from selfagent.bus import Service, make_broker, start_with_retry, typed_handler
+from selfagent.bus import Service, make_broker, metrics, start_with_retry, typed_handler
 from selfagent.bus.modelwatch import watch_model
 from selfagent.modelcheck import reachable_url
 from selfagent.schemas import GroundRequest, GroundResult, subjects
@@ -35,6 +36,7 @@ class GrounderService(Service):
 
     def _subscribe(self) -> None:
         broker, grounder = self.broker, self.grounder
+        metrics.GROUNDER_CONCURRENCY.set(self.settings.concurrency)
         subscriber = broker.subscriber(
             subjects.GROUND,
             queue=subjects.GROUNDER_QUEUE,
@@ -46,7 +48,14 @@ class GrounderService(Service):
         @subscriber
         @typed_handler(broker, SERVICE, GroundRequest, subjects.GROUND)
         async def ground(request: GroundRequest) -> GroundResult:
-            return await grounder.ground(request)
+            # A request without sent_at (an older client) has no wait to tell.
+            if "sent_at" in request.model_fields_set:
+                metrics.queued_since(request.sent_at)
+            with metrics.GROUNDER_IN_FLIGHT.track_inprogress():
+                started = time.monotonic()
+                result = await grounder.ground(request)
+            metrics.grounded(started, ok=result.ok, found=result.found)
+            return result
 
     async def _start(self) -> None:
         await start_with_retry(self.broker)

@@ -25,6 +25,7 @@ from selfagent.bus import (
     Service,
     error_reply,
     make_broker,
+    metrics,
     request,
     start_with_retry,
     typed_handler,
@@ -123,6 +124,8 @@ class ProvisionerService(Service):
             check_interval=settings.check_interval,
             publish=self._publish,
         )
+        pool = self.pool
+        metrics.watch_sandboxes(lambda: [s.state for s in pool.sandboxes()], lambda: pool.waiting)
         # Released in reverse: the pool (see _stop_pool) and the backend go
         # before the broker.
         self.resources.push_async_callback(self.broker.stop)
