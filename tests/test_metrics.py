@@ -9,6 +9,7 @@ the grounding phase work), a key press (the actuator and its settle), done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -95,7 +96,7 @@ def test_figures_move_when_a_task_runs(metrics_stack: LocalStack, llm: FakeLLM) 
     stack = metrics_stack
     assert set(stack.metrics_ports) == set(SERVICES)
     for name in SERVICES:
-        wait_for(f"{name} serves metrics", lambda name=name: answers(stack.metrics_url(name)))
+        wait_for(f"{name} serves metrics", functools.partial(answers, stack.metrics_url(name)))
     wait_for("a warm desktop", lambda: sandboxes(stack, "warm") == 1, timeout=40)
     before = scrape_all(stack)
     assert fig(before["provisioner"], "selfagent_provisioner_sandboxes", state="leased") == 0

@@ -23,9 +23,9 @@ import functools
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import ParamSpec
+from typing import Any, ParamSpec, TypeAlias
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,6 +45,8 @@ from selfagent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
+# An async endpoint with any parameters (a WebSocket route).
+Endpoint: TypeAlias = Callable[P, Coroutine[Any, Any, None]]
 
 REGISTRY = CollectorRegistry()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -283,11 +285,11 @@ def grounded(started: float, *, ok: bool, found: bool) -> None:
     GROUNDER_REQUEST_SECONDS.labels(outcome).observe(max(0.0, time.monotonic() - started))
 
 
-def websocket(kind: str) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
+def websocket(kind: str) -> Callable[[Endpoint[P]], Endpoint[P]]:
     """Decorates a WebSocket endpoint: ``selfagent_gateway_websockets{kind}`` while it runs."""
     gauge = WEBSOCKETS.labels(kind)
 
-    def decorate(endpoint: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+    def decorate(endpoint: Endpoint[P]) -> Endpoint[P]:
         # functools.wraps keeps the signature FastAPI reads the parameters from.
         @functools.wraps(endpoint)
         async def tracked(*args: P.args, **kwargs: P.kwargs) -> None:
