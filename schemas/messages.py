@@ -380,6 +380,10 @@ class GroundRequest(Message):
     # The real screen the screenshot was taken of; results are in its pixels.
     screen_width: int = Field(gt=0)
     screen_height: int = Field(gt=0)
+    sent_at: datetime = Field(
+        default_factory=_now,
+        description="When it was sent; the grounders' queue wait is measured from it",
+    )
 
 
 class GroundResult(Reply):

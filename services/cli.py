@@ -97,7 +97,10 @@ def _up(args: argparse.Namespace) -> int:
         f"  NATS for programs: {stack.nats_url}  (automation credentials: "
         f"{stack.automation_credentials}; see docs/automation.md)\n"
         f"  data: {stack.run_dir}{' (deleted at exit: --ephemeral)' if data_dir is None else ''}\n"
-        f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n",
+        f"  logs: {stack.run_dir}/logs    Ctrl-C stops everything.\n"
+        f"  metrics (Prometheus, docs/operations.md) on 127.0.0.1: "
+        + ", ".join(f"{name} :{port}" for name, port in stack.metrics_ports.items())
+        + "\n",
         flush=True,
     )
     restarts: dict[str, int] = {}

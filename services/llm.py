@@ -36,6 +36,7 @@ from typing import Any, cast
 import openai
 from openai.types.chat import ChatCompletion
 
+from selfagent.bus import metrics
 from selfagent.errors import LLMError, LLMReason
 
 __all__ = ["LLMClient", "LLMError", "LLMReason", "LLMReply", "RetryPolicy"]
@@ -311,7 +312,8 @@ class LLMClient:
         request = self._request(messages, tools, attempt_timeout, sampling)
         create = cast(Callable[..., Awaitable[object]], self._client.chat.completions.create)
         try:
-            completion = await create(**request)
+            with metrics.model_request():
+                completion = await create(**request)
         except openai.APITimeoutError:
             raise _Retryable(
                 LLMError("timeout", f"the LLM server did not answer within {attempt_timeout:.1f}s")
@@ -332,6 +334,7 @@ class LLMClient:
             # The SDK decodes JSON bodies itself and lets a decode error escape.
             raise _Retryable(_bad_response(f"undecodable body: {error}")) from None
         reply = _to_reply(completion)
+        metrics.model_tokens(reply.prompt_tokens, reply.completion_tokens)
         return LLMReply(
             content=reply.content,
             tool_calls=reply.tool_calls,

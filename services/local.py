@@ -97,10 +97,16 @@ class LocalStack:
     exec_token: str = ""
     sandbox_home: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Each service's Prometheus endpoint, on loopback (docs/operations.md).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def metrics_url(self, service: str) -> str:
+        """Where ``service`` serves its Prometheus figures (no token: loopback only)."""
+        return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
 
     @property
     def nats_url(self) -> str:
@@ -236,6 +242,8 @@ class LocalStack:
             "GATEWAY_HOST": os.environ.get("GATEWAY_HOST", "127.0.0.1"),
             "SELFAGENT_TOKEN": self.token or "",
             "PYTHONUNBUFFERED": "1",
+            # Kept across a restart of the service: a scraper's target stays.
+            f"{name.upper()}_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
         }
         if self.auth:
             # Its own identity, under its own prefix so that nothing inherited

@@ -23,6 +23,7 @@ from selfagent.bus import (
     RequestTimeout,
     Service,
     make_broker,
+    metrics,
     parse,
     request,
     start_with_retry,
@@ -93,6 +94,7 @@ class ActuatorService(Service):
         self.broker = make_broker(settings.nats_url, name, settings.bus_auth())
         self.fleet = Fleet(settings, self._connect)
         self.gate = ApprovalGate(load_policy(settings.policy_file), self._publish)
+        metrics.APPROVALS_PENDING.set_function(lambda: len(self.gate.waiting))
         self.fixed: set[str] = set()
         self._opening: set[asyncio.Task[None]] = set()
         # With a host of its own: what the other hosts hold, from their
@@ -133,6 +135,7 @@ class ActuatorService(Service):
                 ok=False, action_id=request.action.id, actuator=self.instance, error=verdict.error
             )
         result = await served.executor.act(request)
+        metrics.ACTION_SECONDS.labels(request.action.action).observe(result.duration_ms / 1000)
         update: dict[str, object] = {"actuator": self.instance}
         if verdict.note:
             # The model reads the person's words with the outcome.

@@ -11,6 +11,7 @@ reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,9 @@ from pydantic_settings import BaseSettings
 
 from selfagent.errors import BusAuthError, ConfigError
 
+from . import metrics
 from .service import Service
+from .settings import ServiceSettings
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -77,24 +80,39 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop_requested.set)
-    try:
-        service = build(settings)
-        life = asyncio.create_task(_live(service, log), name="service")
-        stopper = asyncio.create_task(stop_requested.wait(), name="stop-signal")
-        await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        # From here on a second signal ends the process the default way, for
-        # whoever does not want to wait for a graceful stop.
-        for sig in _SIGNALS:
-            loop.remove_signal_handler(sig)
-    stopper.cancel()
-    await _cancel(life, service)
-    await service.stop()
+    async with _metrics(build, settings):
+        try:
+            service = build(settings)
+            life = asyncio.create_task(_live(service, log), name="service")
+            stopper = asyncio.create_task(stop_requested.wait(), name="stop-signal")
+            await asyncio.wait({life, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # From here on a second signal ends the process the default way, for
+            # whoever does not want to wait for a graceful stop.
+            for sig in _SIGNALS:
+                loop.remove_signal_handler(sig)
+        stopper.cancel()
+        await _cancel(life, service)
+        await service.stop()
     if not life.cancelled():
         # The service ended by itself: re-raise what ended it.
         life.result()
         raise RuntimeError("the service ended by itself")
     log.info("stopped")
+
+
+def _metrics(
+    build: Callable[[SettingsT], Service], settings: SettingsT
+) -> contextlib.AbstractAsyncContextManager[int | None]:
+    """The service's figures, served on its metrics port while it runs (up to its stop)."""
+    # selfagent.planner.service.build: the service is "planner".
+    name = build.__module__.split(".")[1] if build.__module__.count(".") >= 2 else ""
+    if name not in metrics.SERVICES or not isinstance(settings, ServiceSettings):
+        return contextlib.nullcontext(None)
+    prefix = settings.model_config.get("env_prefix", "")
+    return metrics.serving(
+        name, settings.metrics_host, settings.metrics_port, f"{prefix}METRICS_PORT"
+    )
 
 
 async def _cancel(life: asyncio.Task[None], service: Service) -> None:

@@ -45,6 +45,10 @@ class ServiceSettings(BaseSettings):
     ``NATS_REPLICAS`` is how many copies JetStream keeps of each stream and of
     the session bucket that this service declares (1 on a single server, 3
     on a three-node cluster); every service should be given the same.
+
+    ``<PREFIX>METRICS_PORT`` serves the service's Prometheus figures on that
+    port (0, the default: not served), on ``<PREFIX>METRICS_HOST`` (loopback
+    unless a scraper elsewhere must reach it); see docs/operations.md.
     """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -54,6 +58,8 @@ class ServiceSettings(BaseSettings):
     nats_password: SecretStr = SecretStr("")
     nats_tls_ca: str = ""
     nats_replicas: int = Field(default=1, ge=1, le=5)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from starlette.websockets import WebSocketDisconnect
 
+from selfagent.bus import metrics
 from selfagent.errors import BusError, DesktopUnavailable, RemoteError
 from selfagent.schemas import (
     ControlCommand,
@@ -459,6 +460,12 @@ async def service_status(gateway: GatewayDep) -> ServiceStatus:
     return ServiceStatus(models=sorted(fresh, key=lambda s: s.service), problems=problems)
 
 
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def prometheus_metrics() -> Response:
+    """This gateway's own Prometheus figures (each service serves its own; docs/operations.md)."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
 @router.get("/api/takeover", response_model=TakeoverInfo, tags=["sessions"])
 async def takeover_state(
     gateway: GatewayDep,
@@ -518,6 +525,7 @@ async def _next_frame(ws: WebSocket, listener: Listener, closed: asyncio.Task[No
 
 
 @router.websocket("/ws/events")
+@metrics.websocket("events")
 async def ws_events(ws: WebSocket, gateway: GatewayDep) -> None:
     """Session events as JSON text frames; ``?session_id=`` narrows to one session.
 
@@ -548,6 +556,7 @@ async def ws_events(ws: WebSocket, gateway: GatewayDep) -> None:
 
 
 @router.websocket("/ws/vnc")
+@metrics.websocket("vnc")
 async def ws_vnc(ws: WebSocket, gateway: GatewayDep) -> None:
     """RFB over WebSocket for noVNC; the gateway logs in to the VNC server itself.
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from selfagent.bus import metrics
 from selfagent.errors import BusError, BusUnavailable
 
 from .api import router
@@ -35,6 +36,8 @@ def _summary(errors: list[dict[str, object]]) -> str:
 def create_app(gateway: Gateway) -> FastAPI:
     # Settings refuse an empty token, so the app is never open.
     settings = gateway.settings
+    # Its figures are kept (and served at /metrics) also when no metrics port is set.
+    metrics.expose("gateway")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

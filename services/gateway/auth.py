@@ -210,7 +210,8 @@ class TokenAuthMiddleware:
             return
 
         denied: Response
-        if _is_api(path) or path.startswith("/ws/"):
+        # /metrics: a scraper, not a person, so no sign-in page.
+        if _is_api(path) or path.startswith("/ws/") or path == "/metrics":
             denied = JSONResponse(
                 {"detail": "authentication required: send 'Authorization: Bearer <token>'"},
                 status_code=401,

@@ -24,6 +24,7 @@ from selfagent.bus import (
     Service,
     jetstream,
     make_broker,
+    metrics,
     request,
     screens,
     sessions,
@@ -75,6 +76,7 @@ class GatewayBus(Service):
         @self.broker.subscriber(subjects.SESSION_EVENTS_ALL)
         @typed_handler(self.broker, SERVICE, SESSION_EVENT, subjects.SESSION_EVENTS_ALL)
         async def on_event(event: Any) -> None:
+            metrics.EVENTS_RELAYED.inc()
             self.hub.dispatch(event)
 
         # What the planner and the grounder last said about their model endpoints.

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from datetime import UTC, datetime
 
-from selfagent.bus import Service, make_broker, start_with_retry, typed_handler
+from selfagent.bus import Service, make_broker, metrics, start_with_retry, typed_handler
 from selfagent.bus.modelwatch import watch_model
 from selfagent.modelcheck import reachable_url
 from selfagent.schemas import GrounderHeartbeat, GroundRequest, GroundResult, subjects
@@ -47,6 +48,7 @@ class GrounderService(Service):
 
     def _subscribe(self) -> None:
         broker, grounder = self.broker, self.grounder
+        metrics.GROUNDER_CONCURRENCY.set(self.settings.concurrency)
         subscriber = broker.subscriber(
             subjects.GROUND,
             queue=subjects.GROUNDER_QUEUE,
@@ -62,7 +64,14 @@ class GrounderService(Service):
             try:
                 # Claimed at once: the requester learns which replica holds it.
                 await self._beat()
-                return await grounder.ground(request)
+                # A request without sent_at (an older client) has no wait to tell.
+                if "sent_at" in request.model_fields_set:
+                    metrics.queued_since(request.sent_at)
+                with metrics.GROUNDER_IN_FLIGHT.track_inprogress():
+                    started = time.monotonic()
+                    result = await grounder.ground(request)
+                metrics.grounded(started, ok=result.ok, found=result.found)
+                return result
             finally:
                 self.grounding.discard(request.request_id)
 

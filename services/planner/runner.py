@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
-from selfagent.bus import BusError, RemoteError, RequestTimeout, request, screens, sessions
+from selfagent.bus import BusError, RemoteError, RequestTimeout, metrics, request, screens, sessions
 from selfagent.llm import LLMClient, LLMError, LLMReply
 from selfagent.schemas import (
     ActionResult,
@@ -584,6 +584,7 @@ class TaskRunner:
 
     async def _finish(self, finish: _Finish) -> TaskFinished:
         await self._kept()
+        metrics.TASKS.labels(finish.status).inc()
         event = TaskFinished(
             status=finish.status,
             reply=finish.reply,
@@ -622,6 +623,7 @@ class TaskRunner:
             messages = self._messages(shot.width, shot.height, shot.data_uri())
             asked = time.monotonic()
             reply = await self._ask(messages, started)
+            metrics.phase("model", asked)
             usage = _Usage(
                 reply.prompt_tokens,
                 reply.completion_tokens,
@@ -781,6 +783,7 @@ class TaskRunner:
                 )
             )
             raise
+        metrics.step_executed(result.duration_ms, result.settle_ms)
         await self._emit(
             StepExecuted(
                 step=step,
@@ -933,6 +936,7 @@ class TaskRunner:
         if not needs:
             return action
         assert target is not None
+        began = time.monotonic()
         try:
             # The grounder gets the freshest full-size view: small UI text
             # is easier to find at full resolution.
@@ -961,6 +965,7 @@ class TaskRunner:
         except (RemoteError, RequestTimeout) as exc:
             code = exc.code if isinstance(exc, RemoteError) else ErrorCode.TIMEOUT
             raise _StepFailed(ErrorInfo(code=code, message=f"grounding failed: {exc}")) from exc
+        metrics.phase("grounding", began)
         if not result.found or result.x is None or result.y is None:
             raise _StepFailed(
                 ErrorInfo(

@@ -32,6 +32,7 @@ from selfagent.bus import (
     Service,
     error_reply,
     make_broker,
+    metrics,
     request,
     start_with_retry,
     typed_handler,
@@ -137,6 +138,8 @@ class ProvisionerService(Service):
             on_change=self._capacity_changed.set,
         )
         self.peers = Peers(self.pool.host, self.instance)
+        pool = self.pool
+        metrics.watch_sandboxes(lambda: [s.state for s in pool.sandboxes()], lambda: pool.waiting)
         # Released in reverse: the pool (see _stop_pool) and the backend go
         # before the broker.
         self.resources.push_async_callback(self.broker.stop)
