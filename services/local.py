@@ -231,8 +231,11 @@ class LocalStack:
     def services(self) -> tuple[str, ...]:
         return SESSION_SERVICES if self.desktops == "per_session" else SERVICES
 
-    def service_env(self, name: str) -> dict[str, str]:
+    def service_env(self, name: str, replica: str | None = None) -> dict[str, str]:
+        """The environment of service ``name`` (of its further process ``replica``:
+        the same but for its own metrics port)."""
         assert self.run_dir is not None
+        port = self.metrics_ports.setdefault(replica or name, free_port())
         env = {
             **os.environ,
             "NATS_URL": self.nats_url,
@@ -243,7 +246,7 @@ class LocalStack:
             "SELFAGENT_TOKEN": self.token or "",
             "PYTHONUNBUFFERED": "1",
             # Kept across a restart of the service: a scraper's target stays.
-            f"{name.upper()}_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
+            f"{name.upper()}_METRICS_PORT": str(port),
         }
         if self.auth:
             # Its own identity, under its own prefix so that nothing inherited
@@ -287,7 +290,7 @@ class LocalStack:
         return self._spawn(
             replica or name,
             [sys.executable, "-m", f"selfagent.{name}"],
-            {**self.service_env(name), **(env or {})},
+            {**self.service_env(name, replica), **(env or {})},
         )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -82,17 +81,15 @@ def two_hosts(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalStack]:
         assert local.run_dir is not None
         # The second host: its own provisioner (own name, own records and
         # homes) and its own actuator, with the same identities as the first.
-        provisioner = local.service_env("provisioner")
-        provisioner.update(
-            {
+        local.start_service(
+            "provisioner",
+            replica="provisioner-b",
+            env={
                 "PROVISIONER_HOST_NAME": HOST_B,
                 "PROVISIONER_DATA_DIR": str(local.run_dir / "provisioner-b"),
-            }
+            },
         )
-        local._spawn("provisioner-b", [sys.executable, "-m", "selfagent.provisioner"], provisioner)
-        actuator = local.service_env("actuator")
-        actuator["ACTUATOR_HOST"] = HOST_B
-        local._spawn("actuator-b", [sys.executable, "-m", "selfagent.actuator"], actuator)
+        local.start_service("actuator", replica="actuator-b", env={"ACTUATOR_HOST": HOST_B})
         yield local
     finally:
         local.stop(remove=True)
