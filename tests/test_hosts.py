@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from faststream.nats import NatsBroker
 
@@ -31,7 +30,7 @@ from selfagent.schemas import (
     StatusRequest,
     subjects,
 )
-from tests.harness.api import computer
+from tests.harness.api import computer, fetch_events, submit_task
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 
 pytestmark = pytest.mark.desktop
@@ -121,35 +120,6 @@ async def _until(what: str, check: Any, timeout: float) -> Any:
         await asyncio.sleep(0.2)
 
 
-def _headers(stack: LocalStack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.token}"}
-
-
-async def _submit(stack: LocalStack, prompt: str) -> str:
-    async with httpx.AsyncClient() as client:
-        reply = await client.post(
-            f"{stack.gateway_url}/api/tasks",
-            json={"prompt": prompt},
-            headers=_headers(stack),
-            timeout=10,
-        )
-    assert reply.status_code == 202, reply.text
-    session: str = reply.json()["session_id"]
-    return session
-
-
-async def _events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient() as client:
-        reply = await client.get(
-            f"{stack.gateway_url}/api/sessions/{session_id}/events",
-            headers=_headers(stack),
-            timeout=10,
-        )
-    assert reply.status_code == 200, reply.text
-    events: list[dict[str, Any]] = reply.json()["events"]
-    return events
-
-
 def _finish(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     finished = [e for e in events if e["kind"] == "task.finished"]
     return finished[-1] if finished else None
@@ -159,7 +129,7 @@ async def _host_ran_on(stack: LocalStack, session_id: str) -> str:
     """The host whose desktop ran the session's first shell action (it echoes its mark)."""
 
     async def ran() -> str | None:
-        events = await _events(stack, session_id)
+        events = await fetch_events(stack, session_id)
         finish = _finish(events)
         assert finish is None, f"session {session_id} ended early: {finish}"
         for event in events:
@@ -189,7 +159,7 @@ async def test_sessions_spread_over_two_hosts_and_a_stopped_host_ends_its_own(
     # previous one in the hosts' announcements.
     ran_on: dict[str, str] = {}
     for n in range(4):
-        session = await _submit(two_hosts, f"[busy] session {n}")
+        session = await submit_task(two_hosts, f"[busy] session {n}")
         ran_on[session] = await _host_ran_on(two_hosts, session)
     by_host = {h: [s for s, on in ran_on.items() if on == h] for h in (HOST_A, HOST_B)}
     print(f"placement: { {h: len(s) for h, s in by_host.items()} }")
@@ -206,7 +176,7 @@ async def test_sessions_spread_over_two_hosts_and_a_stopped_host_ends_its_own(
     two_hosts.stop_service("provisioner-b")
 
     async def b_sessions_ended() -> list[dict[str, Any]] | None:
-        finishes = [_finish(await _events(two_hosts, s)) for s in by_host[HOST_B]]
+        finishes = [_finish(await fetch_events(two_hosts, s)) for s in by_host[HOST_B]]
         return None if any(f is None for f in finishes) else [f for f in finishes if f]
 
     finishes = await _until("host B's sessions ended", b_sessions_ended, 30)
@@ -218,7 +188,7 @@ async def test_sessions_spread_over_two_hosts_and_a_stopped_host_ends_its_own(
         assert finish["error"]["code"] == "sandbox_unavailable", finish
         assert f"host {HOST_B} stopped" in finish["reply"], finish["reply"]
     for session in by_host[HOST_A]:
-        assert _finish(await _events(two_hosts, session)) is None, "host A's session ended"
+        assert _finish(await fetch_events(two_hosts, session)) is None, "host A's session ended"
 
     async def only_a() -> bool:
         return (await _status(bus)).hosts == [HOST_A]
@@ -226,7 +196,7 @@ async def test_sessions_spread_over_two_hosts_and_a_stopped_host_ends_its_own(
     await _until("host B gone from the status", only_a, 10)
 
     # A new session goes to the host that is left.
-    session = await _submit(two_hosts, "[busy] after host B stopped")
+    session = await submit_task(two_hosts, "[busy] after host B stopped")
     assert await _host_ran_on(two_hosts, session) == HOST_A
     for sid in [*by_host[HOST_A], session, *by_host[HOST_B]]:
         await request(

@@ -40,7 +40,7 @@ from selfagent.schemas import (
     StatusRequest,
     subjects,
 )
-from tests.harness.api import computer
+from tests.harness.api import auth_headers, computer, fetch_events, submit_task
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, EVENTS_LIVE, VNC_LIVE, tid
 
@@ -97,8 +97,7 @@ def grounding() -> Grounding:
 @pytest.fixture(scope="module")
 def vlms(grounding: Grounding) -> Iterator[dict[str, FakeLLM]]:
     servers = {
-        name: FakeLLM(default=grounding.answer(name)).start()
-        for name in ("grounder", "grounder-b")
+        name: FakeLLM(default=grounding.answer(name)).start() for name in ("grounder", "grounder-b")
     }
     yield servers
     for server in servers.values():
@@ -170,41 +169,12 @@ def _kill(stack: LocalStack, name: str) -> float:
     return killed
 
 
-def _headers(stack: LocalStack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.token}"}
-
-
-async def _submit(stack: LocalStack, prompt: str, session_id: str | None = None) -> str:
-    body: dict[str, Any] = {"prompt": prompt}
-    if session_id:
-        body["session_id"] = session_id
-    async with httpx.AsyncClient() as client:
-        reply = await client.post(
-            f"{stack.gateway_url}/api/tasks", json=body, headers=_headers(stack), timeout=10
-        )
-    assert reply.status_code == 202, reply.text
-    session: str = reply.json()["session_id"]
-    return session
-
-
-async def _events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient() as client:
-        reply = await client.get(
-            f"{stack.gateway_url}/api/sessions/{session_id}/events",
-            headers=_headers(stack),
-            timeout=10,
-        )
-    assert reply.status_code == 200, reply.text
-    events: list[dict[str, Any]] = reply.json()["events"]
-    return events
-
-
 async def _until_events(
     stack: LocalStack, session_id: str, test: Any, what: str, timeout: float = 90
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
-        events = await _events(stack, session_id)
+        events = await fetch_events(stack, session_id)
         if test(events):
             return events
         assert time.monotonic() < deadline, f"no {what} in {session_id}: {events[-4:]}"
@@ -302,7 +272,7 @@ async def test_a_grounder_replica_killed_mid_grounding_the_other_answers(
         computer(action="click", target="the empty desktop background"),
         computer(action="done", message="clicked"),
     ]
-    session = await _submit(kill_stack, "[ground] click the background")
+    session = await submit_task(kill_stack, "[ground] click the background")
     deadline = time.monotonic() + 60
     while not grounding.calls:
         assert time.monotonic() < deadline, "no grounding was asked for"
@@ -342,7 +312,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
         computer(action="shell", command="echo after"),
         computer(action="done", message="went on"),
     ]
-    session = await _submit(kill_stack, "[prov] keep going")
+    session = await submit_task(kill_stack, "[prov] keep going")
     await _until_events(kill_stack, session, lambda ev: len(_of(ev, "step.planned")) >= 2, "step 2")
     desktop = await _desktop_of(bus, session)
     killed = _kill(kill_stack, "provisioner")
@@ -375,7 +345,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
         computer(action="shell", command="echo $DISPLAY"),
         computer(action="done", message="same desktop"),
     ]
-    await _submit(kill_stack, "[prov2] where am I", session)
+    await submit_task(kill_stack, "[prov2] where am I", session)
     events = await _finished(kill_stack, session, tasks=2)
     assert _of(events, "task.finished")[-1]["status"] == "succeeded", events[-3:]
     assert (_of(events, "step.executed")[-1]["output"] or "").strip() == display
@@ -385,7 +355,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
         computer(action="shell", command="echo new"),
         computer(action="done", message="new session"),
     ]
-    fresh = await _submit(kill_stack, "[prov3] a new session")
+    fresh = await submit_task(kill_stack, "[prov3] a new session")
     events = await _finished(kill_stack, fresh)
     assert _of(events, "task.finished")[0]["status"] == "succeeded", events[-3:]
     fresh_took = time.monotonic() - fresh_start
@@ -412,9 +382,7 @@ async def _open_page(browser: Browser, stack: LocalStack, session_id: str | None
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     if session_id is not None:
         # The page reopens the session it showed last.
-        await context.add_init_script(
-            f"localStorage.setItem('selfagent.session', {session_id!r})"
-        )
+        await context.add_init_script(f"localStorage.setItem('selfagent.session', {session_id!r})")
     tab = await context.new_page()
     response = await tab.goto(f"{stack.gateway_url}/?token={stack.token}")
     assert response is not None and response.status == 200
@@ -427,7 +395,7 @@ async def _open_page(browser: Browser, stack: LocalStack, session_id: str | None
 async def _new_session(stack: LocalStack) -> str:
     async with httpx.AsyncClient() as client:
         reply = await client.post(
-            f"{stack.gateway_url}/api/sessions", headers=_headers(stack), timeout=60
+            f"{stack.gateway_url}/api/sessions", headers=auth_headers(stack), timeout=60
         )
     assert reply.status_code in (200, 201), reply.text
     session: str = reply.json()["session_id"]
@@ -456,7 +424,7 @@ async def test_a_killed_gateway_loses_no_task_and_the_page_replays_what_it_misse
     session = await _new_session(kill_stack)
     page = await _open_page(browser, kill_stack, session)
     await page.wait_for_selector(VNC_LIVE, timeout=20000)
-    await _submit(kill_stack, "[gw] count while the gateway restarts", session)
+    await submit_task(kill_stack, "[gw] count while the gateway restarts", session)
     await page.wait_for_function(STEPS_AT_LEAST, arg=2, timeout=60000)
     executed_before = len(_of(await _stored(bus, session), "step.executed"))
     # The page keeps its place in the events stream...
@@ -474,7 +442,7 @@ async def test_a_killed_gateway_loses_no_task_and_the_page_replays_what_it_misse
         assert time.monotonic() < deadline, "no steps while the gateway was down"
         await asyncio.sleep(0.1)
     up = await asyncio.to_thread(_restart_gateway, kill_stack)
-    stored = await _events(kill_stack, session)
+    stored = await fetch_events(kill_stack, session)
     executed_now = len(_of(stored, "step.executed"))
     await page.wait_for_selector(EVENTS_LIVE, timeout=RECOVERY * 1000)
     await page.wait_for_function(STEPS_AT_LEAST, arg=executed_now, timeout=RECOVERY * 1000)
@@ -554,7 +522,7 @@ async def test_take_over_survives_a_gateway_restart(
     session = await _new_session(kill_stack)
     holder = await _open_page(browser, kill_stack, session)
     await holder.wait_for_selector(VNC_LIVE, timeout=20000)
-    await _submit(kill_stack, "[hold] work until someone takes over", session)
+    await submit_task(kill_stack, "[hold] work until someone takes over", session)
     events = await _until_events(
         kill_stack, session, lambda ev: len(_of(ev, "step.executed")) >= 2, "two steps"
     )
@@ -576,7 +544,7 @@ async def test_take_over_survives_a_gateway_restart(
         reply = await client.get(
             f"{kill_stack.gateway_url}/api/takeover",
             params={"session_id": session},
-            headers=_headers(kill_stack),
+            headers=auth_headers(kill_stack),
             timeout=10,
         )
     assert reply.status_code == 200, reply.text
@@ -601,10 +569,10 @@ async def test_take_over_survives_a_gateway_restart(
     await asyncio.sleep(0.5)
     assert await asyncio.to_thread(_pointer, display) == landed
     # The agent stayed paused all along.
-    held = await _events(kill_stack, session)
+    held = await fetch_events(kill_stack, session)
     executed = len(_of(held, "step.executed"))
     await asyncio.sleep(1.5)
-    assert len(_of(await _events(kill_stack, session), "step.executed")) == executed
+    assert len(_of(await fetch_events(kill_stack, session), "step.executed")) == executed
     print(f"gateway restarted under a take-over: the page in control again {back:.1f}s after")
     assert back < RECOVERY
 

@@ -35,7 +35,7 @@ from selfagent.schemas import (
     subjects,
 )
 from selfagent.schemas.sandboxes import Lease
-from tests.harness.api import computer
+from tests.harness.api import auth_headers, computer, fetch_events, submit_task
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 
 pytestmark = pytest.mark.desktop
@@ -87,42 +87,13 @@ async def bus(sessions_stack: LocalStack) -> AsyncIterator[NatsBroker]:
         await broker.stop()
 
 
-def _headers(stack: LocalStack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.token}"}
-
-
-async def _submit(stack: LocalStack, prompt: str, session_id: str | None = None) -> str:
-    body: dict[str, Any] = {"prompt": prompt}
-    if session_id:
-        body["session_id"] = session_id
-    async with httpx.AsyncClient() as client:
-        reply = await client.post(
-            f"{stack.gateway_url}/api/tasks", json=body, headers=_headers(stack), timeout=10
-        )
-    assert reply.status_code == 202, reply.text
-    session: str = reply.json()["session_id"]
-    return session
-
-
-async def _events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient() as client:
-        reply = await client.get(
-            f"{stack.gateway_url}/api/sessions/{session_id}/events",
-            headers=_headers(stack),
-            timeout=10,
-        )
-    assert reply.status_code == 200, reply.text
-    events: list[dict[str, Any]] = reply.json()["events"]
-    return events
-
-
 async def _finished(
     stack: LocalStack, session_id: str, tasks: int = 1, timeout: float = 90
 ) -> list[dict[str, Any]]:
     """The session's events once ``tasks`` tasks have finished in it."""
     deadline = time.monotonic() + timeout
     while True:
-        events = await _events(stack, session_id)
+        events = await fetch_events(stack, session_id)
         if sum(1 for e in events if e["kind"] == "task.finished") >= tasks:
             return events
         if time.monotonic() > deadline:
@@ -173,8 +144,8 @@ async def test_two_sessions_run_at_once_each_on_its_own_desktop(
             computer(action="done", message=f"{tag} done"),
         ]
     first, second = await asyncio.gather(
-        _submit(sessions_stack, "[one] write a marker"),
-        _submit(sessions_stack, "[two] write a marker"),
+        submit_task(sessions_stack, "[one] write a marker"),
+        submit_task(sessions_stack, "[two] write a marker"),
     )
     events_one, events_two = await asyncio.gather(
         _finished(sessions_stack, first), _finished(sessions_stack, second)
@@ -200,7 +171,7 @@ async def test_two_sessions_run_at_once_each_on_its_own_desktop(
         computer(action="shell", command="echo $DISPLAY; cat ~/marker.txt"),
         computer(action="done", message="read it"),
     ]
-    assert await _submit(sessions_stack, "[again] read the marker", first) == first
+    assert await submit_task(sessions_stack, "[again] read the marker", first) == first
     events = await _finished(sessions_stack, first, tasks=2)
     assert _last_finish(events)["status"] == "succeeded"
     assert _outputs(events)[-1].split() == [display_one, "one"]
@@ -216,11 +187,11 @@ async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
         computer(action="wait", seconds=60),
         computer(action="done", message="should not get here"),
     ]
-    session = await _submit(sessions_stack, "[doomed] keep a file, then wait")
+    session = await submit_task(sessions_stack, "[doomed] keep a file, then wait")
     deadline = time.monotonic() + 60
     while not any(
         e["kind"] == "step.planned" and e["step"] == 2
-        for e in await _events(sessions_stack, session)
+        for e in await fetch_events(sessions_stack, session)
     ):
         assert time.monotonic() < deadline, "the task never reached its wait"
         await asyncio.sleep(0.2)
@@ -245,7 +216,7 @@ async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
         computer(action="shell", command="cat ~/kept.txt"),
         computer(action="done", message="found it"),
     ]
-    await _submit(sessions_stack, "[after] read the kept file", session)
+    await submit_task(sessions_stack, "[after] read the kept file", session)
     events = await _finished(sessions_stack, session, tasks=2)
     assert _last_finish(events)["status"] == "succeeded", events[-3:]
     assert _outputs(events)[-1].strip() == "kept"
@@ -263,7 +234,7 @@ async def test_a_full_host_shows_waiting_then_refuses_with_the_reason(
         )
     router.scripts["crowded"] = [computer(action="done", message="ran")]
     try:
-        session = await _submit(sessions_stack, "[crowded] anything")
+        session = await submit_task(sessions_stack, "[crowded] anything")
         events = await _finished(sessions_stack, session, timeout=LEASE_WAIT + 30)
         states = [e["state"] for e in events if e["kind"] == "task.state"]
         assert "waiting" in states, events
@@ -273,7 +244,7 @@ async def test_a_full_host_shows_waiting_then_refuses_with_the_reason(
         assert "No desktop for this session" in finish["reply"], finish["reply"]
         # Nothing is lost: with room again, the same session runs.
         await _release(bus, holders[0])
-        await _submit(sessions_stack, "[crowded] anything", session)
+        await submit_task(sessions_stack, "[crowded] anything", session)
         events = await _finished(sessions_stack, session, tasks=2)
         assert _last_finish(events)["status"] == "succeeded", events[-3:]
     finally:
@@ -289,9 +260,9 @@ async def test_an_actuator_killed_mid_action_is_noticed_and_the_task_goes_on(
         computer(action="shell", command="echo $DISPLAY"),
         computer(action="done", message="carried on"),
     ]
-    session = await _submit(sessions_stack, "[survive] sleep, then look")
+    session = await submit_task(sessions_stack, "[survive] sleep, then look")
     deadline = time.monotonic() + 60
-    while not any(e["kind"] == "step.planned" for e in await _events(sessions_stack, session)):
+    while not any(e["kind"] == "step.planned" for e in await fetch_events(sessions_stack, session)):
         assert time.monotonic() < deadline, "the task never planned its first step"
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)  # the shell command is running in the sandbox
@@ -328,12 +299,11 @@ async def test_a_denied_command_is_not_run_and_the_model_is_told(
         computer(action="shell", command="ls ~/Documents/keep"),
         computer(action="done", message="kept"),
     ]
-    session = await _submit(sessions_stack, "[gate] tidy up my documents")
+    session = await submit_task(sessions_stack, "[gate] tidy up my documents")
     deadline = time.monotonic() + 60
     while True:
-        asked = [
-            e for e in await _events(sessions_stack, session) if e["kind"] == "approval.requested"
-        ]
+        events = await fetch_events(sessions_stack, session)
+        asked = [e for e in events if e["kind"] == "approval.requested"]
         if asked:
             break
         assert time.monotonic() < deadline, "no approval was asked for"
@@ -343,7 +313,7 @@ async def test_a_denied_command_is_not_run_and_the_model_is_told(
         reply = await client.post(
             f"{sessions_stack.gateway_url}/api/sessions/{session}/control",
             json={"command": "deny", "approval_id": asked[0]["approval_id"], "text": "keep them"},
-            headers=_headers(sessions_stack),
+            headers=auth_headers(sessions_stack),
             timeout=10,
         )
     assert reply.status_code == 202, reply.text

@@ -44,3 +44,34 @@ def session_events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
             break
         time.sleep(0.3)
     return events
+
+
+def auth_headers(stack: LocalStack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.token}"}
+
+
+async def submit_task(stack: LocalStack, prompt: str, session_id: str | None = None) -> str:
+    """``POST /api/tasks`` (a new session, or ``session_id``'s); the session id."""
+    body: dict[str, Any] = {"prompt": prompt}
+    if session_id:
+        body["session_id"] = session_id
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{stack.gateway_url}/api/tasks", json=body, headers=auth_headers(stack), timeout=10
+        )
+    assert reply.status_code == 202, reply.text
+    session: str = reply.json()["session_id"]
+    return session
+
+
+async def fetch_events(stack: LocalStack, session_id: str) -> list[dict[str, Any]]:
+    """The session's history from the gateway, as it is now."""
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(
+            f"{stack.gateway_url}/api/sessions/{session_id}/events",
+            headers=auth_headers(stack),
+            timeout=10,
+        )
+    assert reply.status_code == 200, reply.text
+    events: list[dict[str, Any]] = reply.json()["events"]
+    return events

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -19,7 +20,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, StorageType
 
 from selfagent.bus.auth import (
     ADMIN,
@@ -104,9 +105,15 @@ async def connect(server: EmbeddedNats, user: str | None) -> Conn:
 async def admin(locked: EmbeddedNats) -> AsyncIterator[Conn]:
     conn = await connect(locked, ADMIN)
     js = conn.client.jetstream()
+    # In memory: the walks publish on the streams' API subjects, deletes and
+    # purges included, and the server handles some of those in line with the
+    # publisher's later messages. On a busy disk, deleting file-backed
+    # streams held the walk's messages back for over 15 s.
     for config in STREAM_CONFIGS:
-        await js.add_stream(config)
-    await js.create_key_value(KeyValueConfig(bucket=subjects.SESSIONS_BUCKET))
+        await js.add_stream(replace(config, storage=StorageType.MEMORY))
+    await js.create_key_value(
+        KeyValueConfig(bucket=subjects.SESSIONS_BUCKET, storage=StorageType.MEMORY)
+    )
     yield conn
     await conn.client.close()
 
