@@ -48,7 +48,10 @@ class GatewayService(Service):
                 self.app,
                 host=settings.host,
                 port=settings.port,
-                ws="websockets",
+                # The sans-I/O WebSocket protocol: one gateway relays twice the
+                # events to 50 viewers for a third less CPU than with the
+                # legacy one (bench/viewers.py).
+                ws="websockets-sansio",
                 log_level="info",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
             )
