@@ -186,9 +186,9 @@ async def test_a_replaced_planner_stops_at_its_next_save_without_a_word(
         second = asyncio.create_task(new.run(resume=state))
         assert await asyncio.wait_for(first, 10) is None
         assert old.superseded
-        state = await sessions.load_state(broker, task.session_id)
-        assert state is not None
-        assert (state.planner, state.status) == ("planner-new", "running"), state
+        taken = await sessions.load_state(broker, task.session_id)
+        assert taken is not None
+        assert (taken.planner, taken.status) == ("planner-new", "running"), taken
         finished = await asyncio.wait_for(second, 15)
         assert finished is not None and finished.status == "failed"
         assert not new.superseded
@@ -203,7 +203,7 @@ async def test_a_replaced_planner_stops_at_its_next_save_without_a_word(
         assert kinds.count("task.started") == 1, kinds
         assert kinds.count("task.finished") == 1, kinds
         assert kinds.count("message") == 1, kinds
-        state = await sessions.load_state(broker, task.session_id)
-        assert state is not None and (state.planner, state.status) == ("planner-new", "failed")
+        last = await sessions.load_state(broker, task.session_id)
+        assert last is not None and (last.planner, last.status) == ("planner-new", "failed")
     finally:
         await watcher.close()
