@@ -36,6 +36,7 @@ EXPORTED: dict[str, Any] = {
     "DeadLetter": messages.DeadLetter,
     "ActuatorHeartbeat": messages.ActuatorHeartbeat,
     "GrounderHeartbeat": messages.GrounderHeartbeat,
+    "PlannerHeartbeat": messages.PlannerHeartbeat,
     "ModelStatus": messages.ModelStatus,
     "SessionState": messages.SessionState,
     "LeaseRequest": sandboxes.LeaseRequest,
@@ -130,6 +131,14 @@ _CHANNELS: list[tuple[str, str, list[str], str, str]] = [
         "receive",
         "Each grounder replica, every second and when it takes a request: "
         "the requests it is working on.",
+    ),
+    (
+        "plannerHeartbeat",
+        subjects.PLANNER_HEARTBEAT,
+        ["PlannerHeartbeat"],
+        "receive",
+        "Each planner replica, every second and when it takes a task: the tasks it runs "
+        "and their ack subjects, so that a survivor hands a dead replica's tasks over at once.",
     ),
     (
         "modelStatus",

@@ -354,6 +354,34 @@ class GrounderHeartbeat(Message):
     at: datetime = Field(default_factory=_now)
 
 
+class HeldTask(Message):
+    """A task a planner is running now, as its heartbeat names it."""
+
+    task_id: SubjectId
+    session_id: SubjectId
+    ack_subject: str = Field(
+        description="The JetStream ack subject of the planner's delivery of the task"
+    )
+
+
+class PlannerHeartbeat(Message):
+    """Published every second by each planner replica on ``agent.planner.heartbeat``,
+    and at once when it takes a task.
+
+    ``tasks`` names the tasks it is running. When a replica falls silent
+    (killed), a surviving one sends ``-NAK`` to the ack subject of each task
+    the silent one held, so the tasks work queue hands the task out again at
+    once instead of after its ack wait; a planner that resumes it records
+    itself in the session state (``SessionState.planner``), which fences off
+    the old one if it was only cut off.
+    """
+
+    instance: str
+    started_at: datetime
+    tasks: list[HeldTask] = Field(default_factory=list, description="The tasks it runs now")
+    at: datetime = Field(default_factory=_now)
+
+
 class ModelStatus(Message):
     """What a service found at its model endpoint; on ``agent.status.<service>`` every 10 s.
 
@@ -442,6 +470,11 @@ class SessionState(Message):
     )
     submitted_at: datetime
     updated_at: datetime = Field(default_factory=_now)
+    planner: str | None = Field(
+        default=None,
+        description="The planner instance running the task; a planner that finds another "
+        "one here for its own task was replaced (it was cut off) and stops",
+    )
 
     @classmethod
     def fresh(cls, task: TaskSubmitted) -> SessionState:

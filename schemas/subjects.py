@@ -14,6 +14,7 @@ subject                            pattern             payload
 ``agent.sandbox.<box>.observe``    request             ObserveRequest -> Observation
 ``agent.actuator.heartbeat``       publish             ActuatorHeartbeat, every second
 ``agent.grounder.heartbeat``       publish             GrounderHeartbeat, every second
+``agent.planner.heartbeat``        publish             PlannerHeartbeat, every second
 ``agent.status.<service>``         publish             ModelStatus, every 10 s (planner, grounder)
 ``agent.deadletter.<service>``     publish (stream)    DeadLetter
 ``agent.provisioner.lease``        request             LeaseRequest -> Lease
@@ -38,6 +39,7 @@ GROUND = "agent.ground"
 GROUNDER_QUEUE = "grounder"
 ACTUATOR_HEARTBEAT = "agent.actuator.heartbeat"
 GROUNDER_HEARTBEAT = "agent.grounder.heartbeat"
+PLANNER_HEARTBEAT = "agent.planner.heartbeat"
 STATUS_ALL = "agent.status.*"
 SANDBOX_ACT_ALL = "agent.sandbox.*.act"
 SANDBOX_OBSERVE_ALL = "agent.sandbox.*.observe"

@@ -134,11 +134,15 @@ IDENTITIES: tuple[Identity, ...] = (
             subjects.SCREENS_ALL,
             *_declare(subjects.SCREENS_STREAM),
             f"{JS_API}.STREAM.UPDATE.{subjects.SCREENS_STREAM}",
+            # The tasks it runs, for the other replicas (who hand them over
+            # at once when it falls silent).
+            subjects.PLANNER_HEARTBEAT,
         ),
         subscribe=(
             subjects.SESSION_CONTROL_ALL,
             subjects.ACTUATOR_HEARTBEAT,
             subjects.GROUNDER_HEARTBEAT,
+            subjects.PLANNER_HEARTBEAT,
             subjects.provisioner_event("sandbox.lost"),
             subjects.provisioner_event("sandbox.released"),
         ),

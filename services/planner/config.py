@@ -68,6 +68,13 @@ class Settings(ServiceSettings):
     # `resume_window` seconds ago (then it fails with error code interrupted).
     task_ack_wait: float = Field(default=30.0, ge=1)
     resume_window: float = Field(default=600.0, ge=0)
+    # With other replicas running, a killed planner's tasks are handed over
+    # sooner: every replica names its tasks in a heartbeat each
+    # `heartbeat_interval` seconds, and one that stays silent for
+    # `peer_silence` seconds has its tasks handed back to the queue at once
+    # by a survivor (see peers.py).
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    peer_silence: float = Field(default=3.5, gt=0)
 
     # Context: the last N screenshots go to the model as images, older steps as text.
     # `tools` family. append: requests grow by appending (what prefix caches

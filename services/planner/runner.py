@@ -185,6 +185,10 @@ class _GrounderGone(Exception):
     pass
 
 
+class _Superseded(Exception):
+    """Another planner instance runs this task now (this one was taken for dead)."""
+
+
 class _ActuatorGone(Exception):
     pass
 
@@ -222,6 +226,13 @@ class TaskRunner:
     _feedback: str | None = None
     heartbeats: Heartbeats | None = None
     grounders: GrounderWatch | None = None
+    # The planner replica running this task, recorded in the session state:
+    # a replica that finds another one there for its own task was replaced
+    # while it was cut off, and stops (see _save_state). Empty: no fencing.
+    instance: str = ""
+    # Set when this run found itself replaced: it ended without a word, and
+    # its delivery of the task must be neither acked nor given back.
+    superseded: bool = False
     # The desktop leased for the session (per-session desktops), once leased.
     _leased: str | None = None
     # The actuator instance that last answered for the desktop.
@@ -253,14 +264,26 @@ class TaskRunner:
             log.exception("could not publish %s event", kind)
 
     async def _save_state(
-        self, status: SessionStatus, reply: str | None = None, question: str | None = None
+        self,
+        status: SessionStatus,
+        reply: str | None = None,
+        question: str | None = None,
+        *,
+        take_over: bool = False,
     ) -> None:
         """Record the session's progress in the KV bucket, for other replicas and the gateway.
 
         Best effort and bounded: a broker hiccup must neither end nor stall the task.
+        ``take_over`` (a resumed task) makes this replica the task's planner
+        whoever was before.
+
+        Raises:
+            _Superseded: another planner instance has taken the task over
+                (this one was silent long enough to be taken for dead).
         """
         record = SessionState.fresh(self.task).model_copy(
             update={
+                "planner": self.instance or None,
                 "sandbox_id": self.sandbox_id,
                 "status": status,
                 "steps": self.steps_taken,
@@ -282,20 +305,54 @@ class TaskRunner:
         try:
             bucket = await sessions.open_bucket(self.broker)
             current = await sessions.read_state(bucket, self.task.session_id)
-            if (
-                current is not None
-                and current.task_id != self.task.task_id
-                and current.submitted_at > self.task.submitted_at
-            ):
-                # A newer task owns the session now (this one was replaced):
-                # its record must not be overwritten by ours.
-                return
+        except Exception as exc:
+            log.warning("could not save session %s state: %s", self.task.session_id, exc)
+            return
+        if not take_over:
+            self._raise_if_replaced(current)
+        if (
+            current is not None
+            and current.task_id != self.task.task_id
+            and current.submitted_at > self.task.submitted_at
+        ):
+            # A newer task owns the session now (this one was replaced):
+            # its record must not be overwritten by ours.
+            return
+        try:
             await asyncio.wait_for(
                 bucket.put(self.task.session_id, record.model_dump_json().encode()),
                 sessions.TIMEOUT,
             )
         except Exception as exc:
             log.warning("could not save session %s state: %s", self.task.session_id, exc)
+
+    def _raise_if_replaced(self, current: SessionState | None) -> None:
+        if (
+            self.instance
+            and current is not None
+            and current.task_id == self.task.task_id
+            and current.planner is not None
+            and current.planner != self.instance
+        ):
+            self.superseded = True
+            raise _Superseded(current.planner)
+
+    async def _check_still_ours(self) -> None:
+        """Before a reply's actions run: a replica that was cut off for a while may
+        have been replaced meanwhile, and its actions would then run twice.
+
+        Raises:
+            _Superseded: another planner instance runs the task now.
+        """
+        if not self.instance:
+            return
+        try:
+            current = await sessions.load_state(self.broker, self.task.session_id)
+        except Exception as exc:
+            # Unreadable is not replaced: the save after the step checks again.
+            log.warning("could not read session %s state: %s", self.task.session_id, exc)
+            return
+        self._raise_if_replaced(current)
 
     def _keep(self, step: int, when: str, shot: Screenshot | None) -> None:
         """Keep a step's screenshot for replay and export (best effort)."""
@@ -487,14 +544,29 @@ class TaskRunner:
 
     # --- the loop --------------------------------------------------------------
 
-    async def run(self, resume: SessionState | None = None) -> TaskFinished:
+    async def run(self, resume: SessionState | None = None) -> TaskFinished | None:
         """Run the task to its end.
 
         ``resume`` is the state an interrupted earlier run left (this task
         was handed over). If this planner shuts down mid-task (cancellation),
         the task is left for another replica rather than ended: the state
         says so and the caller gives the task back to the queue.
+
+        None (and ``superseded`` set): another planner instance took the
+        task over while this one was cut off; this run stopped without
+        another event or state write, and the task is that instance's now.
         """
+        try:
+            return await self._run(resume)
+        except _Superseded as superseded:
+            log.warning(
+                "task %s: planner %s has taken it over; this replica stops it here",
+                self.task.task_id,
+                superseded,
+            )
+            return None
+
+    async def _run(self, resume: SessionState | None) -> TaskFinished:
         started = time.monotonic()
         if resume is not None:
             done = await self._resume(resume)
@@ -510,15 +582,19 @@ class TaskRunner:
         except _Finish as finish:
             return await self._finish(finish)
         except asyncio.CancelledError:
-            await self._save_state("interrupted")
-            await self._emit(
-                AgentMessage(
-                    role="system",
-                    text=f"The planner stopped after step {self.steps_taken}; "
-                    "another planner will continue this task.",
-                    **self._ids(),
+            # Replaced already: the task is another planner's, nothing to say.
+            with contextlib.suppress(_Superseded):
+                await self._save_state("interrupted")
+                await self._emit(
+                    AgentMessage(
+                        role="system",
+                        text=f"The planner stopped after step {self.steps_taken}; "
+                        "another planner will continue this task.",
+                        **self._ids(),
+                    )
                 )
-            )
+            raise
+        except _Superseded:
             raise
         except Exception as exc:
             log.exception("task %s crashed", self.task.task_id)
@@ -565,6 +641,9 @@ class TaskRunner:
                 )
             )
         log.info("resuming task %s after %d steps", self.task.task_id, state.steps)
+        # Saved first: from here on the task is this replica's, and the one
+        # before, should it be alive after all, stops at its next save.
+        await self._save_state("running", take_over=True)
         await self._emit(
             AgentMessage(
                 role="system",
@@ -572,7 +651,6 @@ class TaskRunner:
                 **self._ids(),
             )
         )
-        await self._save_state("running")
         # Whatever state the task was last shown in (needs_user, paused,
         # takeover), the UI learns it is running again only from this event.
         await self._emit(TaskStateChanged(state="running", **self._ids()))
@@ -672,6 +750,7 @@ class TaskRunner:
                     ) from exc
                 continue
             invalid_replies = 0
+            await self._check_still_ours()
             self._keep_model_call(self.steps_taken + 1, messages, reply, shot.data_uri())
 
             turn = Turn(self.steps_taken + 1, parsed.reply, "ok", shot.data_uri(), parsed.summary)
@@ -913,14 +992,15 @@ class TaskRunner:
         self._raise_if_ended()
         if control.holding:
             state: Literal["paused", "takeover"] = "takeover" if control.takeover else "paused"
-            await self._emit(TaskStateChanged(state=state, **self._ids()))
+            # Saved first, here and below: a replaced replica stops before it speaks.
             await self._save_state(state)
+            await self._emit(TaskStateChanged(state=state, **self._ids()))
             while control.holding and not control.ended:
                 control.changed.clear()
                 await control.changed.wait()
             self._raise_if_ended()
-            await self._emit(TaskStateChanged(state="running", **self._ids()))
             await self._save_state("running")
+            await self._emit(TaskStateChanged(state="running", **self._ids()))
             # After a takeover the screen is not what the model last saw.
             self._feedback = "The user paused or took over the desktop; look at the new screenshot."
         if time.monotonic() - started >= self.settings.max_wall_seconds:

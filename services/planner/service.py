@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from datetime import UTC, datetime
 from typing import Literal
 
 from faststream import AckPolicy
@@ -35,6 +37,8 @@ from selfagent.schemas import (
     ActuatorHeartbeat,
     ControlCommand,
     GrounderHeartbeat,
+    HeldTask,
+    PlannerHeartbeat,
     SessionState,
     TaskSubmitted,
     subjects,
@@ -44,6 +48,7 @@ from selfagent.schemas.sandboxes import SandboxLost, SandboxReleased
 from .canary import run_canary
 from .config import Settings
 from .families import for_settings
+from .peers import PeerWatch, hand_back
 from .runner import Control, GrounderWatch, Heartbeats, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -73,16 +78,24 @@ class PlannerService(Service):
         self.grounders = GrounderWatch()
         self.running: set[asyncio.Task[object]] = set()
         self.accepting = True
+        # This replica, for the other replicas: its heartbeat names the tasks
+        # it runs (by session), and it watches theirs (see peers.py).
+        self.instance = f"{SERVICE}-{secrets.token_hex(4)}"
+        self.started_at = datetime.now(UTC)
+        self.held: dict[str, HeldTask] = {}
+        self.peers = PeerWatch(self.instance)
         # Released in reverse: running tasks go back to the queue first.
         self.resources.push_async_callback(self.llm.close)
         self.resources.push_async_callback(self.broker.stop)
         self.resources.push_async_callback(self._give_back_tasks)
         self._subscribe()
         self._subscribe_desktops()
+        self._subscribe_peers()
 
     async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
         await start_with_retry(self.broker, before_start=prepare)
+        self.spawn(self._heartbeat(), name="planner-heartbeat")
         if self.settings.screenshot_retention_days > 0:
             try:
                 await screens.ensure_stream(
@@ -112,11 +125,12 @@ class PlannerService(Service):
             # In the background: tasks are served while the model answers it.
             self.spawn(run_canary(self.settings, self.llm), name="planner-canary")
         log.info(
-            "planner ready: model %s at %s, %s mode, family %s",
+            "planner ready: model %s at %s, %s mode, family %s (instance %s)",
             self.settings.llm_model,
             self.llm_url,
             self.settings.resolved_mode,
             for_settings(self.settings).name,
+            self.instance,
         )
 
     def _subscribe(self) -> None:
@@ -150,6 +164,13 @@ class PlannerService(Service):
             if not self.accepting:
                 # Shutting down: leave it for another replica (see stop()).
                 await msg.nack()
+                return
+            running = self.runners.get(task.session_id)
+            if running is not None and running.task.task_id == task.task_id:
+                # Handed out again while it runs here (a replica took this
+                # one for dead and gave it back). It is one queue entry: the
+                # runner's ack settles it, so this delivery is left alone.
+                log.warning("task %s delivered again while it runs here", task.task_id)
                 return
             resume: SessionState | None = None
             metadata = msg.raw_message.metadata
@@ -244,6 +265,38 @@ class PlannerService(Service):
             why = f"{event.reason}: {event.detail}" if event.detail else event.reason
             self._desktop_gone(event.sandbox_id, f"was released ({why})")
 
+    def _subscribe_peers(self) -> None:
+        broker = self.broker
+
+        @broker.subscriber(subjects.PLANNER_HEARTBEAT, title="planner.heartbeat")
+        @typed_handler(broker, SERVICE, PlannerHeartbeat, subjects.PLANNER_HEARTBEAT)
+        async def on_planner_heartbeat(beat: PlannerHeartbeat) -> None:
+            self.peers.beat(beat)
+
+    async def _beat(self) -> None:
+        beat = PlannerHeartbeat(
+            instance=self.instance, started_at=self.started_at, tasks=list(self.held.values())
+        )
+        try:
+            await self.broker.publish(beat, subjects.PLANNER_HEARTBEAT)
+        except Exception as exc:
+            log.debug("heartbeat not sent: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._beat()
+            await self._hand_over_silent_peers()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _hand_over_silent_peers(self) -> None:
+        """Give the tasks of a replica that fell silent back to the queue now, not after
+        their ack wait: one of the replicas (maybe this one) takes each and resumes it."""
+        own = {runner.task.task_id for runner in self.runners.values()}
+        for peer, tasks in self.peers.silent(self.settings.peer_silence, own).items():
+            log.warning("planner %s went silent; handing over %d of its tasks", peer, len(tasks))
+            for held in tasks:
+                await hand_back(self.broker, held, peer)
+
     def start_task(
         self, task: TaskSubmitted, delivery: NatsMessage, resume: SessionState | None = None
     ) -> asyncio.Task[object]:
@@ -262,21 +315,37 @@ class PlannerService(Service):
             grounders=self.grounders,
         )
         self.runners[task.session_id] = runner
+        held = HeldTask(
+            task_id=task.task_id,
+            session_id=task.session_id,
+            ack_subject=delivery.raw_message.reply or "",
+        )
+        self.held[task.session_id] = held
 
         async def run() -> object:
             keep_alive = asyncio.create_task(self._keep_alive(delivery))
             try:
+                # At once: the other replicas learn where the task runs now.
+                await self._beat()
                 result = await runner.run(resume=resume)
             except asyncio.CancelledError:
                 # This planner is shutting down mid-task: give the task back
-                # now, so another replica resumes it without waiting.
-                await _settle_delivery(delivery, "nack", task)
+                # now, so another replica resumes it without waiting; unless
+                # another replica holds it already.
+                if not runner.superseded:
+                    await _settle_delivery(delivery, "nack", task)
                 raise
             finally:
                 keep_alive.cancel()
                 if self.controls.get(task.session_id) is control:
                     del self.controls[task.session_id]
                     self.runners.pop(task.session_id, None)
+                if self.held.get(task.session_id) is held:
+                    del self.held[task.session_id]
+            if runner.superseded:
+                # The replica that took it over settles it: an ack here would
+                # take it out of the queue under that replica's feet.
+                return result
             await _settle_delivery(delivery, "ack", task)
             return result
 
