@@ -18,8 +18,8 @@ echo "== pytest"
 WORKERS="${SELFAGENT_TEST_WORKERS:-3}"
 PARALLEL=""
 [ "$WORKERS" != "0" ] && PARALLEL="-n $WORKERS --dist loadgroup"
-# One more try for a failing test (listed as a rerun in the summary): a
+# Two more tries for a failing test (each listed as a rerun in the summary): a
 # desktop test can lose a race against the load of the other workers.
-RERUNS="${SELFAGENT_TEST_RERUNS:-1}"
+RERUNS="${SELFAGENT_TEST_RERUNS:-2}"
 # shellcheck disable=SC2086
 exec .venv/bin/python -m pytest $PARALLEL --reruns "$RERUNS" --reruns-delay 2 --durations=15 "$@"

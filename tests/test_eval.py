@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from selfagent.bus.natsd import free_port
 from selfagent.cli import main as selfagent
 from selfagent.eval.report import summarize, write
 from selfagent.eval.runner import Runner, RunResult, Target
 from selfagent.eval.suite import FIREFOX, SUITE, EvalTask, Step, done, shell
 from selfagent.local import LocalStack
-from tests.harness.api import computer
+from tests.harness.api import computer, scripted_stack
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 
 HOST = f"eval-{uuid.uuid4().hex[:8]}"
@@ -83,21 +82,14 @@ def router(fake_llm: FakeLLM) -> Iterator[TaggedScripts]:
 
 @pytest.fixture(scope="module")
 def eval_stack(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalStack]:
-    local = LocalStack(
-        desktops="per_session",
-        gateway_port=free_port(),
-        token="eval-" + uuid.uuid4().hex,
-        extra_env={
-            "LLM_API_BASE_URL": fake_llm.base_url,
-            "LLM_MODEL": "fake-planner",
-            "GROUNDER_FAMILY": "ocr",
-            "GROUNDER_CANARY": "false",
-            "PLANNER_CANARY": "false",
-            "PROVISIONER_HOST_NAME": HOST,
-            "PROVISIONER_WARM": "2",
-            "PROVISIONER_MAX_PER_HOST": str(PARALLEL),
-            "PROVISIONER_LEASE_WAIT": "120",
-        },
+    local = scripted_stack(
+        fake_llm,
+        "eval",
+        "per_session",
+        PROVISIONER_HOST_NAME=HOST,
+        PROVISIONER_WARM="2",
+        PROVISIONER_MAX_PER_HOST=str(PARALLEL),
+        PROVISIONER_LEASE_WAIT="120",
     )
     local.start()
     yield local

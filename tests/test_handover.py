@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import uuid
 from collections.abc import Iterator
@@ -15,8 +14,8 @@ import httpx
 import nats
 import pytest
 
-from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
+from tests.harness.api import scripted_stack
 from tests.harness.fakellm import FakeLLM, tool_call
 
 pytestmark = pytest.mark.desktop
@@ -24,23 +23,14 @@ pytestmark = pytest.mark.desktop
 
 @pytest.fixture(scope="module")
 def handover_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
-    local = LocalStack(
-        desktops="fixed",
-        gateway_port=free_port(),
-        token="handover-" + secrets.token_urlsafe(24),
-        extra_env={
-            "LLM_API_BASE_URL": fake_llm.base_url,
-            "LLM_MODEL": "fake-planner",
-            "GROUNDER_FAMILY": "ocr",
-            "GROUNDER_CANARY": "false",
-            "PLANNER_CANARY": "false",
-            # A dead planner's task returns to the queue after 10 s: short for
-            # a test, yet longer than a replacement planner takes to start on
-            # a loaded machine (test_redelivered_task_does_not_override_a_newer_one
-            # needs the replacement to take the newer task first; 6 s was
-            # missed once with three suites' worth of load).
-            "PLANNER_TASK_ACK_WAIT": "10",
-        },
+    local = scripted_stack(
+        fake_llm,
+        "handover",
+        "fixed",
+        # A dead planner's task returns to the queue after 10 s: short for a
+        # test, yet longer than a replacement planner takes to start on a
+        # loaded machine (the "stale-first" case below waits it out on purpose).
+        PLANNER_TASK_ACK_WAIT="10",
     )
     local.start()
     yield local

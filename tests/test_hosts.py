@@ -11,7 +11,6 @@ it really ran on.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +20,6 @@ import pytest
 from faststream.nats import NatsBroker
 
 from selfagent.bus import make_broker, request
-from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
 from selfagent.schemas import (
     ProvisionerStatus,
@@ -30,7 +28,7 @@ from selfagent.schemas import (
     StatusRequest,
     subjects,
 )
-from tests.harness.api import computer, fetch_events, submit_task
+from tests.harness.api import computer, fetch_events, scripted_stack, submit_task
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 
 pytestmark = pytest.mark.desktop
@@ -60,20 +58,13 @@ def two_hosts(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalStack]:
         "PROVISIONER_SCREEN_WIDTH": "1024",
         "PROVISIONER_SCREEN_HEIGHT": "640",
     }
-    local = LocalStack(
-        desktops="per_session",
-        gateway_port=free_port(),
-        token="hosts-" + secrets.token_urlsafe(24),
-        extra_env={
-            "LLM_API_BASE_URL": fake_llm.base_url,
-            "LLM_MODEL": "fake-planner",
-            "GROUNDER_FAMILY": "ocr",
-            "GROUNDER_CANARY": "false",
-            "PLANNER_CANARY": "false",
-            "PROVISIONER_HOST_NAME": HOST_A,
-            "ACTUATOR_HOST": HOST_A,
-            **common,
-        },
+    local = scripted_stack(
+        fake_llm,
+        "hosts",
+        "per_session",
+        PROVISIONER_HOST_NAME=HOST_A,
+        ACTUATOR_HOST=HOST_A,
+        **common,
     )
     local.start()
     try:

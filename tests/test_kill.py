@@ -30,17 +30,21 @@ import pytest
 from faststream.nats import NatsBroker
 from playwright.async_api import Browser, Page, async_playwright
 
-from selfagent.bus import jetstream, make_broker, request
+from selfagent.bus import jetstream, make_broker
 from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
 from selfagent.schemas import (
-    ProvisionerStatus,
-    Released,
-    ReleaseRequest,
-    StatusRequest,
     subjects,
 )
-from tests.harness.api import auth_headers, computer, fetch_events, submit_task
+from tests.harness.api import (
+    auth_headers,
+    computer,
+    desktop_of,
+    fetch_events,
+    provisioner_status,
+    release_sessions,
+    submit_task,
+)
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, EVENTS_LIVE, VNC_LIVE, tid
 
@@ -220,30 +224,6 @@ def _at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["at"]).timestamp()
 
 
-async def _status(bus: NatsBroker) -> ProvisionerStatus:
-    return await request(
-        bus, subjects.PROVISIONER_STATUS, StatusRequest(), ProvisionerStatus, timeout=5
-    )
-
-
-async def _desktop_of(bus: NatsBroker, session_id: str) -> str:
-    for info in (await _status(bus)).sandboxes:
-        if info.session_id == session_id and info.state == "leased":
-            return info.sandbox_id
-    raise AssertionError(f"session {session_id} holds no desktop")
-
-
-async def _release(bus: NatsBroker, *session_ids: str) -> None:
-    for session_id in session_ids:
-        await request(
-            bus,
-            subjects.PROVISIONER_RELEASE,
-            ReleaseRequest(session_id=session_id),
-            Released,
-            timeout=30,
-        )
-
-
 def _restart_gateway(stack: LocalStack) -> float:
     """Start the gateway again; the monotonic time it answers /healthz."""
     stack.start_service("gateway")
@@ -297,7 +277,7 @@ async def test_a_grounder_replica_killed_mid_grounding_the_other_answers(
     kill_stack.start_service(
         "grounder", replica=holder, env={"GROUNDER_API_BASE_URL": vlms[holder].base_url}
     )
-    await _release(bus, session)
+    await release_sessions(bus, session)
 
 
 # --- the provisioner -----------------------------------------------------------
@@ -314,7 +294,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
     ]
     session = await submit_task(kill_stack, "[prov] keep going")
     await _until_events(kill_stack, session, lambda ev: len(_of(ev, "step.planned")) >= 2, "step 2")
-    desktop = await _desktop_of(bus, session)
+    desktop = await desktop_of(bus, session)
     killed = _kill(kill_stack, "provisioner")
     # The leased desktop keeps working without its provisioner.
     events = await _finished(kill_stack, session)
@@ -332,7 +312,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
     deadline = restarted + 30
     while True:
         try:
-            status = await _status(bus)
+            status = await provisioner_status(bus)
             break
         except Exception:
             assert time.monotonic() < deadline, kill_stack.log("provisioner")[-2000:]
@@ -340,7 +320,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
     back = time.monotonic() - restarted
     assert kill_stack.log("provisioner").count("ready") > ready
     # Adopted: the session still holds the same desktop, and its next task runs there.
-    assert await _desktop_of(bus, session) == desktop, status
+    assert await desktop_of(bus, session) == desktop, status
     router.scripts["prov2"] = [
         computer(action="shell", command="echo $DISPLAY"),
         computer(action="done", message="same desktop"),
@@ -364,7 +344,7 @@ async def test_a_killed_provisioner_leaves_the_task_running_and_its_successor_ad
         f"a new session's task done {fresh_took:.1f}s after submitting"
     )
     assert back < RECOVERY
-    await _release(bus, session, fresh)
+    await release_sessions(bus, session, fresh)
 
 
 # --- the gateway, with the page in Chromium --------------------------------------
@@ -467,7 +447,7 @@ async def test_a_killed_gateway_loses_no_task_and_the_page_replays_what_it_misse
     )
     assert caught_up < RECOVERY
     await page.context.close()
-    await _release(bus, session)
+    await release_sessions(bus, session)
 
 
 # --- take-over, across a gateway restart ----------------------------------------
@@ -584,4 +564,4 @@ async def test_take_over_survives_a_gateway_restart(
     _once_each(events)
     await holder.context.close()
     await watcher.context.close()
-    await _release(bus, session)
+    await release_sessions(bus, session)

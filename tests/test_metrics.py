@@ -19,9 +19,8 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
-from tests.harness.api import chat, computer
+from tests.harness.api import chat, computer, scripted_stack
 from tests.harness.fakellm import FakeLLM
 
 pytestmark = pytest.mark.desktop
@@ -32,21 +31,14 @@ SERVICES = ("provisioner", "actuator", "grounder", "planner", "gateway")
 
 @pytest.fixture(scope="module")
 def metrics_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
-    local = LocalStack(
-        desktops="per_session",
-        gateway_port=free_port(),
-        token="metrics-" + secrets.token_urlsafe(24),
-        extra_env={
-            "LLM_API_BASE_URL": fake_llm.base_url,
-            "LLM_MODEL": "fake-planner",
-            "GROUNDER_FAMILY": "ocr",
-            "GROUNDER_CANARY": "false",
-            "PLANNER_CANARY": "false",
-            "PROVISIONER_HOST_NAME": f"metrics-{secrets.token_hex(4)}",
-            # One desktop in all: warm first, then the session's.
-            "PROVISIONER_WARM": "1",
-            "PROVISIONER_MAX_PER_HOST": "1",
-        },
+    local = scripted_stack(
+        fake_llm,
+        "metrics",
+        "per_session",
+        PROVISIONER_HOST_NAME=f"metrics-{secrets.token_hex(4)}",
+        # One desktop in all: warm first, then the session's.
+        PROVISIONER_WARM="1",
+        PROVISIONER_MAX_PER_HOST="1",
     )
     local.start()
     yield local

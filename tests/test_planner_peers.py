@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -21,9 +20,9 @@ from typing import Any
 import nats
 import pytest
 
-from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
 from selfagent.schemas import PlannerHeartbeat, subjects
+from tests.harness.api import scripted_stack
 from tests.harness.fakellm import FakeLLM, tool_call
 from tests.test_handover import Session, move
 
@@ -36,18 +35,7 @@ REPLICAS = ("planner", "planner-b")
 
 @pytest.fixture(scope="module")
 def peers_stack(fake_llm: FakeLLM) -> Iterator[LocalStack]:
-    local = LocalStack(
-        desktops="fixed",
-        gateway_port=free_port(),
-        token="peers-" + secrets.token_urlsafe(24),
-        extra_env={
-            "LLM_API_BASE_URL": fake_llm.base_url,
-            "LLM_MODEL": "fake-planner",
-            "GROUNDER_FAMILY": "ocr",
-            "GROUNDER_CANARY": "false",
-            "PLANNER_CANARY": "false",
-        },
-    )
+    local = scripted_stack(fake_llm, "peers", "fixed")
     local.start()
     assert "PLANNER_TASK_ACK_WAIT" not in local.service_env("planner")
     local.start_service("planner", replica="planner-b")

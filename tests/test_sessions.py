@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import time
 import uuid
@@ -23,19 +22,22 @@ import pytest
 from faststream.nats import NatsBroker
 
 from selfagent.bus import make_broker, request
-from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
 from selfagent.provisioner.native import marked_processes
 from selfagent.schemas import (
     LeaseRequest,
-    ProvisionerStatus,
-    Released,
-    ReleaseRequest,
-    StatusRequest,
     subjects,
 )
 from selfagent.schemas.sandboxes import Lease
-from tests.harness.api import auth_headers, computer, fetch_events, submit_task
+from tests.harness.api import (
+    auth_headers,
+    computer,
+    desktop_of,
+    fetch_events,
+    release_sessions,
+    scripted_stack,
+    submit_task,
+)
 from tests.harness.fakellm import FakeLLM, TaggedScripts
 
 pytestmark = pytest.mark.desktop
@@ -54,23 +56,16 @@ def router(fake_llm: FakeLLM) -> Iterator[TaggedScripts]:
 
 @pytest.fixture(scope="module")
 def sessions_stack(fake_llm: FakeLLM, router: TaggedScripts) -> Iterator[LocalStack]:
-    local = LocalStack(
-        desktops="per_session",
-        gateway_port=free_port(),
-        token="sessions-" + secrets.token_urlsafe(24),
-        extra_env={
-            "LLM_API_BASE_URL": fake_llm.base_url,
-            "LLM_MODEL": "fake-planner",
-            "GROUNDER_FAMILY": "ocr",
-            "GROUNDER_CANARY": "false",
-            "PLANNER_CANARY": "false",
-            "PROVISIONER_HOST_NAME": HOST,
-            "PROVISIONER_WARM": "1",
-            "PROVISIONER_MAX_PER_HOST": "2",
-            "PROVISIONER_LEASE_WAIT": str(LEASE_WAIT),
-            # A killed desktop is noticed within a second.
-            "PROVISIONER_CHECK_INTERVAL": "1",
-        },
+    local = scripted_stack(
+        fake_llm,
+        "sessions",
+        "per_session",
+        PROVISIONER_HOST_NAME=HOST,
+        PROVISIONER_WARM="1",
+        PROVISIONER_MAX_PER_HOST="2",
+        PROVISIONER_LEASE_WAIT=str(LEASE_WAIT),
+        # A killed desktop is noticed within a second.
+        PROVISIONER_CHECK_INTERVAL="1",
     )
     local.start()
     yield local
@@ -109,30 +104,6 @@ def _last_finish(events: list[dict[str, Any]]) -> dict[str, Any]:
     return [e for e in events if e["kind"] == "task.finished"][-1]
 
 
-async def _status(bus: NatsBroker) -> ProvisionerStatus:
-    return await request(
-        bus, subjects.PROVISIONER_STATUS, StatusRequest(), ProvisionerStatus, timeout=5
-    )
-
-
-async def _desktop_of(bus: NatsBroker, session_id: str) -> str:
-    for info in (await _status(bus)).sandboxes:
-        if info.session_id == session_id and info.state == "leased":
-            return info.sandbox_id
-    raise AssertionError(f"session {session_id} holds no desktop")
-
-
-async def _release(bus: NatsBroker, *session_ids: str) -> None:
-    for session_id in session_ids:
-        await request(
-            bus,
-            subjects.PROVISIONER_RELEASE,
-            ReleaseRequest(session_id=session_id),
-            Released,
-            timeout=30,
-        )
-
-
 async def test_two_sessions_run_at_once_each_on_its_own_desktop(
     sessions_stack: LocalStack, router: TaggedScripts, bus: NatsBroker
 ) -> None:
@@ -156,7 +127,7 @@ async def test_two_sessions_run_at_once_each_on_its_own_desktop(
     display_two = _outputs(events_two)[0].split()[0]
     assert display_one.startswith(":") and display_two.startswith(":")
     assert display_one != display_two, "two sessions acted on the same desktop"
-    desktop_one, desktop_two = await _desktop_of(bus, first), await _desktop_of(bus, second)
+    desktop_one, desktop_two = await desktop_of(bus, first), await desktop_of(bus, second)
     assert desktop_one != desktop_two
 
     # The waits overlapped: neither session waited for the other's task.
@@ -175,8 +146,8 @@ async def test_two_sessions_run_at_once_each_on_its_own_desktop(
     events = await _finished(sessions_stack, first, tasks=2)
     assert _last_finish(events)["status"] == "succeeded"
     assert _outputs(events)[-1].split() == [display_one, "one"]
-    assert await _desktop_of(bus, first) == desktop_one
-    await _release(bus, first, second)
+    assert await desktop_of(bus, first) == desktop_one
+    await release_sessions(bus, first, second)
 
 
 async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
@@ -195,7 +166,7 @@ async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
     ):
         assert time.monotonic() < deadline, "the task never reached its wait"
         await asyncio.sleep(0.2)
-    desktop = await _desktop_of(bus, session)
+    desktop = await desktop_of(bus, session)
     pids = marked_processes(HOST).get(desktop, set())
     assert pids, f"no processes of {desktop} found"
     killed_at = time.monotonic()
@@ -220,8 +191,8 @@ async def test_a_killed_desktop_fails_its_task_and_the_next_task_keeps_the_home(
     events = await _finished(sessions_stack, session, tasks=2)
     assert _last_finish(events)["status"] == "succeeded", events[-3:]
     assert _outputs(events)[-1].strip() == "kept"
-    assert await _desktop_of(bus, session) != desktop
-    await _release(bus, session)
+    assert await desktop_of(bus, session) != desktop
+    await release_sessions(bus, session)
 
 
 async def test_a_full_host_shows_waiting_then_refuses_with_the_reason(
@@ -243,13 +214,13 @@ async def test_a_full_host_shows_waiting_then_refuses_with_the_reason(
         assert finish["error"]["code"] == "sandbox_unavailable"
         assert "No desktop for this session" in finish["reply"], finish["reply"]
         # Nothing is lost: with room again, the same session runs.
-        await _release(bus, holders[0])
+        await release_sessions(bus, holders[0])
         await submit_task(sessions_stack, "[crowded] anything", session)
         events = await _finished(sessions_stack, session, tasks=2)
         assert _last_finish(events)["status"] == "succeeded", events[-3:]
     finally:
-        await _release(bus, *holders)
-    await _release(bus, session)
+        await release_sessions(bus, *holders)
+    await release_sessions(bus, session)
 
 
 async def test_an_actuator_killed_mid_action_is_noticed_and_the_task_goes_on(
@@ -287,7 +258,7 @@ async def test_an_actuator_killed_mid_action_is_noticed_and_the_task_goes_on(
     assert executed[1]["ok"] and executed[1]["action"]["command"] == "echo $DISPLAY"
     print(f"task went on {took:.1f}s after the actuator was back")
     assert took < 10, f"the task went on only {took:.1f}s after the actuator was back"
-    await _release(bus, session)
+    await release_sessions(bus, session)
 
 
 async def test_a_denied_command_is_not_run_and_the_model_is_told(
@@ -325,4 +296,4 @@ async def test_a_denied_command_is_not_run_and_the_model_is_told(
     assert "denied by the user" in told and "keep them" in told
     decided = [e for e in events if e["kind"] == "approval.decided"]
     assert [(d["decision"], d["by"]) for d in decided] == [("denied", "web user")]
-    await _release(bus, session)
+    await release_sessions(bus, session)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from faststream.nats import NatsBroker
 
+from selfagent.bus import request
+from selfagent.bus.natsd import free_port
 from selfagent.local import LocalStack
-from tests.harness.fakellm import tool_call
+from selfagent.schemas import (
+    ProvisionerStatus,
+    Released,
+    ReleaseRequest,
+    StatusRequest,
+    subjects,
+)
+from tests.harness.fakellm import FakeLLM, tool_call
 
 
 def computer(**arguments: Any) -> dict[str, Any]:
@@ -75,3 +86,48 @@ async def fetch_events(stack: LocalStack, session_id: str) -> list[dict[str, Any
     assert reply.status_code == 200, reply.text
     events: list[dict[str, Any]] = reply.json()["events"]
     return events
+
+
+def scripted_stack(
+    llm: FakeLLM, name: str, desktops: Literal["fixed", "per_session"], **env: str
+) -> LocalStack:
+    """A local stack (not started) whose planner talks to the scripted ``llm``,
+    grounding with OCR and no start-up canaries; ``env`` adds or overrides."""
+    return LocalStack(
+        desktops=desktops,
+        gateway_port=free_port(),
+        token=f"{name}-" + secrets.token_urlsafe(24),
+        extra_env={
+            "LLM_API_BASE_URL": llm.base_url,
+            "LLM_MODEL": "fake-planner",
+            "GROUNDER_FAMILY": "ocr",
+            "GROUNDER_CANARY": "false",
+            "PLANNER_CANARY": "false",
+            **env,
+        },
+    )
+
+
+async def provisioner_status(bus: NatsBroker) -> ProvisionerStatus:
+    return await request(
+        bus, subjects.PROVISIONER_STATUS, StatusRequest(), ProvisionerStatus, timeout=5
+    )
+
+
+async def desktop_of(bus: NatsBroker, session_id: str) -> str:
+    """The sandbox id of the desktop ``session_id`` holds now."""
+    for info in (await provisioner_status(bus)).sandboxes:
+        if info.session_id == session_id and info.state == "leased":
+            return info.sandbox_id
+    raise AssertionError(f"session {session_id} holds no desktop")
+
+
+async def release_sessions(bus: NatsBroker, *session_ids: str) -> None:
+    for session_id in session_ids:
+        await request(
+            bus,
+            subjects.PROVISIONER_RELEASE,
+            ReleaseRequest(session_id=session_id),
+            Released,
+            timeout=30,
+        )
