@@ -177,19 +177,21 @@ async def test_a_replaced_planner_stops_at_its_next_save_without_a_word(
     watcher = await nats.connect(server.url)
     events = await watcher.subscribe(subjects.session_event(task.session_id, ">"))
     try:
-        old = runner(broker, task, "planner-old", desktop_wait=3.0)
+        # Long enough that the new runner takes over before the old one's
+        # next save even on a loaded machine (3 s was once too short).
+        old = runner(broker, task, "planner-old", desktop_wait=8.0)
         first = asyncio.create_task(old.run())
         state = await saved(broker, task.session_id)
         assert state.planner == "planner-old"
         # The old one is taken for dead (cut off) and the task resumes elsewhere.
-        new = runner(broker, task, "planner-new", desktop_wait=6.0)
+        new = runner(broker, task, "planner-new", desktop_wait=10.0)
         second = asyncio.create_task(new.run(resume=state))
-        assert await asyncio.wait_for(first, 10) is None
+        assert await asyncio.wait_for(first, 30) is None
         assert old.superseded
         taken = await sessions.load_state(broker, task.session_id)
         assert taken is not None
         assert (taken.planner, taken.status) == ("planner-new", "running"), taken
-        finished = await asyncio.wait_for(second, 15)
+        finished = await asyncio.wait_for(second, 30)
         assert finished is not None and finished.status == "failed"
         assert not new.superseded
         kinds: list[str] = []
