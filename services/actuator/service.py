@@ -30,6 +30,7 @@ from selfagent.bus import (
     typed_handler,
     typed_subject_handler,
 )
+from selfagent.bus.heartbeat import beat_forever
 from selfagent.bus.hosts import Peers
 from selfagent.errors import DesktopUnavailable, InvalidMessage
 from selfagent.schemas import (
@@ -267,18 +268,10 @@ class ActuatorService(Service):
 
     # -- background ------------------------------------------------------------
 
-    async def _heartbeat(self) -> None:
-        while True:
-            beat = ActuatorHeartbeat(
-                instance=self.instance,
-                started_at=self.started_at,
-                sandboxes=self.fleet.sandbox_ids,
-            )
-            try:
-                await self.broker.publish(beat, subjects.ACTUATOR_HEARTBEAT)
-            except Exception as exc:
-                log.debug("heartbeat not sent: %s", exc)
-            await asyncio.sleep(self.settings.heartbeat_interval)
+    def _beat(self) -> ActuatorHeartbeat:
+        return ActuatorHeartbeat(
+            instance=self.instance, started_at=self.started_at, sandboxes=self.fleet.sandbox_ids
+        )
 
     async def _reconcile(self) -> None:
         """Close desktops whose release this actuator missed (it was away, or the event was)."""
@@ -304,7 +297,15 @@ class ActuatorService(Service):
             # an action before it is up gets a clear "not executed" error.
             await self.desktop.start()
         await start_with_retry(self.broker)
-        self.spawn(self._heartbeat(), name="actuator-heartbeat")
+        self.spawn(
+            beat_forever(
+                self.broker,
+                subjects.ACTUATOR_HEARTBEAT,
+                self._beat,
+                self.settings.heartbeat_interval,
+            ),
+            name="actuator-heartbeat",
+        )
         if self.settings.desktops == "per_session":
             self.spawn(self._reconcile(), name="actuator-reconcile")
             log.info(

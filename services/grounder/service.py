@@ -12,13 +12,13 @@ again, instead of waiting out its grounding timeout.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from datetime import UTC, datetime
 
 from selfagent.bus import Service, make_broker, metrics, start_with_retry, typed_handler
+from selfagent.bus.heartbeat import beat_forever, send_beat
 from selfagent.bus.modelwatch import watch_model
 from selfagent.modelcheck import reachable_url
 from selfagent.schemas import GrounderHeartbeat, GroundRequest, GroundResult, subjects
@@ -63,7 +63,7 @@ class GrounderService(Service):
             self.grounding.add(request.request_id)
             try:
                 # Claimed at once: the requester learns which replica holds it.
-                await self._beat()
+                await send_beat(self.broker, subjects.GROUNDER_HEARTBEAT, self._beat())
                 # A request without sent_at (an older client) has no wait to tell.
                 if "sent_at" in request.model_fields_set:
                     metrics.queued_since(request.sent_at)
@@ -75,25 +75,22 @@ class GrounderService(Service):
             finally:
                 self.grounding.discard(request.request_id)
 
-    async def _beat(self) -> None:
-        beat = GrounderHeartbeat(
-            instance=self.instance,
-            started_at=self.started_at,
-            grounding=sorted(self.grounding),
+    def _beat(self) -> GrounderHeartbeat:
+        return GrounderHeartbeat(
+            instance=self.instance, started_at=self.started_at, grounding=sorted(self.grounding)
         )
-        try:
-            await self.broker.publish(beat, subjects.GROUNDER_HEARTBEAT)
-        except Exception as exc:
-            log.debug("heartbeat not sent: %s", exc)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await self._beat()
-            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _start(self) -> None:
         await start_with_retry(self.broker)
-        self.spawn(self._heartbeat(), name="grounder-heartbeat")
+        self.spawn(
+            beat_forever(
+                self.broker,
+                subjects.GROUNDER_HEARTBEAT,
+                self._beat,
+                self.settings.heartbeat_interval,
+            ),
+            name="grounder-heartbeat",
+        )
         log.info(
             "grounder ready: %s, concurrency %d, NATS %s (instance %s)",
             self.grounder.method,

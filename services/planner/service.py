@@ -29,6 +29,7 @@ from selfagent.bus import (
     start_with_retry,
     typed_handler,
 )
+from selfagent.bus.heartbeat import beat_forever, send_beat
 from selfagent.bus.modelwatch import watch_model
 from selfagent.bus.streams import TASKS, ensure_streams
 from selfagent.llm import LLMClient
@@ -95,7 +96,16 @@ class PlannerService(Service):
     async def _start(self) -> None:
         """Connect (waiting for the server if needed), declare what we use, subscribe."""
         await start_with_retry(self.broker, before_start=prepare)
-        self.spawn(self._heartbeat(), name="planner-heartbeat")
+        self.spawn(
+            beat_forever(
+                self.broker,
+                subjects.PLANNER_HEARTBEAT,
+                self._beat,
+                self.settings.heartbeat_interval,
+                after_each=self._hand_over_silent_peers,
+            ),
+            name="planner-heartbeat",
+        )
         if self.settings.screenshot_retention_days > 0:
             try:
                 await screens.ensure_stream(
@@ -249,7 +259,7 @@ class PlannerService(Service):
         @broker.subscriber(subjects.GROUNDER_HEARTBEAT, title="grounder.heartbeat")
         @typed_handler(broker, SERVICE, GrounderHeartbeat, subjects.GROUNDER_HEARTBEAT)
         async def on_grounder_heartbeat(beat: GrounderHeartbeat) -> None:
-            self.grounders.beat(beat)
+            self.grounders.hear(beat)
 
         lost_subject = subjects.provisioner_event("sandbox.lost")
         released_subject = subjects.provisioner_event("sandbox.released")
@@ -273,20 +283,10 @@ class PlannerService(Service):
         async def on_planner_heartbeat(beat: PlannerHeartbeat) -> None:
             self.peers.beat(beat)
 
-    async def _beat(self) -> None:
-        beat = PlannerHeartbeat(
+    def _beat(self) -> PlannerHeartbeat:
+        return PlannerHeartbeat(
             instance=self.instance, started_at=self.started_at, tasks=list(self.held.values())
         )
-        try:
-            await self.broker.publish(beat, subjects.PLANNER_HEARTBEAT)
-        except Exception as exc:
-            log.debug("heartbeat not sent: %s", exc)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await self._beat()
-            await self._hand_over_silent_peers()
-            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _hand_over_silent_peers(self) -> None:
         """Give the tasks of a replica that fell silent back to the queue now, not after
@@ -326,7 +326,7 @@ class PlannerService(Service):
             keep_alive = asyncio.create_task(self._keep_alive(delivery))
             try:
                 # At once: the other replicas learn where the task runs now.
-                await self._beat()
+                await send_beat(self.broker, subjects.PLANNER_HEARTBEAT, self._beat())
                 result = await runner.run(resume=resume)
             except asyncio.CancelledError:
                 # This planner is shutting down mid-task: give the task back
