@@ -146,16 +146,16 @@ class Heartbeats:
         return 0.0 if seen is None else time.monotonic() - seen
 
 
-class GrounderWatch:
-    """Which grounder replica holds which grounding request, and when each was last heard
-    (``agent.grounder.heartbeat``)."""
+class GrounderWatch(Heartbeats):
+    """When each grounder replica was last heard (``agent.grounder.heartbeat``), and which
+    one holds which grounding request."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
+        super().__init__()
         self._holder: dict[str, str] = {}
 
-    def beat(self, beat: GrounderHeartbeat) -> None:
-        self._seen[beat.instance] = time.monotonic()
+    def hear(self, beat: GrounderHeartbeat) -> None:
+        self.beat(beat.instance)
         for request_id in beat.grounding:
             self._holder[request_id] = beat.instance
 
@@ -174,7 +174,7 @@ class GrounderWatch:
         now = time.monotonic()
         holder = self._holder.get(request_id)
         if holder is not None:
-            return holder if now - self._seen[holder] > silence else None
+            return holder if self.silent_for(holder) > silence else None
         for instance, seen in self._seen.items():
             if seen > sent - silence and now - seen > silence:
                 return instance

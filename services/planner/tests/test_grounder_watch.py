@@ -14,7 +14,7 @@ SILENCE = 0.2
 
 
 def beat(watch: GrounderWatch, instance: str, *grounding: str) -> None:
-    watch.beat(
+    watch.hear(
         GrounderHeartbeat(instance=instance, started_at=datetime.now(UTC), grounding=[*grounding])
     )
 
