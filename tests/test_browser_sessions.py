@@ -73,7 +73,8 @@ async def provisioner(
         screen_height=HEIGHT,
         warm=1,
         max_per_host=3,
-        lease_wait=5,
+        # A desktop may take a while to start beside a full suite's load.
+        lease_wait=30,
     ) as service:
         yield service
 
@@ -178,9 +179,20 @@ async def _shows_session(page: Page, sid: str) -> None:
     await page.wait_for_selector(EVENTS_LIVE, timeout=10000)
 
 
+async def _close_all_sessions(gateway: GatewayProcess) -> None:
+    """Close what an earlier try of a test left open: the stack lives for the whole module."""
+    headers = {"Authorization": f"Bearer {gateway.token}"}
+    async with httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=60) as http:
+        listed = (await http.get("/api/sessions")).json()["sessions"]
+        for session in listed:
+            closed = await http.delete(f"/api/sessions/{session['session_id']}")
+            assert closed.status_code == 200, closed.text
+
+
 async def test_two_sessions_switch_desktop_and_steps(
     page: Page, gateway: GatewayProcess, bus: NatsBroker
 ) -> None:
+    await _close_all_sessions(gateway)
     # No session yet: the page starts one (and its desktop).
     await _signed_in(page, gateway)
     first = await page.evaluate("window.selfagent.sessionId")
